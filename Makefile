@@ -1,0 +1,26 @@
+# The two commands of the README: `make demo` (main job) and `make test`.
+# Both create .venv on first use: torch 2.13.0 (the CPU wheel) first, then the project.
+VENV  := .venv
+PY    := $(VENV)/bin/python
+FDB   := $(VENV)/bin/featuredb
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	bash bench/demo.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/bench_store.py
+
+clean:
+	rm -rf $(VENV) data/featuredb.duckdb data/demo-export data/demo-features

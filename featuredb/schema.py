@@ -1,0 +1,306 @@
+"""The DuckDB schema: Neuronpedia's tables and field names, versioned migrations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from featuredb.errors import SchemaVersionError
+
+
+@dataclass(frozen=True)
+class Table:
+    """One store table: its name, Neuronpedia columns (name -> DuckDB type) and key columns."""
+
+    name: str
+    columns: dict[str, str]
+    key: tuple[str, ...]
+    export_file: str  # file stem in a Neuronpedia export: "features", "model", ...
+
+    def quoted(self, names: list[str] | None = None) -> str:
+        """Comma-separated quoted column names."""
+        return ", ".join(f'"{c}"' for c in (names or list(self.columns)))
+
+
+# Neuronpedia's Model row (apps/webapp/prisma/schema.prisma).
+MODELS = Table(
+    "models",
+    {
+        "id": "VARCHAR",
+        "displayNameShort": "VARCHAR",
+        "displayName": "VARCHAR",
+        "creatorId": "VARCHAR",
+        "tlensId": "VARCHAR",
+        "openRouterId": "VARCHAR",
+        "dimension": "BIGINT",
+        "thinking": "BOOLEAN",
+        "visibility": "VARCHAR",
+        "defaultSourceSetName": "VARCHAR",
+        "defaultSourceId": "VARCHAR",
+        "defaultGraphSourceSetName": "VARCHAR",
+        "inferenceEnabled": "BOOLEAN",
+        "instruct": "BOOLEAN",
+        "layers": "BIGINT",
+        "neuronsPerLayer": "BIGINT",
+        "owner": "VARCHAR",
+        "website": "VARCHAR",
+        "createdAt": "VARCHAR",
+        "updatedAt": "VARCHAR",
+    },
+    ("id",),
+    "model",
+)
+
+RELEASES = Table(
+    "releases",
+    {
+        "name": "VARCHAR",
+        "visibility": "VARCHAR",
+        "isNewUi": "BOOLEAN",
+        "featured": "BOOLEAN",
+        "description": "VARCHAR",
+        "descriptionShort": "VARCHAR",
+        "urls": "VARCHAR[]",
+        "creatorEmail": "VARCHAR",
+        "creatorName": "VARCHAR",
+        "creatorNameShort": "VARCHAR",
+        "creatorId": "VARCHAR",
+        "defaultSourceSetName": "VARCHAR",
+        "defaultSourceId": "VARCHAR",
+        "defaultUmapSourceIds": "VARCHAR[]",
+        "createdAt": "VARCHAR",
+    },
+    ("name",),
+    "release",
+)
+
+SOURCE_SETS = Table(
+    "source_sets",
+    {
+        "modelId": "VARCHAR",
+        "name": "VARCHAR",
+        "hasDashboards": "BOOLEAN",
+        "allowInferenceSearch": "BOOLEAN",
+        "visibility": "VARCHAR",
+        "description": "VARCHAR",
+        "type": "VARCHAR",
+        "creatorName": "VARCHAR",
+        "urls": "VARCHAR[]",
+        "creatorEmail": "VARCHAR",
+        "creatorId": "VARCHAR",
+        "releaseName": "VARCHAR",
+        "hasGraphs": "BOOLEAN",
+        "graphEnabled": "BOOLEAN",
+        "defaultOfModelId": "VARCHAR",
+        "defaultRange": "BIGINT",
+        "defaultShowBreaks": "BOOLEAN",
+        "showDfa": "BOOLEAN",
+        "showCorrelated": "BOOLEAN",
+        "showHeadAttribution": "BOOLEAN",
+        "showUmap": "BOOLEAN",
+        "createdAt": "VARCHAR",
+    },
+    ("modelId", "name"),
+    "sourceset",
+)
+
+SOURCES = Table(
+    "sources",
+    {
+        "id": "VARCHAR",
+        "modelId": "VARCHAR",
+        "setName": "VARCHAR",
+        "hasDashboards": "BOOLEAN",
+        "inferenceEnabled": "BOOLEAN",
+        "saelensConfig": "JSON",
+        "saelensRelease": "VARCHAR",
+        "saelensSaeId": "VARCHAR",
+        "hfRepoId": "VARCHAR",
+        "hfFolderId": "VARCHAR",
+        "visibility": "VARCHAR",
+        "defaultOfModelId": "VARCHAR",
+        "creatorId": "VARCHAR",
+        "hasUmap": "BOOLEAN",
+        "hasUmapLogSparsity": "BOOLEAN",
+        "hasUmapClusters": "BOOLEAN",
+        "num_prompts": "BIGINT",
+        "num_tokens_in_prompt": "BIGINT",
+        "dataset": "VARCHAR",
+        "notes": "VARCHAR",
+        "cosSimMatchModelId": "VARCHAR",
+        "cosSimMatchSourceId": "VARCHAR",
+        "createdAt": "VARCHAR",
+    },
+    ("modelId", "id"),
+    "source",
+)
+
+# Neuronpedia's Neuron row. `layer` holds the source id ("20-gemmascope-transcoder-16k").
+FEATURES = Table(
+    "features",
+    {
+        "modelId": "VARCHAR",
+        "layer": "VARCHAR",
+        "index": "BIGINT",
+        "sourceSetName": "VARCHAR",
+        "creatorId": "VARCHAR",
+        "createdAt": "VARCHAR",
+        "maxActApprox": "DOUBLE",
+        "hasVector": "BOOLEAN",
+        "vector": "DOUBLE[]",
+        "vectorLabel": "VARCHAR",
+        "vectorDefaultSteerStrength": "DOUBLE",
+        "hookName": "VARCHAR",
+        "topkCosSimIndices": "BIGINT[]",
+        "topkCosSimValues": "DOUBLE[]",
+        "neuron_alignment_indices": "BIGINT[]",
+        "neuron_alignment_values": "DOUBLE[]",
+        "neuron_alignment_l1": "DOUBLE[]",
+        "correlated_neurons_indices": "BIGINT[]",
+        "correlated_neurons_pearson": "DOUBLE[]",
+        "correlated_neurons_l1": "DOUBLE[]",
+        "correlated_features_indices": "BIGINT[]",
+        "correlated_features_pearson": "DOUBLE[]",
+        "correlated_features_l1": "DOUBLE[]",
+        "neg_str": "VARCHAR[]",
+        "neg_values": "DOUBLE[]",
+        "pos_str": "VARCHAR[]",
+        "pos_values": "DOUBLE[]",
+        "frac_nonzero": "DOUBLE",
+        "freq_hist_data_bar_heights": "DOUBLE[]",
+        "freq_hist_data_bar_values": "DOUBLE[]",
+        "logits_hist_data_bar_heights": "DOUBLE[]",
+        "logits_hist_data_bar_values": "DOUBLE[]",
+        "decoder_weights_dist": "DOUBLE[]",
+        "umap_cluster": "BIGINT",
+        "umap_log_feature_sparsity": "DOUBLE",
+        "umap_x": "DOUBLE",
+        "umap_y": "DOUBLE",
+    },
+    ("modelId", "layer", "index"),
+    "features",
+)
+
+# Top examples have binMin = binContains = -1; interval examples carry their bin.
+ACTIVATIONS = Table(
+    "activations",
+    {
+        "id": "VARCHAR",
+        "modelId": "VARCHAR",
+        "layer": "VARCHAR",
+        "index": "BIGINT",
+        "tokens": "VARCHAR[]",
+        "dataIndex": "VARCHAR",
+        "dataSource": "VARCHAR",
+        "maxValue": "DOUBLE",
+        "maxValueTokenIndex": "BIGINT",
+        "minValue": "DOUBLE",
+        "values": "DOUBLE[]",
+        "dfaValues": "DOUBLE[]",
+        "dfaTargetIndex": "BIGINT",
+        "dfaMaxValue": "DOUBLE",
+        "lossValues": "DOUBLE[]",
+        "logitContributions": "VARCHAR",
+        "binMin": "DOUBLE",
+        "binMax": "DOUBLE",
+        "binContains": "DOUBLE",
+        "qualifyingTokenIndex": "BIGINT",
+        "creatorId": "VARCHAR",
+        "createdAt": "VARCHAR",
+    },
+    ("id",),
+    "activations",
+)
+
+EXPLANATIONS = Table(
+    "explanations",
+    {
+        "id": "VARCHAR",
+        "modelId": "VARCHAR",
+        "layer": "VARCHAR",
+        "index": "BIGINT",
+        "description": "VARCHAR",
+        "typeName": "VARCHAR",
+        "explanationModelName": "VARCHAR",
+        "scoreV1": "DOUBLE",
+        "scoreV2": "DOUBLE",
+        "authorId": "VARCHAR",
+        "triggeredByUserId": "VARCHAR",
+        "notes": "VARCHAR",
+        "umap_x": "DOUBLE",
+        "umap_y": "DOUBLE",
+        "umap_cluster": "BIGINT",
+        "umap_log_feature_sparsity": "DOUBLE",
+        "createdAt": "VARCHAR",
+        "updatedAt": "VARCHAR",
+    },
+    ("id",),
+    "explanations",
+)
+
+# featuredb's own column (schema v2): how to load the model / transcoder again (paths, hooks, settings).
+SETTINGS_COLUMN = ("settings", "JSON")
+SETTINGS_TABLES = (MODELS, SOURCE_SETS, SOURCES)
+
+TABLES: tuple[Table, ...] = (MODELS, RELEASES, SOURCE_SETS, SOURCES, FEATURES, ACTIVATIONS, EXPLANATIONS)
+TABLES_BY_NAME = {t.name: t for t in TABLES}
+
+
+def columns_of(table: Table, version: int) -> dict[str, str]:
+    """The table's columns as they stand at a schema version."""
+    cols = dict(table.columns)
+    if version >= 2 and table in SETTINGS_TABLES:
+        cols[SETTINGS_COLUMN[0]] = SETTINGS_COLUMN[1]
+    return cols
+
+
+def _create_tables_v1(con: duckdb.DuckDBPyConnection) -> None:
+    for t in TABLES:
+        cols = ", ".join(f'"{n}" {ty}' for n, ty in t.columns.items())
+        con.execute(f'CREATE TABLE "{t.name}" ({cols})')
+
+
+def _add_settings_v2(con: duckdb.DuckDBPyConnection) -> None:
+    for t in SETTINGS_TABLES:
+        con.execute(f'ALTER TABLE "{t.name}" ADD COLUMN "{SETTINGS_COLUMN[0]}" {SETTINGS_COLUMN[1]}')
+
+
+# MIGRATIONS[v-1] brings a file from version v-1 to version v.
+MIGRATIONS = (_create_tables_v1, _add_settings_v2)
+CURRENT_VERSION = len(MIGRATIONS)
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version recorded in the file; 0 for an empty file."""
+    has = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()[0]
+    if not has:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: str, target: int = CURRENT_VERSION) -> int:
+    """Bring the file to `target` in one transaction; refuse files from a newer featuredb."""
+    version = stored_version(con)
+    if version > CURRENT_VERSION:
+        raise SchemaVersionError(
+            f"{path}: written by featuredb schema v{version}, this featuredb reads up to "
+            f"v{CURRENT_VERSION}; upgrade featuredb"
+        )
+    if version >= target:
+        return version
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if version == 0:
+            con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+        for v in range(version, target):
+            MIGRATIONS[v](con)
+            con.execute("INSERT INTO schema_version VALUES (?, now())", [v + 1])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return target

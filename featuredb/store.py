@@ -1,0 +1,273 @@
+"""FeatureStore: one DuckDB file of Neuronpedia records; many readers or one writer."""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from featuredb.errors import FeatureDBError, NotFoundError, SchemaVersionError, StoreLockedError
+from featuredb.identity import parse_index
+from featuredb.models import Feature
+from featuredb.schema import (
+    ACTIVATIONS,
+    CURRENT_VERSION,
+    EXPLANATIONS,
+    FEATURES,
+    SETTINGS_COLUMN,
+    TABLES,
+    TABLES_BY_NAME,
+    Table,
+    columns_of,
+    migrate,
+    stored_version,
+)
+
+DEFAULT_DB = "data/featuredb.duckdb"
+DB_ENV = "FEATUREDB_DB"
+
+# Rows without an id get a deterministic one, so importing the same rows twice replaces them.
+_ID_EXPRESSIONS = {
+    ACTIVATIONS.name: (
+        """'fdb-' || md5(concat_ws('|', "modelId", "layer", "index"::VARCHAR, coalesce("dataIndex", ''),
+        coalesce("binMin"::VARCHAR, ''), "tokens"::VARCHAR, "values"::VARCHAR))"""
+    ),
+    EXPLANATIONS.name: (
+        """'fdb-' || md5(concat_ws('|', "modelId", "layer", "index"::VARCHAR, coalesce("typeName", ''),
+        coalesce("explanationModelName", ''), coalesce("description", '')))"""
+    ),
+}
+
+
+def default_db_path() -> str:
+    """The store path from FEATUREDB_DB, else data/featuredb.duckdb."""
+    return os.environ.get(DB_ENV) or DEFAULT_DB
+
+
+def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(path, read_only=read_only)
+    except duckdb.IOException as e:
+        msg = str(e)
+        if "lock" in msg.lower():
+            pid = re.search(r"PID (\d+)", msg)
+            who = f" (PID {pid.group(1)})" if pid else ""
+            raise StoreLockedError(
+                f"{path} is locked by another process{who}: one writer or many readers at a time"
+            ) from None
+        raise FeatureDBError(f"{path}: cannot open as a DuckDB database: {msg.splitlines()[0]}") from None
+    except duckdb.Error as e:
+        raise FeatureDBError(f"{path}: cannot open: {str(e).splitlines()[0]}") from None
+
+
+class FeatureStore:
+    """A featuredb DuckDB file. Open with FeatureStore(path) (read-write) or read_only=True."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
+        self.path = str(path or default_db_path())
+        self.read_only = read_only
+        if read_only:
+            if not Path(self.path).exists():
+                raise NotFoundError(f"{self.path}: no featuredb store here (import or ingest into it first)")
+            self.con = _connect(self.path, read_only=True)
+            version = self._checked_version()
+            if version < CURRENT_VERSION:
+                # Migrate in place once, then continue as a reader.
+                self.con.close()
+                FeatureStore(self.path, read_only=False).close()
+                self.con = _connect(self.path, read_only=True)
+        else:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.con = _connect(self.path, read_only=False)
+            self._checked_version()
+            try:
+                migrate(self.con, self.path)
+            except BaseException:
+                self.con.close()
+                raise
+
+    def _checked_version(self) -> int:
+        version = stored_version(self.con)
+        if version > CURRENT_VERSION:
+            self.con.close()
+            raise SchemaVersionError(
+                f"{self.path}: written by featuredb schema v{version}, this featuredb reads up to "
+                f"v{CURRENT_VERSION}; upgrade featuredb"
+            )
+        return version
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file (and its lock)."""
+        self.con.close()
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All writes inside commit together or not at all."""
+        self._require_writable()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise FeatureDBError(f"{self.path}: opened read-only")
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def upsert(self, tables: dict[str, pl.DataFrame | pa.Table], *, in_transaction: bool = True) -> dict[str, int]:
+        """Bulk upsert polars/Arrow batches keyed like Neuronpedia; returns rows written per table."""
+        self._require_writable()
+        written: dict[str, int] = {}
+
+        def run() -> None:
+            for name, data in tables.items():
+                table = TABLES_BY_NAME.get(name)
+                if table is None:
+                    raise FeatureDBError(f"unknown table {name!r}; expected one of {sorted(TABLES_BY_NAME)}")
+                arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
+                self.con.register("_upsert_src", arrow)
+                try:
+                    self.stage_from(table, "SELECT * FROM _upsert_src", list(arrow.schema.names))
+                finally:
+                    self.con.unregister("_upsert_src")
+                written[name] = self.merge_stage(table)
+
+        if in_transaction:
+            with self.transaction():
+                run()
+        else:
+            run()
+        return written
+
+    def stage_from(self, table: Table, select_sql: str, present: list[str], params: list[Any] | None = None,
+                   defaults: dict[str, str] | None = None) -> None:
+        """Fill the temp table _stage with the table's columns cast from `select_sql` (missing ones NULL)."""
+        cols = columns_of(table, CURRENT_VERSION)
+        exprs = []
+        for col, ty in cols.items():
+            src = f'"{col}"' if col in present else "NULL"
+            if defaults and col in defaults:
+                src = f"coalesce({src}, {defaults[col]})"
+            exprs.append(f'CAST({src} AS {ty}) AS "{col}"')
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {', '.join(exprs)} FROM ({select_sql})",
+            params or [],
+        )
+        if table.name in _ID_EXPRESSIONS:
+            self.con.execute(f'UPDATE _stage SET "id" = {_ID_EXPRESSIONS[table.name]} WHERE "id" IS NULL')
+        missing_key = " OR ".join(f'"{k}" IS NULL' for k in table.key)
+        bad = self.con.execute(f"SELECT count(*) FROM _stage WHERE {missing_key}").fetchone()[0]
+        if bad:
+            raise FeatureDBError(f"{table.name}: {bad} row(s) lack a key field ({', '.join(table.key)})")
+
+    def merge_stage(self, table: Table) -> int:
+        """Replace rows of `table` whose key is in _stage by the staged rows; returns rows written."""
+        cols = columns_of(table, CURRENT_VERSION)
+        key = ", ".join(f'"{k}"' for k in table.key)
+        join = " AND ".join(f't."{k}" = s."{k}"' for k in table.key)
+        con = self.con
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _dedup AS SELECT DISTINCT ON ({key}) * FROM _stage")
+        if SETTINGS_COLUMN[0] in cols:
+            # Keep featuredb's own settings when a Neuronpedia record without them is re-imported.
+            con.execute(
+                f'UPDATE _dedup s SET "settings" = t."settings" FROM "{table.name}" t '
+                f'WHERE {join} AND s."settings" IS NULL'
+            )
+        con.execute(f'DELETE FROM "{table.name}" t USING _dedup s WHERE {join}')
+        order = ' ORDER BY "modelId", "layer", "index"' if "index" in cols else ""
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        con.execute(f'INSERT INTO "{table.name}" ({quoted}) SELECT {quoted} FROM _dedup{order}')
+        n = con.execute("SELECT count(*) FROM _dedup").fetchone()[0]
+        con.execute("DROP TABLE _dedup")
+        con.execute("DROP TABLE _stage")
+        return int(n)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_feature(self, model: str, source: str, index: int | str) -> Feature:
+        """Neuronpedia's GET /api/feature/{model}/{source}/{index}: columns, activations, explanations."""
+        idx = parse_index(index)
+        key = [model, source, idx]
+        where = '"modelId" = ? AND "layer" = ? AND "index" = ?'
+        cur = self.con.execute(f"SELECT * FROM features WHERE {where}", key)
+        row = cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"feature {model}/{source}/{idx} is not in {self.path}")
+        feature = dict(zip([d[0] for d in cur.description], row))
+        feature["index"] = str(idx)
+        feature["activations"] = self._rows(
+            f'SELECT * FROM activations WHERE {where} ORDER BY "maxValue" DESC NULLS LAST, "id"', key)
+        feature["explanations"] = self._rows(
+            f'SELECT * FROM explanations WHERE {where} ORDER BY "scoreV1" DESC NULLS LAST, "id"', key)
+        return Feature.model_validate(feature)
+
+    def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        cur = self.con.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(names, r))
+            d["index"] = str(d["index"])
+            out.append(d)
+        return out
+
+    def sources(self, model: str | None = None, source: str | None = None) -> list[tuple[str, str]]:
+        """(modelId, source id) pairs that have features, activations, explanations or a source row."""
+        parts = []
+        for t in (FEATURES, ACTIVATIONS, EXPLANATIONS):
+            parts.append(f'SELECT DISTINCT "modelId", "layer" FROM {t.name}')
+        parts.append('SELECT "modelId", "id" AS "layer" FROM sources')
+        sql = f"SELECT DISTINCT * FROM ({' UNION ALL '.join(parts)}) WHERE 1=1"
+        params: list[Any] = []
+        if model:
+            sql += ' AND "modelId" = ?'
+            params.append(model)
+        if source:
+            sql += ' AND "layer" = ?'
+            params.append(source)
+        return [(m, s) for m, s in self.con.execute(sql + " ORDER BY 1, 2", params).fetchall()]
+
+    def info(self) -> dict[str, Any]:
+        """Path, schema version, size, row counts per table and per (model, source)."""
+        counts = {t.name: self.con.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0] for t in TABLES}
+        per_source = self.con.execute(
+            """
+            WITH f AS (SELECT "modelId", "layer", count(*) AS features,
+                              count(*) FILTER (WHERE "frac_nonzero" = 0) AS dead FROM features GROUP BY ALL),
+                 a AS (SELECT "modelId", "layer", count(*) AS activations FROM activations GROUP BY ALL),
+                 e AS (SELECT "modelId", "layer", count(*) AS explanations FROM explanations GROUP BY ALL)
+            SELECT coalesce(f."modelId", a."modelId", e."modelId") AS model,
+                   coalesce(f."layer", a."layer", e."layer") AS source,
+                   coalesce(features, 0), coalesce(dead, 0), coalesce(activations, 0), coalesce(explanations, 0)
+            FROM f FULL JOIN a USING ("modelId", "layer") FULL JOIN e USING ("modelId", "layer")
+            ORDER BY 1, 2
+            """
+        ).fetchall()
+        return {
+            "path": self.path,
+            "schema_version": stored_version(self.con),
+            "size_bytes": Path(self.path).stat().st_size if Path(self.path).exists() else 0,
+            "tables": counts,
+            "sources": [
+                {"model": m, "source": s, "features": f, "dead_features": d, "activations": a, "explanations": e}
+                for m, s, f, d, a, e in per_source
+            ],
+        }

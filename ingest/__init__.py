@@ -1,0 +1,1 @@
+"""ingest: turns (model, transcoders, corpus) into featuredb records."""

@@ -1,0 +1,1 @@
+"""tracer: labels attribution graphs and proposes supernodes from a featuredb store."""
