@@ -66,6 +66,10 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise FeatureDBError(f"{path}: cannot open: {str(e).splitlines()[0]}") from None
 
 
+class MissingKeyError(FeatureDBError):
+    """Rows arrived without a key field (modelId, layer, index or id)."""
+
+
 class FeatureStore:
     """A featuredb DuckDB file. Open with FeatureStore(path) (read-write) or read_only=True."""
 
@@ -145,10 +149,9 @@ class FeatureStore:
                 arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
                 self.con.register("_upsert_src", arrow)
                 try:
-                    self.stage_from(table, "SELECT * FROM _upsert_src", list(arrow.schema.names))
+                    written[name] = self.write_select(table, "SELECT * FROM _upsert_src", list(arrow.schema.names))
                 finally:
                     self.con.unregister("_upsert_src")
-                written[name] = self.merge_stage(table)
 
         if in_transaction:
             with self.transaction():
@@ -157,9 +160,13 @@ class FeatureStore:
             run()
         return written
 
-    def stage_from(self, table: Table, select_sql: str, present: list[str], params: list[Any] | None = None,
-                   defaults: dict[str, str] | None = None) -> None:
-        """Fill the temp table _stage with the table's columns cast from `select_sql` (missing ones NULL)."""
+    def write_select(self, table: Table, select_sql: str, present: list[str], *,
+                     defaults: dict[str, str] | None = None, scope: tuple[str, str] | None = None) -> int:
+        """Upsert the rows of `select_sql` (columns `present`, others NULL) into `table`; returns rows written.
+
+        With `scope` = (modelId, source) and no rows of that source in the table yet, rows go straight in
+        (one pass, the common fresh import); otherwise they are staged and replace rows with the same key.
+        """
         cols = columns_of(table, CURRENT_VERSION)
         exprs = []
         for col, ty in cols.items():
@@ -167,38 +174,65 @@ class FeatureStore:
             if defaults and col in defaults:
                 src = f"coalesce({src}, {defaults[col]})"
             exprs.append(f'CAST({src} AS {ty}) AS "{col}"')
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT {', '.join(exprs)} FROM ({select_sql})",
-            params or [],
-        )
+        cast_sql = f"SELECT {', '.join(exprs)} FROM ({select_sql})"
         if table.name in _ID_EXPRESSIONS:
-            self.con.execute(f'UPDATE _stage SET "id" = {_ID_EXPRESSIONS[table.name]} WHERE "id" IS NULL')
-        missing_key = " OR ".join(f'"{k}" IS NULL' for k in table.key)
-        bad = self.con.execute(f"SELECT count(*) FROM _stage WHERE {missing_key}").fetchone()[0]
-        if bad:
-            raise FeatureDBError(f"{table.name}: {bad} row(s) lack a key field ({', '.join(table.key)})")
+            names = ", ".join(f'"{c}"' for c in cols if c != "id")
+            cast_sql = f'SELECT coalesce("id", {_ID_EXPRESSIONS[table.name]}) AS "id", {names} FROM ({cast_sql})'
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        con = self.con
+        if scope is not None and "layer" in cols and not con.execute(
+                f'SELECT 1 FROM "{table.name}" WHERE "modelId" = ? AND "layer" = ? LIMIT 1', list(scope)).fetchone():
+            before = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0]
+            con.execute(f'INSERT INTO "{table.name}" ({quoted}) {cast_sql}')
+            n = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0] - before
+            self._check_keys(table, f'"modelId" = ? AND "layer" = ?', list(scope))
+            self._drop_duplicates_in_scope(table, scope)
+            return int(n)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {cast_sql}")
+        try:
+            self._check_keys(table, "1=1", [], relation="_stage")
+            return self._merge_stage(table)
+        finally:
+            con.execute("DROP TABLE IF EXISTS _stage")
 
-    def merge_stage(self, table: Table) -> int:
-        """Replace rows of `table` whose key is in _stage by the staged rows; returns rows written."""
+    def _check_keys(self, table: Table, where: str, params: list[Any], relation: str | None = None) -> None:
+        missing = " OR ".join(f'"{k}" IS NULL' for k in table.key)
+        bad = self.con.execute(f'SELECT count(*) FROM "{relation or table.name}" WHERE ({where}) AND ({missing})',
+                               params).fetchone()[0]
+        if bad:
+            raise MissingKeyError(f"{table.name}: {bad} row(s) lack a key field ({', '.join(table.key)})")
+
+    def _drop_duplicates_in_scope(self, table: Table, scope: tuple[str, str]) -> None:
+        key = ", ".join(f'"{k}"' for k in table.key)
+        where = '"modelId" = ? AND "layer" = ?'
+        dup = self.con.execute(
+            f'SELECT count(*) - count(DISTINCT ({key})) FROM "{table.name}" WHERE {where}', list(scope)).fetchone()[0]
+        if dup:  # keep the last copy of each key, as a replace would
+            self.con.execute(
+                f'DELETE FROM "{table.name}" WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number() OVER '
+                f'(PARTITION BY {key} ORDER BY rowid DESC) AS rn FROM "{table.name}" WHERE {where}) WHERE rn > 1)',
+                list(scope))
+
+    def _merge_stage(self, table: Table) -> int:
+        """Replace rows of `table` whose key is in _stage by the staged rows (last copy wins)."""
         cols = columns_of(table, CURRENT_VERSION)
         key = ", ".join(f'"{k}"' for k in table.key)
         join = " AND ".join(f't."{k}" = s."{k}"' for k in table.key)
         con = self.con
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _dedup AS SELECT DISTINCT ON ({key}) * FROM _stage")
+        dup = con.execute(f"SELECT count(*) - count(DISTINCT ({key})) FROM _stage").fetchone()[0]
+        if dup:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS SELECT * FROM _stage "
+                        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY rowid DESC) = 1")
         if SETTINGS_COLUMN[0] in cols:
             # Keep featuredb's own settings when a Neuronpedia record without them is re-imported.
             con.execute(
-                f'UPDATE _dedup s SET "settings" = t."settings" FROM "{table.name}" t '
+                f'UPDATE _stage s SET "settings" = t."settings" FROM "{table.name}" t '
                 f'WHERE {join} AND s."settings" IS NULL'
             )
-        con.execute(f'DELETE FROM "{table.name}" t USING _dedup s WHERE {join}')
-        order = ' ORDER BY "modelId", "layer", "index"' if "index" in cols else ""
+        con.execute(f'DELETE FROM "{table.name}" t USING _stage s WHERE {join}')
         quoted = ", ".join(f'"{c}"' for c in cols)
-        con.execute(f'INSERT INTO "{table.name}" ({quoted}) SELECT {quoted} FROM _dedup{order}')
-        n = con.execute("SELECT count(*) FROM _dedup").fetchone()[0]
-        con.execute("DROP TABLE _dedup")
-        con.execute("DROP TABLE _stage")
-        return int(n)
+        con.execute(f'INSERT INTO "{table.name}" ({quoted}) SELECT {quoted} FROM _stage')
+        return int(con.execute("SELECT count(*) FROM _stage").fetchone()[0])
 
     # -- reading -----------------------------------------------------------------------------
 

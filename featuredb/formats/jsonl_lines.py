@@ -77,7 +77,7 @@ def _type_error(duck_type: str, value: Any) -> str | None:
     return None  # JSON: anything
 
 
-def scan_file(path: Path, columns: dict[str, str]) -> ScanResult:
+def scan_file(path: Path, columns: dict[str, str], required: tuple[str, ...] = ()) -> ScanResult:
     """Parse every line of `path`, checking each known field's type; unknown fields are ignored."""
     result = ScanResult()
     for n, text, read_error in _iter_lines(path):
@@ -95,8 +95,10 @@ def scan_file(path: Path, columns: dict[str, str]) -> ScanResult:
         if not isinstance(record, dict):
             result.bad.append(BadLine(path, n, f"expected a JSON object, got {type(record).__name__}"))
             continue
-        reason = None
+        reason = next((f"missing field {k!r}" for k in required if record.get(k) is None), None)
         for col, ty in columns.items():
+            if reason:
+                break
             if col not in record:
                 continue
             if col == "index":

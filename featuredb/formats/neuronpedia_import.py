@@ -12,7 +12,7 @@ import duckdb
 from tqdm import tqdm
 
 from featuredb.errors import BadInputError, FeatureDBError
-from featuredb.formats.jsonl_lines import BadLine, scan_file
+from featuredb.formats.jsonl_lines import scan_file
 from featuredb.identity import set_of_source
 from featuredb.schema import (
     ACTIVATIONS,
@@ -26,7 +26,7 @@ from featuredb.schema import (
     Table,
     columns_of,
 )
-from featuredb.store import FeatureStore
+from featuredb.store import FeatureStore, MissingKeyError
 
 BATCH_DIRS = (FEATURES, ACTIVATIONS, EXPLANATIONS)  # {sourceDir}/{features,activations,explanations}/batch-N
 META_FILES = (MODELS, RELEASES, SOURCE_SETS, SOURCES)  # {sourceDir}/{model,release,sourceset,source}.jsonl
@@ -105,54 +105,40 @@ def _defaults(table: Table, model: str, source: str) -> dict[str, str]:
     return {}
 
 
-class _Importer:
-    def __init__(self, store: FeatureStore, skip_bad_lines: bool, tmp: Path) -> None:
-        self.store = store
-        self.skip = skip_bad_lines
-        self.tmp = tmp
-        self.report = ImportReport()
+def _required(table: Table) -> tuple[str, ...]:
+    """Fields a line must carry (the folder names supply modelId and layer; ids are derived when absent)."""
+    return ("index",) if table in BATCH_DIRS else ()
 
-    def load(self, table: Table, files: list[Path], model: str, source: str) -> None:
-        columns = columns_of(table, CURRENT_VERSION)
-        try:
-            self._stage_and_merge(table, files, columns, model, source)
-        except duckdb.Error as err:
-            self._recover(table, files, columns, model, source, err)
-        self.report.files += len(files)
 
-    def _stage_and_merge(self, table: Table, files: list[Path], columns: dict[str, str], model: str,
-                         source: str) -> None:
-        self.store.stage_from(table, _read_sql(files, columns), list(columns), defaults=_defaults(table, model, source))
-        n = self.store.merge_stage(table)
-        self.report.rows[table.name] = self.report.rows.get(table.name, 0) + n
+def _load(store: FeatureStore, table: Table, files: list[Path], model: str, source: str) -> int:
+    columns = columns_of(table, CURRENT_VERSION)
+    scope = (model, source) if table in BATCH_DIRS else None
+    return store.write_select(table, _read_sql(files, columns), list(columns),
+                              defaults=_defaults(table, model, source), scope=scope)
 
-    def _recover(self, table: Table, files: list[Path], columns: dict[str, str], model: str, source: str,
-                 err: duckdb.Error) -> None:
-        """DuckDB refused the batch: find the bad lines in Python; abort naming one, or skip them."""
-        cleaned: list[Path] = []
-        bad: list[BadLine] = []
-        for f in files:
-            scan = scan_file(f, columns)
-            if not scan.bad:
-                cleaned.append(f)
-                continue
-            if not self.skip:
-                raise BadInputError(f"{scan.bad[0]} (nothing from this import was committed)") from None
-            bad.extend(scan.bad)
-            if scan.good:
-                out = self.tmp / f"{len(list(self.tmp.iterdir()))}-{f.name.removesuffix('.gz')}"
-                out.write_text("".join(scan.good), encoding="utf-8")
-                cleaned.append(out)
-        if not bad:
-            first = str(err).splitlines()[0]
-            raise BadInputError(f"{files[0].parent}: {first} (nothing from this import was committed)") from None
-        self.report.skipped_lines += len(bad)
-        self.report.skipped_examples.extend(str(b) for b in bad[: max(0, 5 - len(self.report.skipped_examples))])
-        if cleaned:
-            try:
-                self._stage_and_merge(table, cleaned, columns, model, source)
-            except duckdb.Error as e2:
-                raise BadInputError(f"{files[0].parent}: {str(e2).splitlines()[0]}") from None
+
+def _clean_group(table: Table, files: list[Path], err: Exception, skip: bool, tmp: Path,
+                 replaced: dict[Path, Path | None], report: ImportReport) -> None:
+    """DuckDB refused a group of files: find its bad lines in Python; raise naming one, or write cleaned copies."""
+    columns = columns_of(table, CURRENT_VERSION)
+    found = False
+    for f in files:
+        scan = scan_file(f, columns, required=_required(table))
+        if not scan.bad:
+            continue
+        found = True
+        if not skip:
+            raise BadInputError(f"{scan.bad[0]} (nothing from this import was committed)")
+        report.skipped_lines += len(scan.bad)
+        report.skipped_examples.extend(str(b) for b in scan.bad[: max(0, 5 - len(report.skipped_examples))])
+        cleaned = None
+        if scan.good:
+            cleaned = tmp / f"{len(replaced)}-{f.name.removesuffix('.gz')}"
+            cleaned.write_text("".join(scan.good), encoding="utf-8")
+        replaced[f] = cleaned
+    if not found:
+        first = str(err).splitlines()[0]
+        raise BadInputError(f"{files[0].parent}: {first} (nothing from this import was committed)")
 
 
 def import_neuronpedia(store: FeatureStore, path: str | Path, *, skip_bad_lines: bool = False,
@@ -180,19 +166,33 @@ def import_neuronpedia(store: FeatureStore, path: str | Path, *, skip_bad_lines:
                 plan.append((t, files, model, source))
     started = time.perf_counter()
     total_files = sum(len(files) for _, files, _, _ in plan)
-    with tempfile.TemporaryDirectory(prefix="featuredb-import-") as tmp, store.transaction():
-        importer = _Importer(store, skip_bad_lines, Path(tmp))
-        bar = tqdm(total=total_files, unit="file", desc="import", disable=None if progress is None else not progress, leave=False)
-        try:
-            for table, files, model, source in plan:
-                bar.set_postfix_str(f"{source}/{table.export_file}")
-                importer.load(table, files, model, source)
-                bar.update(len(files))
-        finally:
-            bar.close()
-    report = importer.report
-    report.sources = [f"{d.parent.name}/{d.name}" for d in source_dirs]
+    report = ImportReport(sources=[f"{d.parent.name}/{d.name}" for d in source_dirs], files=total_files)
+    replaced: dict[Path, Path | None] = {}  # bad file -> cleaned copy (None: nothing usable left)
+    with tempfile.TemporaryDirectory(prefix="featuredb-import-") as tmp:
+        while True:  # a refused batch rolls everything back; clean it (or fail) and start again
+            rows: dict[str, int] = {}
+            bar = tqdm(total=total_files, unit="file", desc="import",
+                       disable=None if progress is None else not progress, leave=False)
+            current: tuple[Table, list[Path]] | None = None
+            try:
+                with store.transaction():
+                    for table, files, model, source in plan:
+                        bar.set_postfix_str(f"{source}/{table.export_file}")
+                        use = [replaced.get(f, f) for f in files]
+                        use = [f for f in use if f is not None]
+                        current = (table, [f for f in files if f not in replaced])
+                        if use:
+                            rows[table.name] = rows.get(table.name, 0) + _load(store, table, use, model, source)
+                        bar.update(len(files))
+                break
+            except (duckdb.Error, MissingKeyError) as err:
+                if current is None or not current[1]:
+                    raise BadInputError(f"{root}: {str(err).splitlines()[0]}") from None
+                _clean_group(current[0], current[1], err, skip_bad_lines, Path(tmp), replaced, report)
+            finally:
+                bar.close()
+    report.rows = rows
     report.seconds = time.perf_counter() - started
-    if not any(report.rows.values()) and not report.skipped_lines:
+    if not any(rows.values()) and not report.skipped_lines:
         raise FeatureDBError(f"{root}: the export holds no records")
     return report

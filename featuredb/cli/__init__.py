@@ -1,0 +1,1 @@
+"""The `featuredb` command line."""

@@ -1,0 +1,47 @@
+"""Shared CLI pieces: the --db and --json options, output, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from featuredb.errors import FeatureDBError
+from featuredb.store import DB_ENV, DEFAULT_DB, FeatureStore
+
+
+def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--db PATH (env FEATUREDB_DB, default data/featuredb.duckdb)."""
+    return click.option("--db", "db", envvar=DB_ENV, default=DEFAULT_DB, show_default=True,
+                        type=click.Path(dir_okay=False), help=f"DuckDB store file (env {DB_ENV}).")(f)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--json: machine-readable output on stdout."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def open_store(db: str, read_only: bool) -> FeatureStore:
+    """Open the store; errors surface as one-line FeatureDBError messages."""
+    return FeatureStore(db, read_only=read_only)
+
+
+def emit_json(data: Any) -> None:
+    """Print `data` as indented JSON on stdout."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class FeatureDBGroup(click.Group):
+    """A click group that turns FeatureDBError (and Ctrl-C) into one line on stderr and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FeatureDBError as e:
+            click.echo(f"featuredb: error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("featuredb: interrupted (nothing half-written was committed)", err=True)
+            sys.exit(130)

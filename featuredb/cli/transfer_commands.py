@@ -1,0 +1,141 @@
+"""CLI commands that move records in and out: import, export, sample-export."""
+
+from __future__ import annotations
+
+import click
+
+from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
+from featuredb.formats.circuit_tracer_export import export_circuit_tracer
+from featuredb.formats.neuronpedia_export import export_neuronpedia
+from featuredb.formats.neuronpedia_import import import_neuronpedia
+from featuredb.formats.parquet_export import export_parquet
+from featuredb.synthetic_export import generate_export
+
+
+@click.group("import", cls=FeatureDBGroup, short_help="Import a Neuronpedia export into the store.")
+def import_group() -> None:
+    """Import records into the store."""
+
+
+@import_group.command("neuronpedia", short_help="Import a Neuronpedia export folder.")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--skip-bad-lines", is_flag=True, help="Skip and count malformed lines instead of aborting.")
+@db_option
+@json_option
+def import_neuronpedia_command(directory: str, skip_bad_lines: bool, db: str, as_json: bool) -> None:
+    """Import a Neuronpedia export folder ({modelId}/{sourceId}/features/batch-N.jsonl.gz ...).
+
+    Everything commits in one transaction; a malformed line aborts naming its file and line.
+
+    \b
+    Example:
+      featuredb import neuronpedia exports/gemma-2-2b --db data/featuredb.duckdb
+    """
+    with open_store(db, read_only=False) as store:
+        report = import_neuronpedia(store, directory, skip_bad_lines=skip_bad_lines)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    rows = ", ".join(f"{k} {v}" for k, v in report.rows.items())
+    click.echo(f"imported {len(report.sources)} source(s) from {report.files} file(s) in {report.seconds:.1f}s: {rows}")
+    if report.skipped_lines:
+        click.echo(f"skipped {report.skipped_lines} bad line(s), e.g. {report.skipped_examples[0]}")
+
+
+@click.group("export", cls=FeatureDBGroup, short_help="Export as Neuronpedia, circuit-tracer or Parquet files.")
+def export_group() -> None:
+    """Export the store as Neuronpedia, circuit-tracer or Parquet files."""
+
+
+def _filters(f):  # type: ignore[no-untyped-def]
+    f = click.option("--source", help="Only this source id, e.g. 20-gemmascope-transcoder-16k.")(f)
+    return click.option("--model", help="Only this model id.")(f)
+
+
+@export_group.command("neuronpedia", short_help="Neuronpedia export layout (batch-N.jsonl.gz).")
+@click.argument("out", type=click.Path(file_okay=False))
+@_filters
+@db_option
+@json_option
+def export_neuronpedia_command(out: str, model: str | None, source: str | None, db: str, as_json: bool) -> None:
+    """Write Neuronpedia's export layout (1024 rows per batch-N.jsonl.gz) under OUT.
+
+    \b
+    Example:
+      featuredb export neuronpedia exports/ --model gemma-2-2b
+    """
+    with open_store(db, read_only=True) as store:
+        report = export_neuronpedia(store, out, model=model, source=source)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    click.echo(f"wrote {report.files} file(s) for {len(report.sources)} source(s) to {out} in {report.seconds:.1f}s")
+
+
+@export_group.command("circuit-tracer", short_help="circuit-tracer feature files {scan}/{cantor}.json.")
+@click.argument("out", type=click.Path(file_okay=False))
+@_filters
+@click.option("--scan", help="Folder name under OUT (the graph's metadata.scan); default: the model id.")
+@db_option
+@json_option
+def export_circuit_tracer_command(out: str, model: str | None, source: str | None, scan: str | None, db: str,
+                                  as_json: bool) -> None:
+    """Write circuit-tracer feature files OUT/{scan}/{cantor(layer, index)}.json.
+
+    Serve OUT as circuit-tracer's features_dir to browse graphs with these examples.
+
+    \b
+    Example:
+      featuredb export circuit-tracer graphs/features --model smollm2-135m
+    """
+    with open_store(db, read_only=True) as store:
+        report = export_circuit_tracer(store, out, model=model, source=source, scan=scan)
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"wrote {report['features']} feature file(s) to {out}/{{{','.join(report['scans'])}}}/ "
+               f"in {report['seconds']:.1f}s")
+
+
+@export_group.command("parquet", short_help="One Parquet file per table.")
+@click.argument("out", type=click.Path(file_okay=False))
+@_filters
+@db_option
+@json_option
+def export_parquet_command(out: str, model: str | None, source: str | None, db: str, as_json: bool) -> None:
+    """Write every table as OUT/{table}.parquet.
+
+    \b
+    Example:
+      featuredb export parquet dump/ --model gemma-2-2b
+    """
+    with open_store(db, read_only=True) as store:
+        rows = export_parquet(store, out, model=model, source=source)
+    if as_json:
+        emit_json({"out": out, "rows": rows})
+        return
+    click.echo(f"wrote {len(rows)} parquet file(s) to {out}: " + ", ".join(f"{k} {v}" for k, v in rows.items()))
+
+
+@click.command("sample-export", short_help="Write a synthetic Neuronpedia export for demos.")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--model", default="demo-model", show_default=True)
+@click.option("--source", default="6-demo-transcoder", show_default=True)
+@click.option("--features", "n_features", default=2048, show_default=True, type=click.IntRange(1))
+@click.option("--activations", "n_activations", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--ctx-len", default=64, show_default=True, type=click.IntRange(1))
+@json_option
+def sample_export(out: str, model: str, source: str, n_features: int, n_activations: int, ctx_len: int,
+                  as_json: bool) -> None:
+    """Write a synthetic Neuronpedia export (concept features) to OUT.
+
+    \b
+    Example:
+      featuredb sample-export data/demo-export --features 2048
+    """
+    generate_export(out, model=model, source=source, n_features=n_features, n_activations=n_activations,
+                    ctx_len=ctx_len)
+    if as_json:
+        emit_json({"out": out, "model": model, "source": source, "features": n_features})
+        return
+    click.echo(f"wrote a synthetic export of {n_features} features to {out}/{model}/{source}")

@@ -1,0 +1,69 @@
+"""The `featuredb` command line: help, JSON output, --db / FEATUREDB_DB, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import MODEL, SOURCE
+from featuredb.cli.root import cli
+
+
+def _run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_help_lists_every_command_with_a_description() -> None:
+    out = _run("--help").output
+    for name in ("info", "import", "export", "feature", "query", "sample-export"):
+        line = next(l for l in out.splitlines() if l.strip().startswith(name + " "))
+        assert len(line.split(None, 1)[1]) > 10
+    for group, subs in (("import", ["neuronpedia"]), ("export", ["neuronpedia", "circuit-tracer", "parquet"])):
+        sub_help = _run(group, "--help").output
+        assert all(s in sub_help for s in subs)
+        for s in subs:
+            assert "Example:" in _run(group, s, "--help").output
+
+
+def test_import_info_feature_and_query_through_the_cli(small_export: Path, tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    res = _run("import", "neuronpedia", str(small_export), "--db", db, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["rows"]["activations"] == 240
+    info = json.loads(_run("info", "--json", env={"FEATUREDB_DB": db}).output)
+    assert info["sources"] == [{"model": MODEL, "source": SOURCE, "features": 40, "dead_features": 0,
+                                "activations": 240, "explanations": 40}]
+    feature = json.loads(_run("feature", MODEL, SOURCE, "3", "--db", db).output)
+    assert feature["index"] == "3" and len(feature["activations"]) == 6
+    rows = json.loads(_run("query", 'SELECT count(*) AS n FROM features', "--db", db, "--json").output)
+    assert rows == [{"n": 40}]
+
+
+def test_user_mistakes_are_one_line_errors_with_nonzero_exit(tmp_path: Path) -> None:
+    db = str(tmp_path / "x.duckdb")
+    cases = [
+        ["import", "neuronpedia", str(tmp_path / "missing"), "--db", db],
+        ["feature", "m", "1-s", "5", "--db", str(tmp_path / "nope.duckdb")],
+        ["query", "SELEC nonsense", "--db", db],
+        ["feature", "m", "1-s", "five", "--db", db],
+    ]
+    _run("import", "neuronpedia", str(tmp_path), "--db", db)  # creates the (empty) store file
+    for args in cases:
+        res = subprocess.run([sys.executable, "-m", "featuredb.cli", *args], capture_output=True, text=True)
+        assert res.returncode != 0, args
+        assert res.stderr.startswith("featuredb: error: ") and res.stderr.count("\n") == 1, (args, res.stderr)
+
+
+def test_export_commands_write_files(small_export: Path, tmp_path: Path) -> None:
+    db = str(tmp_path / "e.duckdb")
+    _run("import", "neuronpedia", str(small_export), "--db", db)
+    ct = json.loads(_run("export", "circuit-tracer", str(tmp_path / "ct"), "--db", db, "--json").output)
+    assert ct["features"] == 40 and ct["scans"] == [MODEL]
+    np_ = json.loads(_run("export", "neuronpedia", str(tmp_path / "np"), "--model", MODEL, "--db", db, "--json").output)
+    assert np_["rows"]["features"] == 40
+    pq = json.loads(_run("export", "parquet", str(tmp_path / "pq"), "--db", db, "--json").output)
+    assert pq["rows"]["explanations"] == 40
