@@ -239,9 +239,20 @@ EXPLANATIONS = Table(
     "explanations",
 )
 
-# featuredb's own column (schema v2): how to load the model / transcoder again (paths, hooks, settings).
+# featuredb's own columns (schema v2): `settings` says how to load a model / transcoder again (paths, hooks);
+# `feature_key` = "{modelId}/{layer}/{index}" is one indexed column, so point lookups use an ART index scan.
 SETTINGS_COLUMN = ("settings", "JSON")
 SETTINGS_TABLES = (MODELS, SOURCE_SETS, SOURCES)
+FEATURE_KEY_COLUMN = ("feature_key", "VARCHAR")
+FEATURE_KEY_TABLES = (FEATURES, ACTIVATIONS, EXPLANATIONS)
+FEATURE_KEY_SQL = """"modelId" || '/' || "layer" || '/' || CAST("index" AS VARCHAR)"""
+INTERNAL_COLUMNS = (SETTINGS_COLUMN[0], FEATURE_KEY_COLUMN[0])
+
+
+def feature_key(model: str, source: str, index: int) -> str:
+    """The value of the feature_key column for one feature."""
+    return f"{model}/{source}/{index}"
+
 
 TABLES: tuple[Table, ...] = (MODELS, RELEASES, SOURCE_SETS, SOURCES, FEATURES, ACTIVATIONS, EXPLANATIONS)
 TABLES_BY_NAME = {t.name: t for t in TABLES}
@@ -252,6 +263,8 @@ def columns_of(table: Table, version: int) -> dict[str, str]:
     cols = dict(table.columns)
     if version >= 2 and table in SETTINGS_TABLES:
         cols[SETTINGS_COLUMN[0]] = SETTINGS_COLUMN[1]
+    if version >= 2 and table in FEATURE_KEY_TABLES:
+        cols[FEATURE_KEY_COLUMN[0]] = FEATURE_KEY_COLUMN[1]
     return cols
 
 
@@ -261,13 +274,21 @@ def _create_tables_v1(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f'CREATE TABLE "{t.name}" ({cols})')
 
 
-def _add_settings_v2(con: duckdb.DuckDBPyConnection) -> None:
+def _add_settings_and_feature_keys_v2(con: duckdb.DuckDBPyConnection) -> None:
     for t in SETTINGS_TABLES:
         con.execute(f'ALTER TABLE "{t.name}" ADD COLUMN "{SETTINGS_COLUMN[0]}" {SETTINGS_COLUMN[1]}')
+    name, ty = FEATURE_KEY_COLUMN
+    for t in FEATURE_KEY_TABLES:
+        # Rebuilt rather than UPDATEd: DuckDB cannot index a table with outstanding updates in one transaction.
+        con.execute(f'CREATE TABLE "_{t.name}_v2" AS SELECT *, CAST({FEATURE_KEY_SQL} AS {ty}) AS "{name}" '
+                    f'FROM "{t.name}"')
+        con.execute(f'DROP TABLE "{t.name}"')
+        con.execute(f'ALTER TABLE "_{t.name}_v2" RENAME TO "{t.name}"')
+        con.execute(f'CREATE INDEX "{t.name}_{name}" ON "{t.name}" ("{name}")')
 
 
 # MIGRATIONS[v-1] brings a file from version v-1 to version v.
-MIGRATIONS = (_create_tables_v1, _add_settings_v2)
+MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

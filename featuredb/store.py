@@ -20,11 +20,15 @@ from featuredb.schema import (
     CURRENT_VERSION,
     EXPLANATIONS,
     FEATURES,
+    FEATURE_KEY_COLUMN,
+    FEATURE_KEY_SQL,
+    INTERNAL_COLUMNS,
     SETTINGS_COLUMN,
     TABLES,
     TABLES_BY_NAME,
     Table,
     columns_of,
+    feature_key,
     migrate,
     stored_version,
 )
@@ -170,11 +174,15 @@ class FeatureStore:
         cols = columns_of(table, CURRENT_VERSION)
         exprs = []
         for col, ty in cols.items():
+            if col == FEATURE_KEY_COLUMN[0]:
+                continue  # derived below, never taken from input
             src = f'"{col}"' if col in present else "NULL"
             if defaults and col in defaults:
                 src = f"coalesce({src}, {defaults[col]})"
             exprs.append(f'CAST({src} AS {ty}) AS "{col}"')
         cast_sql = f"SELECT {', '.join(exprs)} FROM ({select_sql})"
+        if FEATURE_KEY_COLUMN[0] in cols:
+            cast_sql = f'SELECT *, {FEATURE_KEY_SQL} AS "{FEATURE_KEY_COLUMN[0]}" FROM ({cast_sql})'
         if table.name in _ID_EXPRESSIONS:
             names = ", ".join(f'"{c}"' for c in cols if c != "id")
             cast_sql = f'SELECT coalesce("id", {_ID_EXPRESSIONS[table.name]}) AS "id", {names} FROM ({cast_sql})'
@@ -239,13 +247,15 @@ class FeatureStore:
     def get_feature(self, model: str, source: str, index: int | str) -> Feature:
         """Neuronpedia's GET /api/feature/{model}/{source}/{index}: columns, activations, explanations."""
         idx = parse_index(index)
-        key = [model, source, idx]
-        where = '"modelId" = ? AND "layer" = ? AND "index" = ?'
+        key = [feature_key(model, source, idx)]
+        where = f'"{FEATURE_KEY_COLUMN[0]}" = ?'  # the only filter, so DuckDB uses the ART index
         cur = self.con.execute(f"SELECT * FROM features WHERE {where}", key)
         row = cur.fetchone()
         if row is None:
             raise NotFoundError(f"feature {model}/{source}/{idx} is not in {self.path}")
         feature = dict(zip([d[0] for d in cur.description], row))
+        for internal in INTERNAL_COLUMNS:
+            feature.pop(internal, None)
         feature["index"] = str(idx)
         feature["activations"] = self._rows(
             f'SELECT * FROM activations WHERE {where} ORDER BY "maxValue" DESC NULLS LAST, "id"', key)
@@ -260,6 +270,7 @@ class FeatureStore:
         for r in cur.fetchall():
             d = dict(zip(names, r))
             d["index"] = str(d["index"])
+            d.pop(FEATURE_KEY_COLUMN[0], None)
             out.append(d)
         return out
 

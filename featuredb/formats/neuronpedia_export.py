@@ -14,6 +14,7 @@ from featuredb.schema import (
     ACTIVATIONS,
     CURRENT_VERSION,
     EXPLANATIONS,
+    FEATURE_KEY_COLUMN,
     FEATURES,
     MODELS,
     RELEASES,
@@ -45,7 +46,7 @@ class ExportReport:
 
 def select_list(table: Table) -> str:
     """Columns in export form: `index` as a string, as Neuronpedia stores it."""
-    cols = columns_of(table, CURRENT_VERSION)
+    cols = [c for c in columns_of(table, CURRENT_VERSION) if c != FEATURE_KEY_COLUMN[0]]
     return ", ".join('CAST("index" AS VARCHAR) AS "index"' if c == "index" else f'"{c}"' for c in cols)
 
 
