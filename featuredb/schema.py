@@ -303,14 +303,20 @@ def stored_version(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0] or 0)
 
 
-def migrate(con: duckdb.DuckDBPyConnection, path: str, target: int = CURRENT_VERSION) -> int:
-    """Bring the file to `target` in one transaction; refuse files from a newer featuredb."""
+def readable_version(con: duckdb.DuckDBPyConnection, path: str) -> int:
+    """The file's schema version; a file from a newer featuredb is refused."""
     version = stored_version(con)
     if version > CURRENT_VERSION:
         raise SchemaVersionError(
             f"{path}: written by featuredb schema v{version}, this featuredb reads up to "
             f"v{CURRENT_VERSION}; upgrade featuredb"
         )
+    return version
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: str, target: int = CURRENT_VERSION) -> int:
+    """Bring the file to `target` in one transaction; refuse files from a newer featuredb."""
+    version = readable_version(con, path)
     if version >= target:
         return version
     con.execute("BEGIN TRANSACTION")

@@ -30,6 +30,7 @@ from featuredb.schema import (
     columns_of,
     feature_key,
     migrate,
+    readable_version,
     stored_version,
 )
 
@@ -101,14 +102,11 @@ class FeatureStore:
                 raise
 
     def _checked_version(self) -> int:
-        version = stored_version(self.con)
-        if version > CURRENT_VERSION:
+        try:
+            return readable_version(self.con, self.path)
+        except SchemaVersionError:
             self.con.close()
-            raise SchemaVersionError(
-                f"{self.path}: written by featuredb schema v{version}, this featuredb reads up to "
-                f"v{CURRENT_VERSION}; upgrade featuredb"
-            )
-        return version
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -193,7 +191,7 @@ class FeatureStore:
             before = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0]
             con.execute(f'INSERT INTO "{table.name}" ({quoted}) {cast_sql}')
             n = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0] - before
-            self._check_keys(table, f'"modelId" = ? AND "layer" = ?', list(scope))
+            self._check_keys(table, '"modelId" = ? AND "layer" = ?', list(scope))
             self._drop_duplicates_in_scope(table, scope)
             return int(n)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {cast_sql}")
