@@ -235,9 +235,15 @@ class FeatureStore:
                 f'UPDATE _stage s SET "settings" = t."settings" FROM "{table.name}" t '
                 f'WHERE {join} AND s."settings" IS NULL'
             )
-        con.execute(f'DELETE FROM "{table.name}" t USING _stage s WHERE {join}')
         quoted = ", ".join(f'"{c}"' for c in cols)
-        con.execute(f'INSERT INTO "{table.name}" ({quoted}) SELECT {quoted} FROM _stage')
+        # Rewrite only rows that are new or changed, so re-importing the same export writes nothing.
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _changed AS SELECT {quoted} FROM _stage EXCEPT
+                        SELECT {quoted} FROM "{table.name}" t WHERE EXISTS (SELECT 1 FROM _stage s WHERE {join})""")
+        try:
+            con.execute(f'DELETE FROM "{table.name}" t USING _changed s WHERE {join}')
+            con.execute(f'INSERT INTO "{table.name}" ({quoted}) SELECT {quoted} FROM _changed')
+        finally:
+            con.execute("DROP TABLE IF EXISTS _changed")
         return int(con.execute("SELECT count(*) FROM _stage").fetchone()[0])
 
     # -- reading -----------------------------------------------------------------------------

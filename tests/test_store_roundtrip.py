@@ -103,3 +103,26 @@ def test_cantor_pairing_matches_circuit_tracer() -> None:
     assert cantor_pair(2, 3) == (2 + 3) * (2 + 3 + 1) // 2 + 3
     for layer, idx in [(0, 5), (20, 14110), (29, 0)]:
         assert cantor_unpair(cantor_pair(layer, idx)) == (layer, idx)
+
+
+def test_reimporting_an_unchanged_export_does_not_grow_the_file(small_export: Path, db_path: Path) -> None:
+    sizes = []
+    for _ in range(3):
+        with FeatureStore(db_path) as store:
+            import_neuronpedia(store, small_export, progress=False)
+        sizes.append(db_path.stat().st_size)
+    assert sizes[0] == sizes[1] == sizes[2]
+
+
+def test_reimport_replaces_changed_rows(small_export: Path, db_path: Path) -> None:
+    with FeatureStore(db_path) as store:
+        import_neuronpedia(store, small_export, progress=False)
+    batch = small_export / MODEL / SOURCE / "features" / "batch-0.jsonl.gz"
+    rows = [json.loads(line) for line in gzip.open(batch, "rt")]
+    rows[3]["frac_nonzero"] = 0.5
+    with gzip.open(batch, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    with FeatureStore(db_path) as store:
+        import_neuronpedia(store, small_export, progress=False)
+        assert store.get_feature(MODEL, SOURCE, rows[3]["index"]).frac_nonzero == 0.5
+        assert store.con.execute("SELECT count(*) FROM features").fetchone()[0] == 40
