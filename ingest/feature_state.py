@@ -1,0 +1,151 @@
+"""Streaming, mergeable per-feature statistics: top-k windows, an interval reservoir, counts and a histogram.
+
+Every part is order-independent, so shards merged together and a resumed run give exactly the rows of
+one uninterrupted run:
+- top-k keeps the k windows with the highest peak activation (ties broken by the lower window id);
+- the reservoir keeps the R active windows with the smallest hash priority (a uniform sample);
+- counts and the log-spaced histogram are sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+HIST_LOG10_MIN = -4.0  # fixed histogram bins: 10^-4 .. 10^4, 8 bins per decade (mergeable across shards)
+HIST_BINS_PER_DECADE = 8
+HIST_BINS = 64
+
+
+def pair_priority(windows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """A deterministic uniform [0, 1) priority per (window, feature) pair; inputs broadcast together."""
+    x = windows.to(torch.int64) * 0x9E3779B1 + features.to(torch.int64) * 0x85EBCA77 + 0x27D4EB2F
+    x = x & 0xFFFFFFFF
+    for _ in range(2):  # xorshift-multiply mixing, kept within 32 bits
+        x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+        x = ((x ^ (x >> 12)) * 0x297A2D39) & 0xFFFFFFFF
+        x = x ^ (x >> 15)
+    return x.to(torch.float64).div_(2.0**32).to(torch.float32)
+
+
+def window_priority(windows: torch.Tensor, n_features: int) -> torch.Tensor:
+    """Priorities of every (window, feature): shape (len(windows), n_features)."""
+    f = torch.arange(n_features, device=windows.device, dtype=torch.int64)
+    return pair_priority(windows[:, None], f[None, :])
+
+
+def _select(keep_idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rows from [a | b] along dim 1 at keep_idx (indices < a.shape[1] come from a)."""
+    n_a = a.shape[1]
+    extra = a.shape[2:]
+    ia = keep_idx.clamp(max=n_a - 1)
+    ib = (keep_idx - n_a).clamp(min=0)
+    expand = (*keep_idx.shape, *extra)
+    view = (*keep_idx.shape, *([1] * len(extra)))
+    from_a = a.gather(1, ia.view(view).expand(expand))
+    from_b = b.gather(1, ib.view(view).expand(expand))
+    mask = (keep_idx < n_a).view(view)
+    return torch.where(mask, from_a, from_b)
+
+
+@dataclass
+class LayerState:
+    """Running statistics of one transcoder's features (F features, windows of T tokens)."""
+
+    top_val: torch.Tensor  # (F, k) peak activation of each kept window, -inf when empty
+    top_win: torch.Tensor  # (F, k) window ids, -1 when empty
+    top_acts: torch.Tensor  # (F, k, T) per-token activations of those windows
+    res_pri: torch.Tensor  # (F, R) priority of reservoir windows, +inf when empty
+    res_val: torch.Tensor  # (F, R)
+    res_win: torch.Tensor  # (F, R)
+    res_acts: torch.Tensor  # (F, R, T)
+    nonzero: torch.Tensor  # (F,) tokens with activation > 0
+    hist: torch.Tensor  # (F, HIST_BINS) counts of nonzero activations in log-spaced bins
+
+    @classmethod
+    def empty(cls, n_features: int, k: int, reservoir: int, ctx_len: int, device: torch.device) -> "LayerState":
+        """A state that has seen nothing."""
+        f32 = dict(device=device, dtype=torch.float32)
+        i64 = dict(device=device, dtype=torch.int64)
+        return cls(
+            top_val=torch.full((n_features, k), float("-inf"), **f32),
+            top_win=torch.full((n_features, k), -1, **i64),
+            top_acts=torch.zeros((n_features, k, ctx_len), **f32),
+            res_pri=torch.full((n_features, reservoir), float("inf"), **f32),
+            res_val=torch.zeros((n_features, reservoir), **f32),
+            res_win=torch.full((n_features, reservoir), -1, **i64),
+            res_acts=torch.zeros((n_features, reservoir, ctx_len), **f32),
+            nonzero=torch.zeros(n_features, **i64),
+            hist=torch.zeros((n_features, HIST_BINS), **i64),
+        )
+
+    @property
+    def n_features(self) -> int:
+        """F."""
+        return int(self.top_val.shape[0])
+
+    def update(self, acts: torch.Tensor, windows: torch.Tensor) -> None:
+        """Fold in a batch: acts (W, T, F) for windows (W,) with distinct ids."""
+        acts = acts.float()
+        peak = acts.amax(dim=1).T.contiguous()  # (F, W)
+        active = peak > 0
+        cand_win = windows.to(self.top_win.device)[None, :].expand_as(peak)
+        cand_win = torch.where(active, cand_win, -1)
+        per_feature = acts.permute(2, 0, 1)  # (F, W, T)
+        self._merge_top(torch.where(active, peak, float("-inf")), cand_win, per_feature)
+        pri = window_priority(windows.to(peak.device), self.n_features).T  # (F, W)
+        self._merge_reservoir(torch.where(active, pri, float("inf")), peak, cand_win, per_feature)
+        pos = acts > 0
+        self.nonzero += pos.sum(dim=(0, 1))
+        values = acts[pos]
+        if values.numel():
+            feats = torch.arange(self.n_features, device=acts.device).expand_as(acts)[pos]
+            bins = ((values.log10() - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).floor().clamp_(0, HIST_BINS - 1)
+            self.hist.view(-1).index_add_(0, feats * HIST_BINS + bins.long(), torch.ones_like(feats))
+
+    def merge(self, other: "LayerState") -> None:
+        """Fold in another shard's state (same features and window length)."""
+        self._merge_top(other.top_val, other.top_win, other.top_acts)
+        self._merge_reservoir(other.res_pri, other.res_val, other.res_win, other.res_acts)
+        self.nonzero += other.nonzero
+        self.hist += other.hist
+
+    def _merge_top(self, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
+        k = self.top_val.shape[1]
+        all_val = torch.cat([self.top_val, val], dim=1)
+        all_win = torch.cat([self.top_win, win], dim=1)
+        # highest peak first; among equal peaks the lower window id (empty slots, id -1, go last)
+        order = torch.sort(torch.where(all_win < 0, torch.iinfo(torch.int64).max, all_win), dim=1, stable=True).indices
+        order = order.gather(1, torch.sort(all_val.gather(1, order), dim=1, descending=True, stable=True).indices)
+        keep = order[:, :k]
+        self.top_acts = _select(keep, self.top_acts, acts)
+        self.top_val = all_val.gather(1, keep)
+        self.top_win = all_win.gather(1, keep)
+
+    def _merge_reservoir(self, pri: torch.Tensor, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
+        r = self.res_pri.shape[1]
+        all_pri = torch.cat([self.res_pri, pri], dim=1)
+        keep = torch.sort(all_pri, dim=1, stable=True).indices[:, :r]
+        self.res_acts = _select(keep, self.res_acts, acts)
+        self.res_val = torch.cat([self.res_val, val], dim=1).gather(1, keep)
+        self.res_win = torch.cat([self.res_win, win], dim=1).gather(1, keep)
+        self.res_pri = all_pri.gather(1, keep)
+
+    def to(self, device: torch.device | str) -> "LayerState":
+        """The same state on another device."""
+        return LayerState(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors for a checkpoint (on CPU)."""
+        return {k: v.detach().cpu() for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, torch.Tensor], device: torch.device | str) -> "LayerState":
+        """Rebuild from state_dict()."""
+        return cls(**{k: v.to(device) for k, v in d.items()})
+
+    def referenced_windows(self) -> torch.Tensor:
+        """Window ids any kept example refers to."""
+        ids = torch.cat([self.top_win.flatten(), self.res_win.flatten()])
+        return ids[ids >= 0].unique()

@@ -1,0 +1,87 @@
+"""One layer's transcoder in a common form: encode MLP inputs into feature activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+HOOK_MLP_IN = "mlp_in"  # input of the MLP, after the pre-MLP norm
+HOOK_RESID_MID = "resid_mid"  # residual stream after attention, before the pre-MLP norm
+HOOK_MLP_OUT = "mlp_out"  # output of the MLP (after Gemma's post-MLP norm)
+
+# Hook names used by circuit-tracer, TransformerLens, SAELens and sparsify, mapped onto ours.
+HOOK_ALIASES = {
+    "ln2.hook_normalized": HOOK_MLP_IN,
+    "mlp.hook_in": HOOK_MLP_IN,
+    "hook_mlp_in": HOOK_MLP_IN,
+    "mlp": HOOK_MLP_IN,
+    "mlp_in": HOOK_MLP_IN,
+    "hook_resid_mid": HOOK_RESID_MID,
+    "resid_mid": HOOK_RESID_MID,
+    "hook_mlp_out": HOOK_MLP_OUT,
+    "mlp.hook_out": HOOK_MLP_OUT,
+    "mlp_out": HOOK_MLP_OUT,
+}
+
+
+def canonical_hook(name: str) -> str | None:
+    """Our hook kind for a hook name such as 'blocks.8.ln2.hook_normalized'; None when unknown."""
+    parts = name.split(".")
+    if len(parts) > 2 and parts[0] in ("blocks", "layers", "model") and parts[1].isdigit():
+        name = ".".join(parts[2:])
+    return HOOK_ALIASES.get(name)
+
+
+@dataclass
+class Transcoder:
+    """Encoder, decoder and activation of one layer; W_enc is (d_model, d_t), W_dec is (d_t, d_model)."""
+
+    layer: int
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    activation: str = "relu"  # relu | jumprelu | topk
+    threshold: torch.Tensor | None = None
+    k: int | None = None
+    b_dec: torch.Tensor | None = None
+    input_bias: torch.Tensor | None = None  # subtracted from the input before encoding (SAELens b_dec)
+    W_skip: torch.Tensor | None = None
+    hook_in: str = HOOK_MLP_IN
+    hook_out: str = HOOK_MLP_OUT
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def d_model(self) -> int:
+        """Width of the residual stream this transcoder reads."""
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_transcoder(self) -> int:
+        """Number of features."""
+        return int(self.W_enc.shape[1])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Transcoder":
+        """Move every tensor to a device and dtype (k stays an int)."""
+        for name in ("W_enc", "b_enc", "W_dec", "threshold", "b_dec", "input_bias", "W_skip"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device=device, dtype=dtype))
+        return self
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations (..., d_t) for inputs (..., d_model)."""
+        if self.input_bias is not None:
+            x = x - self.input_bias
+        pre = x.to(self.W_enc.dtype) @ self.W_enc + self.b_enc
+        if self.activation == "jumprelu":
+            assert self.threshold is not None
+            return pre * (pre > self.threshold)
+        if self.activation == "topk":
+            assert self.k is not None
+            pre = torch.relu(pre)
+            vals, idx = pre.topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, idx, vals)
+        return torch.relu(pre)
