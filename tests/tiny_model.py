@@ -67,8 +67,9 @@ def write_circuit_tracer(folder: Path, weights: dict[int, dict[str, torch.Tensor
     """config.yaml + layer_{i}.safetensors (W_enc stored as (d_t, d_model), as circuit-tracer does)."""
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {"model_name": "tiny-llama", "model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in",
-           "feature_output_hook": "mlp.hook_out", "scan": "tiny-scan",
-           "transcoders": [f"layer_{i}.safetensors" for i in sorted(weights)]}
+           "feature_output_hook": "mlp.hook_out", "scan": "tiny-scan"}
+    if sorted(weights) == list(range(len(weights))):  # circuit-tracer's list is positional: entry i is layer i
+        cfg["transcoders"] = [f"layer_{i}.safetensors" for i in sorted(weights)]
     if activation != "jumprelu":
         cfg["activation"] = activation
     if k:
