@@ -138,8 +138,13 @@ class FeatureStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def upsert(self, tables: dict[str, pl.DataFrame | pa.Table], *, in_transaction: bool = True) -> dict[str, int]:
-        """Bulk upsert polars/Arrow batches keyed like Neuronpedia; returns rows written per table."""
+    def upsert(self, tables: dict[str, pl.DataFrame | pa.Table], *, in_transaction: bool = True,
+               scope: tuple[str, str] | None = None) -> dict[str, int]:
+        """Bulk upsert polars/Arrow batches keyed like Neuronpedia; returns rows written per table.
+
+        `scope` = (modelId, source) says all rows belong to that source; a source with no rows yet is then
+        written in one pass.
+        """
         self._require_writable()
         written: dict[str, int] = {}
 
@@ -151,7 +156,8 @@ class FeatureStore:
                 arrow = data.to_arrow() if isinstance(data, pl.DataFrame) else data
                 self.con.register("_upsert_src", arrow)
                 try:
-                    written[name] = self.write_select(table, "SELECT * FROM _upsert_src", list(arrow.schema.names))
+                    written[name] = self.write_select(table, "SELECT * FROM _upsert_src", list(arrow.schema.names),
+                                                      scope=scope if "layer" in table.columns else None)
                 finally:
                     self.con.unregister("_upsert_src")
 
@@ -183,7 +189,8 @@ class FeatureStore:
             cast_sql = f'SELECT *, {FEATURE_KEY_SQL} AS "{FEATURE_KEY_COLUMN[0]}" FROM ({cast_sql})'
         if table.name in _ID_EXPRESSIONS:
             names = ", ".join(f'"{c}"' for c in cols if c != "id")
-            cast_sql = f'SELECT coalesce("id", {_ID_EXPRESSIONS[table.name]}) AS "id", {names} FROM ({cast_sql})'
+            cast_sql = (f'SELECT CASE WHEN "id" IS NULL THEN {_ID_EXPRESSIONS[table.name]} ELSE "id" END AS "id", '
+                        f'{names} FROM ({cast_sql})')
         quoted = ", ".join(f'"{c}"' for c in cols)
         con = self.con
         if scope is not None and "layer" in cols and not con.execute(

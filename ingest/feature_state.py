@@ -112,25 +112,35 @@ class LayerState:
         self.hist += other.hist
 
     def _merge_top(self, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
+        # Only features where a candidate beats (or ties) the current k-th best can change.
+        rows = (val >= self.top_val[:, -1:]).any(dim=1) & (val > float("-inf")).any(dim=1)
+        idx = rows.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
         k = self.top_val.shape[1]
-        all_val = torch.cat([self.top_val, val], dim=1)
-        all_win = torch.cat([self.top_win, win], dim=1)
+        old_val, old_win = self.top_val[idx], self.top_win[idx]
+        all_val = torch.cat([old_val, val[idx]], dim=1)
+        all_win = torch.cat([old_win, win[idx]], dim=1)
         # highest peak first; among equal peaks the lower window id (empty slots, id -1, go last)
         order = torch.sort(torch.where(all_win < 0, torch.iinfo(torch.int64).max, all_win), dim=1, stable=True).indices
         order = order.gather(1, torch.sort(all_val.gather(1, order), dim=1, descending=True, stable=True).indices)
         keep = order[:, :k]
-        self.top_acts = _select(keep, self.top_acts, acts)
-        self.top_val = all_val.gather(1, keep)
-        self.top_win = all_win.gather(1, keep)
+        self.top_acts[idx] = _select(keep, self.top_acts[idx], acts[idx])
+        self.top_val[idx] = all_val.gather(1, keep)
+        self.top_win[idx] = all_win.gather(1, keep)
 
     def _merge_reservoir(self, pri: torch.Tensor, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
+        # Only features with a candidate of lower priority than their current worst kept one can change.
+        idx = (pri < self.res_pri.amax(dim=1, keepdim=True)).any(dim=1).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return
         r = self.res_pri.shape[1]
-        all_pri = torch.cat([self.res_pri, pri], dim=1)
+        all_pri = torch.cat([self.res_pri[idx], pri[idx]], dim=1)
         keep = torch.sort(all_pri, dim=1, stable=True).indices[:, :r]
-        self.res_acts = _select(keep, self.res_acts, acts)
-        self.res_val = torch.cat([self.res_val, val], dim=1).gather(1, keep)
-        self.res_win = torch.cat([self.res_win, win], dim=1).gather(1, keep)
-        self.res_pri = all_pri.gather(1, keep)
+        self.res_acts[idx] = _select(keep, self.res_acts[idx], acts[idx])
+        self.res_val[idx] = torch.cat([self.res_val[idx], val[idx]], dim=1).gather(1, keep)
+        self.res_win[idx] = torch.cat([self.res_win[idx], win[idx]], dim=1).gather(1, keep)
+        self.res_pri[idx] = all_pri.gather(1, keep)
 
     def to(self, device: torch.device | str) -> "LayerState":
         """The same state on another device."""

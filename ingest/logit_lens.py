@@ -33,8 +33,9 @@ def logit_stats(W_dec: torch.Tensor, W_U: torch.Tensor, n: int = 10, chunk: int 
         lo, hi = logits.amin(dim=1, keepdim=True), logits.amax(dim=1, keepdim=True)
         width = (hi - lo).clamp_min(1e-12) / LOGIT_HIST_BINS
         idx = ((logits - lo) / width).floor().clamp_(0, LOGIT_HIST_BINS - 1).long()
-        heights = torch.zeros((logits.shape[0], LOGIT_HIST_BINS), device=logits.device)
-        heights.scatter_add_(1, idx, torch.ones_like(logits))
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None] * LOGIT_HIST_BINS
+        heights = torch.bincount((idx + rows).flatten(), minlength=logits.shape[0] * LOGIT_HIST_BINS)
+        heights = heights.view(-1, LOGIT_HIST_BINS).float()
         centres = lo + width * (torch.arange(LOGIT_HIST_BINS, device=logits.device) + 0.5)
         for key, value in (("top_ids", top.indices), ("top_values", top.values), ("bottom_ids", bottom.indices),
                            ("bottom_values", bottom.values), ("hist_heights", heights), ("hist_values", centres)):

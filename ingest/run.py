@@ -71,6 +71,7 @@ class IngestSummary:
     seconds: float = 0.0
     corpus: dict[str, int] = field(default_factory=dict)
     state_file: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, pass, write
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -254,7 +255,8 @@ def write_records(store: FeatureStore, ing: _Ingest, states: dict[int, LayerStat
         for src, feats, acts in tables:
             for table in ("features", "activations"):
                 con.execute(f'DELETE FROM "{table}" WHERE "modelId" = ? AND "layer" = ?', [ing.lm.model_id, src])
-            store.upsert({"features": feats, "activations": acts}, in_transaction=False)
+            store.upsert({"features": feats, "activations": acts}, in_transaction=False,
+                         scope=(ing.lm.model_id, src))
     return live, dead
 
 
@@ -277,7 +279,9 @@ def run_ingest(cfg: IngestConfig, db: str | None, *, resume: bool = False, check
         if ckpt is None or not ckpt.is_file():
             raise FeatureDBError(f"--resume: no checkpoint at {ckpt}")
         ing.load(_load_state_file(ckpt), ckpt)
+    loaded = time.perf_counter()
     ing.run(ckpt, max(1, checkpoint_every))
+    passed = time.perf_counter()
     summary = IngestSummary(model_id=ing.lm.model_id, sources=[source_id(l, ing.set_name) for l in ing.tset.layers],
                             tokens=ing.stats.tokens, windows=ing.stats.windows, corpus=ing.stats.as_dict())
     if shard is not None:
@@ -294,6 +298,8 @@ def run_ingest(cfg: IngestConfig, db: str | None, *, resume: bool = False, check
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
     summary.seconds = time.perf_counter() - started
+    summary.timings = {"load": round(loaded - started, 3), "pass": round(passed - loaded, 3),
+                       "write": round(time.perf_counter() - passed, 3)}
     return summary
 
 
