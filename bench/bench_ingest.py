@@ -5,6 +5,10 @@ transcoder encode (same windows and batch size, measured in the same run), and p
 ingest processes at 50,000 and 200,000 tokens.
 
     .venv/bin/python bench/bench_ingest.py [--tokens 50000] [--big-tokens 200000] [--device cuda]
+
+On a machine without the store's packages or the model (the GPU machine), `--random-model DIR` builds
+SmolLM2's architecture from DIR's config.json and tokenizer with random weights (same compute), and
+`--pass-only` times the pass without writing to the store (the write is CPU work, as on any machine).
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ SHARED = ROOT.parent / "shared" / "corpus" / "wikitext-2"
 
 
 def _transcoders(out: Path) -> Path:
-    import torch
     from tiny_model import random_weights, write_circuit_tracer
 
     if not (out / "config.yaml").exists():
@@ -39,21 +42,46 @@ def _corpus() -> str | None:
     return str(SHARED) if SHARED.exists() else None
 
 
-def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path) -> dict[str, float]:
-    """One measurement in this process: 'ingest' (the real thing) or 'baseline' (forward + encode only)."""
+def _random_model(src: Path, out: Path) -> str:
+    """SmolLM2's architecture and tokenizer from `src`, random weights (the same compute as the real model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target = out / "random-smollm2"
+    if not (target / "config.json").exists():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(src)).save_pretrained(target)
+        AutoTokenizer.from_pretrained(src).save_pretrained(target)
+    return str(target)
+
+
+def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path, model: str,
+           corpus: str | None) -> dict[str, float]:
+    """One measurement in this process: 'ingest' (the whole run), 'pass' (no store write) or 'baseline'."""
     import torch
 
-    from ingest.run import IngestConfig, _Ingest, run_ingest
     from ingest.harvest import Harvester
+    from ingest.ingest_pass import IngestConfig, IngestPass
 
-    cfg = IngestConfig(transcoders=[str(_transcoders(out / "tc"))], model="default", corpus=_corpus(),
+    cfg = IngestConfig(transcoders=[str(_transcoders(out / "tc"))], model=model, corpus=corpus,
                        max_tokens=tokens, ctx_len=128, batch_size=batch, device=device, source_set="bench4k")
     res: dict[str, float] = {}
     if mode == "ingest":
+        from ingest.run import run_ingest
+
         s = run_ingest(cfg, str(out / f"ingest-{tokens}.duckdb"), checkpoint=None, progress=False)
         res = {"tokens": s.tokens, "seconds": s.seconds, **{f"t_{k}": v for k, v in s.timings.items()}}
+    elif mode == "pass":
+        t0 = time.perf_counter()
+        ing = IngestPass(cfg, None, progress=False)
+        t1 = time.perf_counter()
+        ing.run(None, 1 << 30)
+        if ing.lm.device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        res = {"tokens": ing.stats.tokens, "seconds": t2 - t0, "t_load": t1 - t0, "t_pass": t2 - t1, "t_write": 0.0}
     else:
-        ing = _Ingest(cfg, None, progress=False)
+        ing = IngestPass(cfg, None, progress=False)
         harvester = Harvester(ing.lm.model, ing.tset.transcoders)
         t0 = time.perf_counter()
         n = 0
@@ -71,7 +99,9 @@ def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path) ->
 
 def _spawn(mode: str, tokens: int, args: argparse.Namespace) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--worker", mode, "--tokens", str(tokens), "--batch", str(args.batch),
-           "--out", args.out] + (["--device", args.device] if args.device else [])
+           "--out", args.out] + (["--device", args.device] if args.device else []) \
+        + (["--random-model", args.random_model] if args.random_model else []) \
+        + (["--corpus", args.corpus] if args.corpus else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{mode} worker failed:\n{r.stderr[-3000:]}")
@@ -86,17 +116,23 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device")
     ap.add_argument("--out", default="bench/out/ingest")
-    ap.add_argument("--worker", choices=["ingest", "baseline"])
+    ap.add_argument("--worker", choices=["ingest", "pass", "baseline"])
+    ap.add_argument("--random-model", help="config/tokenizer folder: random weights, same architecture")
+    ap.add_argument("--corpus", help="corpus path (default ../shared/corpus/wikitext-2 or installed docs)")
+    ap.add_argument("--pass-only", action="store_true", help="time the pass without the store write")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.tokens, args.device, args.batch, out)))
+        model = _random_model(Path(args.random_model), out) if args.random_model else "default"
+        print(json.dumps(worker(args.worker, args.tokens, args.device, args.batch, out, model,
+                                args.corpus or _corpus())))
         return
     _transcoders(out / "tc")
+    mode = "pass" if args.pass_only else "ingest"
     base = _spawn("baseline", args.tokens, args)
-    small = _spawn("ingest", args.tokens, args)
-    big = _spawn("ingest", args.big_tokens, args) if args.big_tokens else None
+    small = _spawn(mode, args.tokens, args)
+    big = _spawn(mode, args.big_tokens, args) if args.big_tokens else None
     rows = [
         ("device", args.device or "default (cuda if present)"),
         ("layers x features", f"{len(LAYERS)} x 4096 (TopK k=32)"),

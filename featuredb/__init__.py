@@ -1,5 +1,9 @@
 """featuredb: a local, Neuronpedia-compatible feature database for transcoder features."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from featuredb.errors import (
     BadInputError,
     FeatureDBError,
@@ -7,7 +11,6 @@ from featuredb.errors import (
     SchemaVersionError,
     StoreLockedError,
 )
-from featuredb.store import FeatureStore, default_db_path
 
 __all__ = [
     "BadInputError",
@@ -18,3 +21,12 @@ __all__ = [
     "StoreLockedError",
     "default_db_path",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """FeatureStore and default_db_path load DuckDB on first use, so the errors import without it."""
+    if name in ("FeatureStore", "default_db_path"):
+        from featuredb import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'featuredb' has no attribute {name!r}")

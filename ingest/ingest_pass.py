@@ -1,0 +1,176 @@
+"""The ingest pass: load model and transcoders, stream the corpus through them, keep per-feature state."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from featuredb.errors import FeatureDBError
+from ingest.architectures import arch_spec, blocks, d_model
+from ingest.corpus import CorpusStats, expects_bos, iter_documents, iter_windows
+from ingest.feature_state import LayerState
+from ingest.harvest import Harvester
+from ingest.model_loading import LoadedModel, load_model
+from ingest.transcoder_formats import TranscoderSet, load_transcoders
+
+
+@dataclass
+class IngestConfig:
+    """Everything that decides an ingest's result (and so must match when resuming or merging)."""
+
+    transcoders: list[str]
+    model: str | None = None
+    corpus: str | None = None
+    layers: list[int] | None = None
+    model_id: str | None = None
+    source_set: str | None = None
+    text_field: str = "text"
+    text_column: str = "text"
+    split: str = "train"
+    max_tokens: int | None = None
+    ctx_len: int = 128
+    batch_size: int = 16
+    k: int = 20
+    intervals: int = 5
+    per_interval: int = 5
+    reservoir: int = 25
+    dtype: str | None = None
+    device: str | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields a checkpoint or shard must agree on (device and dtype may differ)."""
+        d = asdict(self)
+        d.pop("device")
+        return d
+
+
+@dataclass
+class _Progress:
+    batches_done: int = 0
+    tokens_counted: int = 0  # tokens whose activations entered the statistics (BOS excluded)
+    windows_seen: int = 0
+
+
+def save_state_file(obj: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint or shard state atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_state_file(path: Path) -> dict[str, Any]:
+    """Read a checkpoint or shard state."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise FeatureDBError(f"{path}: not a readable featuredb ingest state ({e.__class__.__name__})") from None
+
+
+class IngestPass:
+    """One ingest over the corpus: checks inputs before compute, then updates per-layer state batch by batch."""
+
+    def __init__(self, cfg: IngestConfig, shard: tuple[int, int] | None, progress: bool | None) -> None:
+        self.cfg = cfg
+        self.shard = shard
+        self.show_progress = progress
+        # Everything that can be wrong with the inputs is checked before any compute.
+        self.tset: TranscoderSet = load_transcoders(cfg.transcoders, cfg.layers)
+        self.lm: LoadedModel = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, model_id=cfg.model_id)
+        arch_spec(self.lm.model)
+        width, n_layers = d_model(self.lm.model), len(blocks(self.lm.model))
+        for t in self.tset.transcoders:
+            if t.layer >= n_layers:
+                raise FeatureDBError(f"{t.path}: layer {t.layer} but the model has {n_layers} layers")
+            if t.d_model != width:
+                raise FeatureDBError(f"{t.path}: transcoder d_model {t.d_model} != model d_model {width}")
+            t.to(self.lm.device, torch.float32)
+        self.set_name = cfg.source_set or self.tset.name
+        self.bos = expects_bos(self.lm.tokenizer)
+        self.states = {t.layer: LayerState.empty(t.d_transcoder, cfg.k, cfg.reservoir, cfg.ctx_len, self.lm.device)
+                       for t in self.tset.transcoders}
+        self.bank: dict[int, np.ndarray] = {}
+        self.stats = CorpusStats()
+        self.progress = _Progress()
+
+    # -- state ------------------------------------------------------------------------------------------
+
+    def state_dict(self, complete: bool) -> dict[str, Any]:
+        self._prune_bank()
+        return {"featuredb_ingest": 1, "config": self.cfg.fingerprint(), "shard": self.shard, "complete": complete,
+                "model_id": self.lm.model_id, "model_path": self.lm.path, "set_name": self.set_name,
+                "progress": asdict(self.progress), "corpus": self.stats.as_dict(),
+                "states": {layer: s.state_dict() for layer, s in self.states.items()}, "bank": self.bank}
+
+    def load(self, saved: dict[str, Any], path: Path) -> None:
+        if saved.get("config") != self.cfg.fingerprint() or saved.get("shard") != self.shard:
+            raise FeatureDBError(f"{path}: checkpoint was written with different settings; start without --resume")
+        self.progress = _Progress(**saved["progress"])
+        self.stats = CorpusStats(**saved["corpus"])
+        self.states = {int(k): LayerState.from_state_dict(v, self.lm.device) for k, v in saved["states"].items()}
+        self.bank = dict(saved["bank"])
+
+    def _prune_bank(self) -> None:
+        keep = set()
+        for s in self.states.values():
+            keep.update(s.referenced_windows().tolist())
+        self.bank = {w: ids for w, ids in self.bank.items() if w in keep}
+
+    # -- the pass ------------------------------------------------------------------------------------------
+
+    def batches(self) -> Iterator[tuple[int, list[list[int]], int]]:
+        """(batch number, windows, first window id) in corpus order; tokenisation is repeated on resume."""
+        stats = CorpusStats()
+        docs = iter_documents(self.cfg.corpus, stats, text_field=self.cfg.text_field,
+                              text_column=self.cfg.text_column, split=self.cfg.split)
+        batch: list[list[int]] = []
+        b = 0
+        for w in iter_windows(docs, self.lm.tokenizer, self.cfg.ctx_len, self.cfg.max_tokens, stats):
+            batch.append(w)
+            if len(batch) == self.cfg.batch_size:
+                yield b, batch, b * self.cfg.batch_size
+                b, batch = b + 1, []
+        if batch:
+            yield b, batch, b * self.cfg.batch_size
+        self.stats = stats
+
+    def run(self, checkpoint: Path | None, every: int) -> None:
+        harvester = Harvester(self.lm.model, self.tset.transcoders)
+        total = self.cfg.max_tokens
+        bar = tqdm(total=total, unit="tok", unit_scale=True, desc="ingest", smoothing=0.1,
+                   disable=None if self.show_progress is None else not self.show_progress)
+        try:
+            for b, windows, first in self.batches():
+                n_tok = len(windows) * self.cfg.ctx_len
+                if b < self.progress.batches_done or (self.shard and b % self.shard[1] != self.shard[0]):
+                    bar.update(n_tok)
+                    continue
+                ids = torch.tensor(windows, dtype=torch.long)
+                captured = harvester.run(ids.to(self.lm.device))
+                win_ids = torch.arange(first, first + len(windows))
+                for t in self.tset.transcoders:
+                    acts = t.encode(captured[t.layer].float())
+                    if self.bos:
+                        acts[:, 0, :] = 0  # BOS activations are outliers Neuronpedia hides too
+                    self.states[t.layer].update(acts, win_ids)
+                for w, row in zip(win_ids.tolist(), ids.numpy()):
+                    self.bank[w] = row
+                self.progress.batches_done = b + 1
+                self.progress.windows_seen += len(windows)
+                self.progress.tokens_counted += len(windows) * (self.cfg.ctx_len - (1 if self.bos else 0))
+                bar.update(n_tok)
+                if checkpoint is not None and self.progress.batches_done % every == 0:
+                    save_state_file(self.state_dict(complete=False), checkpoint)
+                elif len(self.bank) > 50_000:
+                    self._prune_bank()
+        finally:
+            bar.close()
+            harvester.close()
