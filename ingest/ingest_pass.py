@@ -104,6 +104,7 @@ class IngestPass:
     # -- state ------------------------------------------------------------------------------------------
 
     def state_dict(self, complete: bool) -> dict[str, Any]:
+        """Everything needed to resume or merge: settings, progress, per-layer state and referenced windows."""
         self._prune_bank()
         return {"featuredb_ingest": 1, "config": self.cfg.fingerprint(), "shard": self.shard, "complete": complete,
                 "model_id": self.lm.model_id, "model_path": self.lm.path, "set_name": self.set_name,
@@ -111,6 +112,7 @@ class IngestPass:
                 "states": {layer: s.state_dict() for layer, s in self.states.items()}, "bank": self.bank}
 
     def load(self, saved: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint written by state_dict() with the same settings."""
         if saved.get("config") != self.cfg.fingerprint() or saved.get("shard") != self.shard:
             raise FeatureDBError(f"{path}: checkpoint was written with different settings; start without --resume")
         self.progress = _Progress(**saved["progress"])
@@ -143,6 +145,7 @@ class IngestPass:
         self.stats = stats
 
     def run(self, checkpoint: Path | None, every: int) -> None:
+        """Stream the corpus through model and transcoders, checkpointing every `every` batches."""
         harvester = Harvester(self.lm.model, self.tset.transcoders)
         total = self.cfg.max_tokens
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc="ingest", smoothing=0.1,
