@@ -110,6 +110,12 @@ class FeatureStore:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def thread_view(self) -> "FeatureStore":
+        """The same store over a new DuckDB cursor, for use from another thread (e.g. a server worker)."""
+        view = object.__new__(FeatureStore)
+        view.path, view.read_only, view.con = self.path, self.read_only, self.con.cursor()
+        return view
+
     def close(self) -> None:
         """Release the file (and its lock)."""
         self.con.close()
@@ -255,7 +261,7 @@ class FeatureStore:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def get_feature(self, model: str, source: str, index: int | str) -> Feature:
+    def get_feature(self, model: str, source: str, index: int | str, max_acts: int | None = None) -> Feature:
         """Neuronpedia's GET /api/feature/{model}/{source}/{index}: columns, activations, explanations."""
         idx = parse_index(index)
         key = [feature_key(model, source, idx)]
@@ -268,8 +274,9 @@ class FeatureStore:
         for internal in INTERNAL_COLUMNS:
             feature.pop(internal, None)
         feature["index"] = str(idx)
+        limit = f" LIMIT {int(max_acts)}" if max_acts is not None else ""
         feature["activations"] = self._rows(
-            f'SELECT * FROM activations WHERE {where} ORDER BY "maxValue" DESC NULLS LAST, "id"', key)
+            f'SELECT * FROM activations WHERE {where} ORDER BY "maxValue" DESC NULLS LAST, "id"{limit}', key)
         feature["explanations"] = self._rows(
             f'SELECT * FROM explanations WHERE {where} ORDER BY "scoreV1" DESC NULLS LAST, "id"', key)
         return Feature.model_validate(feature)

@@ -1,0 +1,417 @@
+"""NeuronpediaClient and AsyncNeuronpediaClient: one request path each, shared building, retries and parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterator, Sequence
+from urllib.parse import urljoin
+
+import httpx
+
+from featuredb.models import Feature
+from featuredb.neuronpedia.errors import (
+    InvalidResponseError,
+    NeuronpediaError,
+    NeuronpediaNotFoundError,
+    RateLimitedError,
+    ServerError,
+    UnauthorizedError,
+)
+from featuredb.neuronpedia.models import SearchExplanationsResponse
+
+DEFAULT_BASE_URL = "https://www.neuronpedia.org"
+API_KEY_ENV = "NEURONPEDIA_API_KEY"
+UPLOAD_BATCH = 128  # Neuronpedia accepts at most 128 features per upload-batch call
+RETRY_STATUS = {429, 500, 502, 503, 504}
+MAX_REDIRECTS = 5
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with jitter on 429, 5xx and timeouts; Retry-After wins when given."""
+
+    max_retries: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Seconds to wait before retry number `attempt` (1-based)."""
+        if response is not None:
+            after = response.headers.get("retry-after")
+            if after:
+                try:
+                    return min(float(after), self.max_delay)
+                except ValueError:
+                    pass
+            if response.headers.get("x-limit-remaining") == "0" and response.headers.get("x-limit-reset"):
+                try:
+                    return min(max(float(response.headers["x-limit-reset"]) - time.time(), 0.0), self.max_delay)
+                except ValueError:
+                    pass
+        base = min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
+        return base * (0.5 + random.random() / 2)
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    json_body: Any = None
+    content: bytes | None = None
+    absolute_url: str | None = None  # e.g. a signed upload URL: never gets the API key unless on our host
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _describe(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            return str(body.get("error") or body.get("message") or body)[:200]
+    except ValueError:
+        pass
+    return response.text[:200].replace("\n", " ") or response.reason_phrase
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    code = response.status_code
+    if code < 400:
+        return
+    detail = _describe(response)
+    if code in (401, 403):
+        raise UnauthorizedError(f"{what}: {code} unauthorized ({detail}); set NEURONPEDIA_API_KEY or pass --api-key")
+    if code == 404:
+        raise NeuronpediaNotFoundError(f"{what}: not found ({detail})")
+    if code == 429:
+        raise RateLimitedError(f"{what}: rate limited by the server after retries ({detail})")
+    if code >= 500:
+        raise ServerError(f"{what}: server error {code} after retries ({detail})")
+    raise NeuronpediaError(f"{what}: HTTP {code} ({detail})")
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise InvalidResponseError(f"{what}: the response is not JSON ({response.text[:80]!r})") from None
+
+
+class _Base:
+    """What the sync and async clients share: configuration, request building and response parsing."""
+
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *, timeout: float = 30.0,
+                 retry: RetryPolicy | None = None, concurrency: int = 8) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self.host = httpx.URL(self.base_url).host
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.concurrency = max(1, concurrency)
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={'***' if self._api_key else None})"
+
+    def _headers_for(self, url: httpx.URL, extra: dict[str, str]) -> dict[str, str]:
+        headers = {"accept": "application/json", **extra}
+        if self._api_key and url.host == self.host:
+            headers["x-api-key"] = self._api_key
+        return headers
+
+    def _url(self, req: _Request) -> httpx.URL:
+        return httpx.URL(req.absolute_url or f"{self.base_url}{req.path}")
+
+    def _parse_json(self, response: httpx.Response, what: str) -> Any:
+        _raise_for(response, what)
+        return _json(response, what)
+
+    # request builders (same for both clients)
+
+    @staticmethod
+    def _feature_req(model: str, source: str, index: int | str) -> _Request:
+        return _Request("GET", f"/api/feature/{model}/{source}/{index}")
+
+    @staticmethod
+    def _features_req(features: Sequence[tuple[str, str, int | str]], max_acts: int | None) -> _Request:
+        body = [{"modelId": m, "layer": s, "index": int(i), **({"maxActsToReturn": max_acts} if max_acts else {})}
+                for m, s, i in features]
+        return _Request("POST", "/api/features", json_body=body)
+
+    @staticmethod
+    def _search_req(kind: str, body: dict[str, Any]) -> _Request:
+        return _Request("POST", f"/api/explanation/{kind}", json_body=body)
+
+
+def _search_body(query: str, offset: int, model: str | None, layers: list[str] | None,
+                 release: str | None) -> tuple[str, dict[str, Any]]:
+    if release:
+        return "search-release", {"releaseName": release, "query": query, "offset": offset}
+    if model and layers:
+        return "search", {"modelId": model, "layers": layers, "query": query, "offset": offset}
+    if model:
+        return "search-model", {"modelId": model, "query": query, "offset": offset}
+    return "search-all", {"query": query, "offset": offset}
+
+
+class NeuronpediaClient(_Base):
+    """Synchronous client: NeuronpediaClient(base_url=..., api_key=...) (key also from NEURONPEDIA_API_KEY)."""
+
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *, timeout: float = 30.0,
+                 retry: RetryPolicy | None = None, concurrency: int = 8,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout=timeout, retry=retry, concurrency=concurrency)
+        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> "NeuronpediaClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, req: _Request, what: str) -> httpx.Response:
+        url = self._url(req)
+        attempt = 0
+        redirects = 0
+        while True:
+            try:
+                response = self._http.request(req.method, url, json=req.json_body, content=req.content,
+                                              headers=self._headers_for(url, req.headers))
+            except httpx.TimeoutException:
+                attempt += 1
+                if attempt > self.retry.max_retries:
+                    raise ServerError(f"{what}: timed out after {self.retry.max_retries} retries") from None
+                time.sleep(self.retry.delay(attempt, None))
+                continue
+            except httpx.TransportError as e:
+                raise NeuronpediaError(f"{what}: cannot reach {url.host} ({e.__class__.__name__})") from None
+            if response.is_redirect and redirects < MAX_REDIRECTS:
+                redirects += 1
+                url = httpx.URL(urljoin(str(url), response.headers["location"]))  # key dropped if host changes
+                continue
+            if response.status_code in RETRY_STATUS and attempt < self.retry.max_retries:
+                attempt += 1
+                time.sleep(self.retry.delay(attempt, response))
+                continue
+            return response
+
+    def request_json(self, req: _Request, what: str) -> Any:
+        """Send with retries and return the parsed JSON (typed errors otherwise)."""
+        return self._parse_json(self._send(req, what), what)
+
+    # -- features ------------------------------------------------------------------------------------
+
+    def get_feature(self, model: str, source: str, index: int | str) -> Feature:
+        """GET /api/feature/{model}/{source}/{index}."""
+        what = f"feature {model}/{source}/{index}"
+        data = self.request_json(self._feature_req(model, source, index), what)
+        try:
+            return Feature.model_validate(data)
+        except ValueError as e:
+            raise InvalidResponseError(f"{what}: unexpected shape ({str(e).splitlines()[0]})") from None
+
+    def get_features(self, features: Sequence[tuple[str, str, int | str]], max_acts: int | None = None) -> list[Feature]:
+        """POST /api/features for a batch of (model, source, index); missing features are left out."""
+        data = self.request_json(self._features_req(features, max_acts), "POST /api/features")
+        if not isinstance(data, list):
+            raise InvalidResponseError("POST /api/features: expected a JSON list")
+        return [Feature.model_validate(d) for d in data]
+
+    def iter_features(self, features: Sequence[tuple[str, str, int | str]], *, batch: int = 64,
+                      max_acts: int | None = None) -> Iterator[list[Feature]]:
+        """Batches of POST /api/features over many features, `concurrency` requests in flight."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = [features[i:i + batch] for i in range(0, len(features), batch)]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            yield from pool.map(lambda c: self.get_features(c, max_acts), chunks)
+
+    # -- search --------------------------------------------------------------------------------------
+
+    def search_explanations(self, query: str, *, model: str | None = None, layers: list[str] | None = None,
+                            release: str | None = None, offset: int = 0) -> SearchExplanationsResponse:
+        """One page of /api/explanation/search (model+layers), search-model, search-release or search-all."""
+        kind, body = _search_body(query, offset, model, layers, release)
+        data = self.request_json(self._search_req(kind, body), f"explanation {kind}")
+        return SearchExplanationsResponse.model_validate(data)
+
+    def iter_explanations(self, query: str, **kw: Any) -> Iterator[SearchExplanationsResponse]:
+        """Every page of an explanation search, following nextOffset."""
+        offset = kw.pop("offset", 0)
+        while True:
+            page = self.search_explanations(query, offset=offset, **kw)
+            yield page
+            if not page.hasMore or page.nextOffset is None:
+                return
+            offset = page.nextOffset
+
+    # -- activations and inference search -----------------------------------------------------------
+
+    def activation_new(self, model: str, source: str, index: int | str, text: str) -> dict[str, Any]:
+        """POST /api/activation/new: one feature's activations on a custom text."""
+        body = {"feature": {"modelId": model, "source": source, "index": str(index)}, "customText": text}
+        return self.request_json(_Request("POST", "/api/activation/new", json_body=body), "activation/new")
+
+    def search_all(self, model: str, source_set: str, text: str, *, layers: list[str] | None = None,
+                   num_results: int = 50, ignore_bos: bool = True, density_threshold: float = -1) -> dict[str, Any]:
+        """POST /api/search-all: top features over a text, by inference."""
+        body = {"modelId": model, "sourceSet": source_set, "text": text, "selectedLayers": layers or [],
+                "sortIndexes": [], "ignoreBos": ignore_bos, "densityThreshold": density_threshold,
+                "numResults": num_results}
+        return self.request_json(_Request("POST", "/api/search-all", json_body=body), "search-all")
+
+    def search_topk_by_token(self, model: str, source: str, text: str, *, num_results: int = 10,
+                             ignore_bos: bool = True, density_threshold: float = -1) -> dict[str, Any]:
+        """POST /api/search-topk-by-token: the top features at every token of a text."""
+        body = {"modelId": model, "source": source, "text": text, "numResults": num_results,
+                "ignoreBos": ignore_bos, "densityThreshold": density_threshold}
+        return self.request_json(_Request("POST", "/api/search-topk-by-token", json_body=body), "search-topk-by-token")
+
+    # -- graphs ----------------------------------------------------------------------------------------
+
+    def get_graph(self, model: str, slug: str) -> dict[str, Any]:
+        """GET /api/graph/{model}/{slug}: graph metadata (and its data URL)."""
+        return self.request_json(_Request("GET", f"/api/graph/{model}/{slug}"), f"graph {model}/{slug}")
+
+    def list_owned_graphs(self) -> list[dict[str, Any]]:
+        """POST /api/graph/list-owned: graphs uploaded with this API key."""
+        return self.request_json(_Request("POST", "/api/graph/list-owned", json_body={}), "graph/list-owned")
+
+    def upload_graph(self, graph: dict[str, Any]) -> dict[str, Any]:
+        """Upload a graph JSON: signed-put, PUT the file to the signed URL, then save-to-db."""
+        content = json.dumps(graph).encode()
+        slug = str(graph.get("metadata", {}).get("slug") or "graph")
+        signed = self.request_json(_Request("POST", "/api/graph/signed-put",
+                                            json_body={"filename": f"{slug}.json", "contentLength": len(content)}),
+                                   "graph/signed-put")
+        url = signed.get("url") if isinstance(signed, dict) else None
+        if not url:
+            raise InvalidResponseError("graph/signed-put: no url in the response")
+        put = self._send(_Request("PUT", "", content=content, absolute_url=url,
+                                  headers={"content-type": "application/json"}), "graph upload PUT")
+        _raise_for(put, "graph upload PUT")
+        return self.request_json(_Request("POST", "/api/graph/save-to-db", json_body={"url": url.split("?")[0]}),
+                                 "graph/save-to-db")
+
+    def save_subgraph(self, model: str, slug: str, *, pinned_ids: list[str], supernodes: list[list[str]],
+                      clerps: list[list[str]], display_name: str | None = None,
+                      pruning_threshold: float | None = None, density_threshold: float | None = None) -> dict[str, Any]:
+        """POST /api/graph/subgraph/save: labels (clerps), supernodes and pinned nodes of a graph."""
+        body: dict[str, Any] = {"modelId": model, "slug": slug, "pinnedIds": pinned_ids, "supernodes": supernodes,
+                                "clerps": clerps, "displayName": display_name, "pruningThreshold": pruning_threshold,
+                                "densityThreshold": density_threshold}
+        return self.request_json(_Request("POST", "/api/graph/subgraph/save", json_body=body), "subgraph/save")
+
+    def list_subgraphs(self, model: str, slug: str) -> list[dict[str, Any]]:
+        """POST /api/graph/subgraph/list."""
+        return self.request_json(_Request("POST", "/api/graph/subgraph/list",
+                                          json_body={"modelId": model, "slug": slug}), "subgraph/list")
+
+    def delete_subgraph(self, subgraph_id: str) -> dict[str, Any]:
+        """POST /api/graph/subgraph/delete."""
+        return self.request_json(_Request("POST", "/api/graph/subgraph/delete",
+                                          json_body={"subgraphId": subgraph_id}), "subgraph/delete")
+
+    # -- uploads -----------------------------------------------------------------------------------------
+
+    def upload_features(self, model: str, source: str, features: Sequence[dict[str, Any]]) -> list[Any]:
+        """POST /api/feature/upload-batch in chunks of at most 128 features."""
+        out = []
+        for i in range(0, len(features), UPLOAD_BATCH):
+            body = {"modelId": model, "source": source, "features": list(features[i:i + UPLOAD_BATCH])}
+            out.append(self.request_json(_Request("POST", "/api/feature/upload-batch", json_body=body),
+                                         "feature/upload-batch"))
+        return out
+
+
+class AsyncNeuronpediaClient(_Base):
+    """Asynchronous client with the same behaviour; bounded concurrency for batch pulls."""
+
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *, timeout: float = 30.0,
+                 retry: RetryPolicy | None = None, concurrency: int = 8,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(base_url, api_key, timeout=timeout, retry=retry, concurrency=concurrency)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
+        self._limit = asyncio.Semaphore(self.concurrency)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncNeuronpediaClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _send(self, req: _Request, what: str) -> httpx.Response:
+        url = self._url(req)
+        attempt = redirects = 0
+        async with self._limit:
+            while True:
+                try:
+                    response = await self._http.request(req.method, url, json=req.json_body, content=req.content,
+                                                        headers=self._headers_for(url, req.headers))
+                except httpx.TimeoutException:
+                    attempt += 1
+                    if attempt > self.retry.max_retries:
+                        raise ServerError(f"{what}: timed out after {self.retry.max_retries} retries") from None
+                    await asyncio.sleep(self.retry.delay(attempt, None))
+                    continue
+                except httpx.TransportError as e:
+                    raise NeuronpediaError(f"{what}: cannot reach {url.host} ({e.__class__.__name__})") from None
+                if response.is_redirect and redirects < MAX_REDIRECTS:
+                    redirects += 1
+                    url = httpx.URL(urljoin(str(url), response.headers["location"]))
+                    continue
+                if response.status_code in RETRY_STATUS and attempt < self.retry.max_retries:
+                    attempt += 1
+                    await asyncio.sleep(self.retry.delay(attempt, response))
+                    continue
+                return response
+
+    async def request_json(self, req: _Request, what: str) -> Any:
+        """Send with retries and return the parsed JSON (typed errors otherwise)."""
+        return self._parse_json(await self._send(req, what), what)
+
+    async def get_feature(self, model: str, source: str, index: int | str) -> Feature:
+        """GET /api/feature/{model}/{source}/{index}."""
+        what = f"feature {model}/{source}/{index}"
+        data = await self.request_json(self._feature_req(model, source, index), what)
+        try:
+            return Feature.model_validate(data)
+        except ValueError as e:
+            raise InvalidResponseError(f"{what}: unexpected shape ({str(e).splitlines()[0]})") from None
+
+    async def get_features(self, features: Sequence[tuple[str, str, int | str]],
+                           max_acts: int | None = None) -> list[Feature]:
+        """POST /api/features for a batch of (model, source, index)."""
+        data = await self.request_json(self._features_req(features, max_acts), "POST /api/features")
+        if not isinstance(data, list):
+            raise InvalidResponseError("POST /api/features: expected a JSON list")
+        return [Feature.model_validate(d) for d in data]
+
+    async def iter_features(self, features: Sequence[tuple[str, str, int | str]], *, batch: int = 64,
+                            max_acts: int | None = None) -> AsyncIterator[list[Feature]]:
+        """Batches of POST /api/features, at most `concurrency` in flight, yielded in order."""
+        chunks = [features[i:i + batch] for i in range(0, len(features), batch)]
+        tasks = [asyncio.ensure_future(self.get_features(c, max_acts)) for c in chunks]
+        try:
+            for t in tasks:
+                yield await t
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def search_explanations(self, query: str, *, model: str | None = None, layers: list[str] | None = None,
+                                  release: str | None = None, offset: int = 0) -> SearchExplanationsResponse:
+        """One page of an explanation search."""
+        kind, body = _search_body(query, offset, model, layers, release)
+        data = await self.request_json(self._search_req(kind, body), f"explanation {kind}")
+        return SearchExplanationsResponse.model_validate(data)
