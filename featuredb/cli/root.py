@@ -7,6 +7,7 @@ import importlib
 import click
 
 from featuredb.cli.common import FeatureDBGroup
+from featuredb.cli.np_commands import np_group
 from featuredb.cli.serve_command import serve_command
 from featuredb.cli.store_commands import feature, info, query
 from featuredb.cli.transfer_commands import export_group, import_group, sample_export
@@ -49,7 +50,7 @@ def cli() -> None:
     """
 
 
-for command in (info, feature, query, import_group, export_group, sample_export, serve_command):
+for command in (info, feature, query, import_group, export_group, sample_export, serve_command, np_group):
     cli.add_command(command)
 
 

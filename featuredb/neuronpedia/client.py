@@ -296,8 +296,8 @@ class NeuronpediaClient(_Base):
         put = self._send(_Request("PUT", "", content=content, absolute_url=url,
                                   headers={"content-type": "application/json"}), "graph upload PUT")
         _raise_for(put, "graph upload PUT")
-        return self.request_json(_Request("POST", "/api/graph/save-to-db", json_body={"url": url.split("?")[0]}),
-                                 "graph/save-to-db")
+        body = {"putRequestId": signed.get("putRequestId"), "key": signed.get("key"), "url": url.split("?")[0]}
+        return self.request_json(_Request("POST", "/api/graph/save-to-db", json_body=body), "graph/save-to-db")
 
     def save_subgraph(self, model: str, slug: str, *, pinned_ids: list[str], supernodes: list[list[str]],
                       clerps: list[list[str]], display_name: str | None = None,
