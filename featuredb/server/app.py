@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -100,24 +100,29 @@ def create_app(db: str, *, write_token: str | None = None) -> FastAPI:
     def feature_json(model: str, layer: str, index: int | str, max_acts: int | None = None) -> dict[str, Any]:
         return view().get_feature(model, layer, index, max_acts=max_acts).model_dump(mode="json")
 
+    def json_response(body: str) -> Response:
+        # pydantic serialises; FastAPI's generic encoder would walk every token of every example again
+        return Response(content=body, media_type="application/json")
+
     @app.get("/api/feature/{modelId}/{layer}/{index}", tags=["Features"], summary="Get Feature")
-    def get_feature(modelId: str, layer: str, index: str) -> dict[str, Any]:
+    def get_feature(modelId: str, layer: str, index: str) -> Response:
         """One feature: its columns, activations (by maxValue, descending) and explanations."""
         try:
-            return feature_json(modelId, layer, index)
+            return json_response(view().get_feature(modelId, layer, index).model_dump_json())
         except ValueError as e:
             raise FeatureDBError(str(e)) from None
 
     @app.post("/api/features", tags=["Features"], summary="Get Features")
-    def get_features(body: list[FeatureRequest]) -> list[dict[str, Any]]:
+    def get_features(body: list[FeatureRequest]) -> Response:
         """Many features at once, in request order; features not in the store are left out."""
         out = []
         for f in body:
             try:
-                out.append(feature_json(f.modelId, f.layer, f.index, f.maxActsToReturn))
+                out.append(view().get_feature(f.modelId, f.layer, f.index, max_acts=f.maxActsToReturn)
+                           .model_dump_json())
             except NotFoundError:
                 continue
-        return out
+        return json_response("[" + ",".join(out) + "]")
 
     def search_response(request: dict[str, Any], rows: list[dict[str, Any]], offset: int) -> dict[str, Any]:
         for r in rows:

@@ -1,0 +1,114 @@
+"""Benchmark the local server and the client: pulls at concurrency 1 and 16, GET feature under 16 clients.
+
+    .venv/bin/python bench/bench_server.py [--features 10000] [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from featuredb import FeatureStore  # noqa: E402
+from featuredb.formats.neuronpedia_import import import_neuronpedia  # noqa: E402
+from featuredb.neuronpedia import NeuronpediaClient  # noqa: E402
+from featuredb.neuronpedia.sync import pull_features  # noqa: E402
+from featuredb.synthetic_export import generate_export  # noqa: E402
+
+MODEL, SOURCE = "bench-model", "12-bench-transcoder"
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+async def _hammer(base: str, n: int, clients: int, n_features: int) -> list[float]:
+    rng = random.Random(0)
+    ids = [rng.randrange(n_features) for _ in range(n)]
+    lat: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in ids:
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(timeout=30) as c:
+            while not queue.empty():
+                i = queue.get_nowait()
+                t = time.perf_counter()
+                r = await c.get(f"{base}/api/feature/{MODEL}/{SOURCE}/{i}")
+                lat.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return lat
+
+
+def main() -> None:
+    """Build a store, serve it, pull from it twice and load-test GET feature."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--features", type=int, default=10_000)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--out", default="bench/out/server")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "served.duckdb"
+    if not db.exists():
+        generate_export(out / "export", model=MODEL, source=SOURCE, n_features=args.features, n_activations=20,
+                        ctx_len=64, progress=False)
+        with FeatureStore(db) as store:
+            import_neuronpedia(store, out / "export", progress=False)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "featuredb.cli", "serve", "--db", str(db), "--port", str(port)],
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"{base}/openapi.json", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        rows = []
+        wanted = [(MODEL, SOURCE, i) for i in range(args.features)]
+        for conc in (1, 16):
+            target = out / f"pulled-{conc}.duckdb"
+            target.unlink(missing_ok=True)
+            with NeuronpediaClient(base, concurrency=conc) as client, FeatureStore(target) as store:
+                rep = pull_features(client, store, wanted, batch=64, progress=False)
+            rows.append((f"pull {args.features:,} features, concurrency {conc}",
+                         f"{rep.seconds:.1f} s = {rep.fetched / rep.seconds:,.0f} features/s"))
+        lat = asyncio.run(_hammer(base, 100, 16, args.features))  # warm-up
+        t = time.perf_counter()
+        lat = asyncio.run(_hammer(base, args.requests, 16, args.features))
+        wall = time.perf_counter() - t
+        lat.sort()
+        rows.append(("GET feature, 16 concurrent clients: p50", f"{statistics.median(lat):.1f} ms"))
+        rows.append(("GET feature, 16 concurrent clients: p95", f"{lat[int(0.95 * len(lat)) - 1]:.1f} ms (goal <= 50)"))
+        rows.append(("GET feature throughput", f"{len(lat) / wall:,.0f} requests/s (goal >= 500)"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
