@@ -9,8 +9,8 @@ import click
 from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
 from featuredb.formats.graph_json import load_graph
 from featuredb.neuronpedia.client import API_KEY_ENV, DEFAULT_BASE_URL
-from featuredb.neuronpedia.sync import (graph_features, make_client, parse_indices, pull_features, subgraph_body,
-                                        upload_payload)
+from featuredb.neuronpedia.sync import (PullReport, graph_features, make_client, parse_indices, pull_features,
+                                        subgraph_body, upload_payload)
 
 
 def _connection(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -20,6 +20,13 @@ def _connection(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--api-key", envvar=API_KEY_ENV, help=f"Neuronpedia API key (env {API_KEY_ENV}).")(f)
     return click.option("--base-url", envvar="NEURONPEDIA_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
                         help="Neuronpedia (or `featuredb serve`) address.")(f)
+
+
+def _pull(wanted: list[tuple[str, str, int]], *, refresh: bool, base_url: str, api_key: str | None,
+          concurrency: int, dry_run: bool, db: str) -> PullReport:
+    with make_client(base_url, api_key, dry_run=dry_run, concurrency=concurrency) as client, \
+            open_store(db, read_only=False) as store:
+        return pull_features(client, store, wanted, refresh=refresh)
 
 
 @click.group("np", cls=FeatureDBGroup, short_help="Sync features and labels with Neuronpedia.")
@@ -44,9 +51,8 @@ def np_pull(model: str, source: str, indices: str, refresh: bool, base_url: str,
       featuredb np pull gpt2-small 8-res-jb --indices 0-999
     """
     wanted = [(model, source, i) for i in parse_indices(indices)]
-    with make_client(base_url, api_key, dry_run=dry_run, concurrency=concurrency) as client, \
-            open_store(db, read_only=False) as store:
-        report = pull_features(client, store, wanted, refresh=refresh)
+    report = _pull(wanted, refresh=refresh, base_url=base_url, api_key=api_key, concurrency=concurrency,
+                   dry_run=dry_run, db=db)
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -71,9 +77,8 @@ def np_pull_graph_labels(graph: str, model: str | None, source_set: str | None, 
       featuredb np pull-graph-labels austin-dallas.json
     """
     wanted = graph_features(load_graph(graph), model, source_set)
-    with make_client(base_url, api_key, dry_run=dry_run, concurrency=concurrency) as client, \
-            open_store(db, read_only=False) as store:
-        report = pull_features(client, store, wanted, refresh=refresh)
+    report = _pull(wanted, refresh=refresh, base_url=base_url, api_key=api_key, concurrency=concurrency,
+                   dry_run=dry_run, db=db)
     if as_json:
         emit_json(report.as_dict())
     else:
