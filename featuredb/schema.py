@@ -18,10 +18,6 @@ class Table:
     key: tuple[str, ...]
     export_file: str  # file stem in a Neuronpedia export: "features", "model", ...
 
-    def quoted(self, names: list[str] | None = None) -> str:
-        """Comma-separated quoted column names."""
-        return ", ".join(f'"{c}"' for c in (names or list(self.columns)))
-
 
 # Neuronpedia's Model row (apps/webapp/prisma/schema.prisma).
 MODELS = Table(
