@@ -82,13 +82,13 @@ def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path, mo
         res = {"tokens": ing.stats.tokens, "seconds": t2 - t0, "t_load": t1 - t0, "t_pass": t2 - t1, "t_write": 0.0}
     else:
         ing = IngestPass(cfg, None, progress=False)
-        harvester = Harvester(ing.lm.model, ing.tset.transcoders)
+        harvester = Harvester.for_transcoders(ing.lm.model, ing.tset.transcoders)
         t0 = time.perf_counter()
         n = 0
         for _, windows, _ in ing.batches():
             captured = harvester.run(torch.tensor(windows, dtype=torch.long).to(ing.lm.device))
             for t in ing.tset.transcoders:
-                t.encode(captured[t.layer].float())
+                t.encode(captured[(t.layer, t.hook_in)].float())
             n += len(windows) * cfg.ctx_len
         if ing.lm.device.type == "cuda":
             torch.cuda.synchronize()

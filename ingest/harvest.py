@@ -1,4 +1,4 @@
-"""Run the model once per batch and capture each transcoder's input, stopping after the last hook needed."""
+"""Run the model once per batch and capture activations at hook points, stopping after the last one needed."""
 
 from __future__ import annotations
 
@@ -9,28 +9,34 @@ import torch
 from ingest.architectures import hook_module
 from ingest.transcoder import Transcoder
 
+HookPoint = tuple[int, str]  # (layer, hook kind such as 'mlp_in')
+
 
 class _StopForward(Exception):
     """Raised inside the last hook so the rest of the model never runs."""
 
 
 class Harvester:
-    """Captures {layer: (W, T, d_model)} transcoder inputs for a batch of token windows."""
+    """Captures {(layer, hook): (W, T, d_model)} activations for a batch of token windows."""
 
-    def __init__(self, model: Any, transcoders: list[Transcoder]) -> None:
+    def __init__(self, model: Any, points: list[HookPoint]) -> None:
         self.model = model
-        self.captured: dict[int, torch.Tensor] = {}
+        self.captured: dict[HookPoint, torch.Tensor] = {}
         self._handles = []
-        points = [(t.layer, t.hook_in) for t in transcoders]
         order = {"resid_mid": 0, "mlp_in": 1, "mlp_out": 2}
         last = max(points, key=lambda p: (p[0], order[p[1]]))
-        for layer, hook in points:
-            module, kind = hook_module(model, layer, hook)
-            self._handles.append(self._register(module, kind, layer, (layer, hook) == last))
+        for point in dict.fromkeys(points):
+            module, kind = hook_module(model, *point)
+            self._handles.append(self._register(module, kind, point, point == last))
 
-    def _register(self, module: torch.nn.Module, kind: str, layer: int, stop: bool) -> Any:
+    @classmethod
+    def for_transcoders(cls, model: Any, transcoders: list[Transcoder]) -> "Harvester":
+        """A harvester of each transcoder's input hook."""
+        return cls(model, [(t.layer, t.hook_in) for t in transcoders])
+
+    def _register(self, module: torch.nn.Module, kind: str, point: HookPoint, stop: bool) -> Any:
         def take(tensor: torch.Tensor) -> None:
-            self.captured[layer] = tensor.detach()
+            self.captured[point] = tensor.detach()
             if stop:
                 raise _StopForward
 
@@ -41,8 +47,8 @@ class Harvester:
         return module.register_forward_hook(lambda _m, _args, out: take(out[0] if isinstance(out, tuple) else out))
 
     @torch.inference_mode()
-    def run(self, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Forward `input_ids` (W, T) up to the last hook; returns the captured inputs by layer."""
+    def run(self, input_ids: torch.Tensor) -> dict[HookPoint, torch.Tensor]:
+        """Forward `input_ids` (W, T) up to the last hook; returns the captured activations by hook point."""
         self.captured = {}
         try:
             self.model(input_ids=input_ids, use_cache=False)

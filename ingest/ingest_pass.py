@@ -146,7 +146,7 @@ class IngestPass:
 
     def run(self, checkpoint: Path | None, every: int) -> None:
         """Stream the corpus through model and transcoders, checkpointing every `every` batches."""
-        harvester = Harvester(self.lm.model, self.tset.transcoders)
+        harvester = Harvester.for_transcoders(self.lm.model, self.tset.transcoders)
         total = self.cfg.max_tokens
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc="ingest", smoothing=0.1,
                    disable=None if self.show_progress is None else not self.show_progress)
@@ -160,7 +160,7 @@ class IngestPass:
                 captured = harvester.run(ids.to(self.lm.device))
                 win_ids = torch.arange(first, first + len(windows))
                 for t in self.tset.transcoders:
-                    acts = t.encode(captured[t.layer].float())
+                    acts = t.encode(captured[(t.layer, t.hook_in)].float())
                     if self.bos:
                         acts[:, 0, :] = 0  # BOS activations are outliers Neuronpedia hides too
                     self.states[t.layer].update(acts, win_ids)

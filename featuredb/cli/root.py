@@ -17,6 +17,7 @@ from featuredb.cli.transfer_commands import export_group, import_group, sample_e
 LAZY_COMMANDS = {
     "ingest": ("ingest.cli", "ingest_command", "Index transcoder features of a model over a corpus."),
     "merge": ("ingest.cli", "merge_command", "Combine ingest shard states into the store."),
+    "train": ("ingest.train_cli", "train_command", "Train skip-transcoders for a model (circuit-tracer format)."),
 }
 
 

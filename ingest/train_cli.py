@@ -1,0 +1,71 @@
+"""CLI: `featuredb train`."""
+
+from __future__ import annotations
+
+import click
+
+from featuredb.cli.common import emit_json, json_option
+from ingest.cli import _layers
+from ingest.train_run import TrainConfig, TrainRun, TrainSummary
+from ingest.transcoder_training import TrainSettings
+
+
+def _print_summary(s: TrainSummary) -> None:
+    click.echo(f"{s.model_id} / {s.set_name}: {s.train_tokens:,} training and {s.test_tokens:,} held-out tokens, "
+               f"{s.tokens_per_second:,.0f} training tok/s, {s.timings['total']:.1f}s")
+    click.echo(f"{'layer':>5}  {'FVU':>6}  {'skip-only FVU':>13}  {'L0':>6}  {'dead':>6}")
+    for r in s.layers:
+        click.echo(f"{r.layer:>5}  {r.fvu:>6.3f}  {r.skip_only_fvu:>13.3f}  {r.l0:>6.1f}  {r.dead_fraction:>6.1%}")
+    click.echo(f"saved to {s.out} (circuit-tracer format); index it with: "
+               f"featuredb ingest --model default --transcoders {s.out}")
+
+
+@click.command("train", short_help="Train skip-transcoders for a model (circuit-tracer format).")
+@click.option("--model", help="Hugging Face folder or id, a .gguf file, or 'default' (SmolLM2-135M-Instruct).")
+@click.option("--layers", help="Layers to train, e.g. 10,15,20 or 0-29 (default: all).")
+@click.option("--out", default="data/transcoders/smollm2", show_default=True, help="Output folder.")
+@click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, or 'installed-docs' (default).")
+@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
+@click.option("--train-tokens", default=40_000, show_default=True, type=click.IntRange(128))
+@click.option("--test-tokens", default=8_000, show_default=True, type=click.IntRange(128),
+              help="Held-out tokens for FVU, L0 and dead fraction.")
+@click.option("--features", "n_features", default=4096, show_default=True, type=click.IntRange(16))
+@click.option("--activation", type=click.Choice(["topk", "jumprelu"]), default="topk", show_default=True,
+              help="topk trains BatchTopK and saves a JumpReLU threshold; jumprelu trains thresholds directly.")
+@click.option("--k", default=32, show_default=True, type=click.IntRange(1), help="Active features per token (target).")
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=5e-3, show_default=True, type=float)
+@click.option("--batch-tokens", default=512, show_default=True, type=click.IntRange(16))
+@click.option("--no-skip", is_flag=True, help="Train without the linear skip connection.")
+@click.option("--set-name", help="Source-set name (default featuredb-skip-4k for 4096 features).")
+@click.option("--ctx-len", default=128, show_default=True, type=click.IntRange(2))
+@click.option("--memory-gb", default=6.0, show_default=True, type=float,
+              help="Activation memory per group of layers that share one harvest.")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(1), help="Optimiser steps.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/train-checkpoint.pt.")
+@json_option
+def train_command(model: str | None, layers: str | None, out: str, corpus: str | None, text_field: str,
+                  train_tokens: int, test_tokens: int, n_features: int, activation: str, k: int, epochs: int,
+                  lr: float, batch_tokens: int, no_skip: bool, set_name: str | None, ctx_len: int, memory_gb: float,
+                  device: str | None, seed: int, checkpoint_every: int, resume: bool, as_json: bool) -> None:
+    """Train per-layer skip-transcoders (MLP input to MLP output) and save them in circuit-tracer's format.
+
+    All requested layers are read from one forward pass per batch; held-out FVU, mean L0 and the dead
+    fraction are reported per layer and written to OUT/training_report.json.
+
+    \b
+    Example:
+      featuredb train --model default --layers 10,15,20 --out data/transcoders/smollm2
+    """
+    settings = TrainSettings(n_features=n_features, activation=activation, k=k, epochs=epochs, lr=lr,
+                             batch_tokens=batch_tokens, skip=not no_skip, seed=seed)
+    cfg = TrainConfig(out=out, model=model, layers=_layers(layers), corpus=corpus, text_field=text_field,
+                      train_tokens=train_tokens, test_tokens=test_tokens, ctx_len=ctx_len, set_name=set_name,
+                      settings=settings, memory_gb=memory_gb, device=device)
+    summary = TrainRun(cfg).run(resume=resume, checkpoint_every=checkpoint_every)
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        _print_summary(summary)
