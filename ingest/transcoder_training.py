@@ -183,7 +183,7 @@ class SkipTranscoder(nn.Module):
         parts = {"fvu": float(mse.detach()), "l0": float((acts > 0).sum(1).float().mean())}
         if self.s.activation == "jumprelu":
             l0 = _Step.apply(pre, self.log_threshold.exp(), self.s.bandwidth).sum(1).mean()
-            total = total + self.l0_coefficient * l0
+            total = total + float(self.l0_coefficient) * l0
             with torch.no_grad():  # steer the sparsity penalty towards the target L0
                 self.l0_coefficient.mul_(math.exp(0.01 * (parts["l0"] - self.s.k) / self.s.k))
         if self.s.aux_k and dead.any():

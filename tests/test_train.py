@@ -1,0 +1,142 @@
+"""`featuredb train` on a tiny Llama: circuit-tracer files that both loaders read, honest FVU, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ingest.model_loading import load_model
+from ingest.train_run import CHECKPOINT, REPORT, TrainConfig, TrainRun
+from ingest.training_data import collect_pairs
+from ingest.transcoder_formats import load_transcoders
+from ingest.transcoder_training import TrainSettings
+from tiny_model import D_MODEL, N_LAYERS, make_tiny_llama, write_corpus
+
+SETTINGS = TrainSettings(n_features=64, k=4, epochs=3, batch_tokens=128, dead_tokens=1000)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train")
+    return {"model": make_tiny_llama(root / "model"), "corpus": write_corpus(root / "corpus.txt", 9000), "root": root}
+
+
+def _cfg(inputs: dict[str, Path], out: Path, **kw) -> TrainConfig:  # type: ignore[no-untyped-def]
+    base = dict(out=str(out), model=str(inputs["model"]), corpus=str(inputs["corpus"]), train_tokens=3000,
+                test_tokens=600, ctx_len=16, batch_size=8, settings=SETTINGS)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(inputs: dict[str, Path]) -> Path:
+    out = inputs["root"] / "tc"
+    TrainRun(_cfg(inputs, out), progress=False).run()
+    return out
+
+
+def test_writes_circuit_tracer_layout(trained: Path) -> None:
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())
+    assert cfg["model_kind"] == "transcoder_set"
+    assert cfg["transcoders"] == [f"layer_{i}.safetensors" for i in range(N_LAYERS)]
+    assert (cfg["feature_input_hook"], cfg["feature_output_hook"]) == ("mlp.hook_in", "mlp.hook_out")
+    t = load_file(str(trained / "layer_1.safetensors"))
+    assert t["W_enc"].shape == (64, D_MODEL) and t["W_dec"].shape == (64, D_MODEL)
+    assert t["W_skip"].shape == (D_MODEL, D_MODEL) and t["activation_function.threshold"].shape == (64,)
+    assert not (trained / CHECKPOINT).exists()
+
+
+def test_reported_fvu_matches_the_saved_files(inputs: dict[str, Path], trained: Path) -> None:
+    """Recompute held-out FVU and L0 from the files through our loader: the report must be what users get."""
+    report = {r["layer"]: r for r in json.loads((trained / REPORT).read_text())["layers"]}
+    tset = load_transcoders([trained])
+    assert tset.layers == [0, 1, 2] and all(t.activation == "jumprelu" for t in tset.transcoders)
+    lm = load_model(str(inputs["model"]), dtype="float32")
+    pairs, _ = collect_pairs(lm, [0, 1, 2], corpus=str(inputs["corpus"]), train_tokens=3000, test_tokens=600,
+                             ctx_len=16, batch_size=8, progress=False)
+    for t in tset.transcoders:
+        x, y = pairs[t.layer].x_test.float(), pairs[t.layer].y_test.float()
+        acts = t.encode(x)
+        y_hat = acts @ t.W_dec + t.b_dec + x @ t.W_skip.T
+        fvu = float((y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+        r = report[t.layer]
+        assert fvu == pytest.approx(r["fvu"], rel=1e-3, abs=1e-4)
+        assert float((acts > 0).sum(1).float().mean()) == pytest.approx(r["l0"], rel=1e-3)
+        assert r["fvu"] < r["skip_only_fvu"] and r["fvu"] < 1.0, "features must explain more than the skip alone"
+        assert 0.0 <= r["dead_fraction"] < 1.0
+
+
+def test_resume_after_interruption_gives_the_same_weights(inputs: dict[str, Path], trained: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    out = inputs["root"] / "resumed"
+    run = TrainRun(_cfg(inputs, out), progress=False)
+    original = TrainRun._save_checkpoint
+    saves = {"n": 0}
+
+    def save_then_stop(self, *args, **kw):  # type: ignore[no-untyped-def]
+        original(self, *args, **kw)
+        saves["n"] += 1
+        if saves["n"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainRun, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run.run(checkpoint_every=10)
+    monkeypatch.setattr(TrainRun, "_save_checkpoint", original)
+    assert (out / CHECKPOINT).exists() and not (out / "config.yaml").exists()
+    TrainRun(_cfg(inputs, out), progress=False).run(resume=True, checkpoint_every=10)
+    for layer in range(N_LAYERS):
+        a, b = load_file(str(trained / f"layer_{layer}.safetensors")), load_file(str(out / f"layer_{layer}.safetensors"))
+        for key in a:
+            assert torch.equal(a[key], b[key]), (layer, key)
+
+
+def test_resume_refuses_other_settings(inputs: dict[str, Path], tmp_path: Path) -> None:
+    from featuredb.errors import FeatureDBError
+    from ingest.ingest_pass import save_state_file
+
+    save_state_file({"config": _cfg(inputs, tmp_path).fingerprint()}, tmp_path / CHECKPOINT)
+    other = _cfg(inputs, tmp_path, settings=replace(SETTINGS, k=8))
+    with pytest.raises(FeatureDBError, match="different settings"):
+        TrainRun(other, progress=False).run(resume=True)
+
+
+def test_jumprelu_training_reaches_its_l0_target(inputs: dict[str, Path], tmp_path: Path) -> None:
+    s = replace(SETTINGS, activation="jumprelu", k=8, epochs=4)
+    summary = TrainRun(_cfg(inputs, tmp_path / "jr", layers=[1], settings=s), progress=False).run()
+    (r,) = summary.layers
+    assert r.fvu < r.skip_only_fvu
+    assert 1.0 < r.l0 < 40.0, "the L0 controller must keep the penalty near the target"
+    assert load_transcoders([tmp_path / "jr"]).layers == [1]
+
+
+def test_cli_rejects_a_layer_the_model_lacks(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    res = subprocess.run([sys.executable, "-m", "featuredb.cli", "train", "--model", str(inputs["model"]), "--layers", "7",
+                          "--out", str(out), "--corpus", str(inputs["corpus"])], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == "featuredb: error: --layers: [7] out of range; the model has layers 0-2"
+    assert not out.exists()
+
+
+def test_loads_with_circuit_tracer_own_loader(trained: Path) -> None:
+    """Runs where circuit-tracer is installed (it pins transformers<=4.57, so it lives in its own environment)."""
+    pytest.importorskip("circuit_tracer")
+    from circuit_tracer.utils.hf_utils import load_transcoders as ct_load
+
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())
+    cfg["transcoders"] = [str(trained / p) for p in cfg["transcoders"]]
+    ct_set = ct_load(cfg, device=torch.device("cpu"), lazy_decoder=False)
+    ours = load_transcoders([trained])
+    x = torch.randn(50, D_MODEL)
+    for layer, t in enumerate(ours.transcoders):
+        assert torch.allclose(ct_set.encode_layer(x, layer), t.encode(x), atol=1e-5)
+        assert torch.allclose(ct_set[layer].compute_skip(x), x @ t.W_skip.T, atol=1e-5)
