@@ -283,8 +283,14 @@ def _add_settings_and_feature_keys_v2(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f'CREATE INDEX "{t.name}_{name}" ON "{t.name}" ("{name}")')
 
 
+def _add_search_state_v3(con: duckdb.DuckDBPyConnection) -> None:
+    # Writes to features/activations/explanations set `dirty`; the search indexes are rebuilt from it.
+    con.execute("CREATE TABLE search_state (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO search_state VALUES ('dirty', 'true')")
+
+
 # MIGRATIONS[v-1] brings a file from version v-1 to version v.
-MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2)
+MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2, _add_search_state_v3)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -35,6 +35,7 @@ from featuredb.schema import (
 )
 
 DEFAULT_DB = "data/featuredb.duckdb"
+SEARCHED_TABLES = ("features", "activations", "explanations")  # writes here make the search indexes stale
 DB_ENV = "FEATUREDB_DB"
 
 # Rows without an id get a deterministic one, so importing the same rows twice replaces them.
@@ -81,6 +82,7 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
         self.path = str(path or default_db_path())
         self.read_only = read_only
+        self._owns_connection = True
         if read_only:
             if not Path(self.path).exists():
                 raise NotFoundError(f"{self.path}: no featuredb store here (import or ingest into it first)")
@@ -114,11 +116,25 @@ class FeatureStore:
         """The same store over a new DuckDB cursor, for use from another thread (e.g. a server worker)."""
         view = object.__new__(FeatureStore)
         view.path, view.read_only, view.con = self.path, self.read_only, self.con.cursor()
+        view._owns_connection = False
         return view
 
     def close(self) -> None:
-        """Release the file (and its lock)."""
-        self.con.close()
+        """Bring the search indexes up to date after writes, then release the file (and its lock)."""
+        try:
+            if not self.read_only and self._owns_connection:
+                self.refresh_search(only_if_dirty=True)
+        finally:
+            self.con.close()
+
+    def refresh_search(self, *, only_if_dirty: bool = False, progress: bool | None = None) -> dict[str, float]:
+        """Rebuild the search tables (BM25 postings, token and logit lookups, embeddings) from the rows."""
+        from featuredb.search.indexes import is_dirty, refresh_search_indexes
+
+        self._require_writable()
+        if only_if_dirty and not is_dirty(self.con):
+            return {}
+        return refresh_search_indexes(self.con, progress=progress)
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -206,13 +222,20 @@ class FeatureStore:
             n = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0] - before
             self._check_keys(table, '"modelId" = ? AND "layer" = ?', list(scope))
             self._drop_duplicates_in_scope(table, scope)
-            return int(n)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {cast_sql}")
-        try:
-            self._check_keys(table, "1=1", [], relation="_stage")
-            return self._merge_stage(table)
-        finally:
-            con.execute("DROP TABLE IF EXISTS _stage")
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {cast_sql}")
+            try:
+                self._check_keys(table, "1=1", [], relation="_stage")
+                n = self._merge_stage(table)
+            finally:
+                con.execute("DROP TABLE IF EXISTS _stage")
+            return n
+        self._mark_searched_changed(table, n)
+        return int(n)
+
+    def _mark_searched_changed(self, table: Table, changed: int) -> None:
+        if changed and table.name in SEARCHED_TABLES:
+            self.con.execute("UPDATE search_state SET value = 'true' WHERE key = 'dirty'")
 
     def _check_keys(self, table: Table, where: str, params: list[Any], relation: str | None = None) -> None:
         missing = " OR ".join(f'"{k}" IS NULL' for k in table.key)
@@ -255,6 +278,7 @@ class FeatureStore:
         try:
             con.execute(f'DELETE FROM "{table.name}" t USING _changed s WHERE {join}')
             con.execute(f'INSERT INTO "{table.name}" ({quoted}) SELECT {quoted} FROM _changed')
+            self._mark_searched_changed(table, con.execute("SELECT count(*) FROM _changed").fetchone()[0])
         finally:
             con.execute("DROP TABLE IF EXISTS _changed")
         return int(con.execute("SELECT count(*) FROM _stage").fetchone()[0])

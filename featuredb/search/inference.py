@@ -1,0 +1,128 @@
+"""Inference search (Neuronpedia's search-topk-by-token and search-all): run a text through the registered model.
+
+The model and transcoders are run by a backend from the `ingest` package, found by name at run time
+(featuredb never imports ingest); tests and other hosts may pass any object with the same method.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from featuredb.errors import FeatureDBError, NotFoundError
+
+BACKEND_MODULE = "ingest.inference_backend"
+
+
+@dataclass
+class SourceActivations:
+    """One source's feature activations over the text's tokens: per position, (index, value) pairs."""
+
+    source: str
+    per_token: list[list[tuple[int, float]]]
+
+
+@dataclass
+class TextActivations:
+    """What the backend computed for one text."""
+
+    tokens: list[str]
+    sources: list[SourceActivations]
+    has_bos: bool = False
+
+
+class InferenceBackend(Protocol):
+    """Runs a registered model and its transcoders over a text."""
+
+    def activations(self, model: str, text: str, sources: list[str] | None, top_k: int) -> TextActivations:
+        """The `top_k` strongest features per token and source."""
+        ...
+
+
+def load_backend(store: Any) -> InferenceBackend:
+    """The ingest package's backend over this store's registered models (a clear error when ingest is absent)."""
+    try:
+        module = importlib.import_module(BACKEND_MODULE)
+    except ImportError as e:
+        raise FeatureDBError(f"inference search needs the ingest package and torch ({e})") from None
+    return module.StoreInferenceBackend(store)
+
+
+@dataclass
+class TokenFeature:
+    """One feature at one token."""
+
+    source: str
+    index: int
+    activation: float
+    label: str | None
+    density: float | None
+
+
+@dataclass
+class TokenResult:
+    """Neuronpedia's search-topk-by-token entry: a token and its top features."""
+
+    position: int
+    token: str
+    top_features: list[TokenFeature] = field(default_factory=list)
+
+
+@dataclass
+class InferenceResult:
+    """Per-token top features and, across the text, features ranked by their strongest activation."""
+
+    model: str
+    tokens: list[str]
+    by_token: list[TokenResult]
+    overall: list[TokenFeature]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _labels(con: Any, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str | None, float | None]]:
+    if not keys:
+        return {}
+    fkeys = [f"{model}/{s}/{i}" for s, i in keys]
+    rows = con.execute(f"SELECT source, \"index\", label, density FROM search_features WHERE feature_key IN "
+                       f"({', '.join('?' for _ in fkeys)})", fkeys).fetchall()
+    return {(s, int(i)): (label, d) for s, i, label, d in rows}
+
+
+def inference_search(store: Any, model: str, text: str, *, sources: list[str] | None = None, top_k: int = 5,
+                     ignore_bos: bool = True, density_threshold: float | None = None, limit: int = 20,
+                     backend: InferenceBackend | None = None) -> InferenceResult:
+    """Run `text` through `model` and its registered transcoders; top features per token and overall."""
+    if not text.strip():
+        raise FeatureDBError("inference search needs a non-empty text")
+    known = [r[0] for r in store.con.execute('SELECT id FROM models WHERE id = ?', [model]).fetchall()]
+    if not known:
+        raise NotFoundError(f"model {model!r} is not registered in {store.path}; ingest it first")
+    backend = backend or load_backend(store)
+    acts = backend.activations(model, text, sources, top_k * 4 if density_threshold is not None else top_k)
+    keys = {(s.source, i) for s in acts.sources for tok in s.per_token for i, _ in tok}
+    labels = _labels(store.con, model, keys)
+    by_token: list[TokenResult] = []
+    best: dict[tuple[str, int], TokenFeature] = {}
+    for pos, token in enumerate(acts.tokens):
+        if ignore_bos and acts.has_bos and pos == 0:
+            continue
+        feats = []
+        for s in acts.sources:
+            for index, value in s.per_token[pos]:
+                if value <= 0:
+                    continue
+                label, density = labels.get((s.source, index), (None, None))
+                if density_threshold is not None and density is not None and density > density_threshold:
+                    continue
+                tf = TokenFeature(s.source, index, float(value), label, density)
+                feats.append(tf)
+                if (s.source, index) not in best or value > best[(s.source, index)].activation:
+                    best[(s.source, index)] = tf
+        feats.sort(key=lambda f: -f.activation)
+        by_token.append(TokenResult(pos, token, feats[:top_k]))
+    overall = sorted(best.values(), key=lambda f: -f.activation)[:limit]
+    return InferenceResult(model, acts.tokens, by_token, overall)

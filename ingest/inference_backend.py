@@ -1,0 +1,89 @@
+"""Inference backend for featuredb's search and server: the store's registered model and transcoders, cached."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import torch
+
+from featuredb.errors import FeatureDBError, NotFoundError
+from featuredb.identity import source_id
+from featuredb.search.inference import SourceActivations, TextActivations
+from ingest.corpus import expects_bos
+from ingest.harvest import Harvester
+from ingest.model_loading import LoadedModel, load_model
+from ingest.transcoder import Transcoder
+from ingest.transcoder_formats import load_transcoders
+
+
+class StoreInferenceBackend:
+    """Loads each model and source set once (from the paths ingest recorded in `settings`) and runs texts."""
+
+    def __init__(self, store: Any, device: str | None = None) -> None:
+        self.store = store
+        self.device = device
+        self._models: dict[str, LoadedModel] = {}
+        self._transcoders: dict[tuple[str, str], Transcoder] = {}
+        self._lock = threading.Lock()
+
+    def _model(self, model: str) -> LoadedModel:
+        if model not in self._models:
+            row = self.store.con.execute("SELECT settings FROM models WHERE id = ?", [model]).fetchone()
+            settings = json.loads(row[0]) if row and row[0] else {}
+            if not settings.get("path"):
+                raise NotFoundError(f"model {model!r} has no local weights recorded (it was imported, not ingested)")
+            self._models[model] = load_model(settings["path"], device=self.device, dtype="float32", model_id=model)
+        return self._models[model]
+
+    def _sources(self, model: str, wanted: list[str] | None) -> list[tuple[str, Transcoder]]:
+        rows = self.store.con.execute(
+            'SELECT s.id, s."setName", s.settings, ss.settings FROM sources s LEFT JOIN source_sets ss '
+            'ON ss."modelId" = s."modelId" AND ss.name = s."setName" WHERE s."modelId" = ? ORDER BY s.id',
+            [model]).fetchall()
+        out = []
+        for sid, set_name, s_settings, set_settings in rows:
+            if wanted and sid not in wanted:
+                continue
+            if (model, sid) not in self._transcoders:
+                ss = json.loads(set_settings or "{}")
+                layer = json.loads(s_settings or "{}").get("layer")
+                if not ss.get("transcoders") or layer is None:
+                    continue  # imported from Neuronpedia: no local transcoder to run
+                tset = load_transcoders(ss["transcoders"], [int(layer)])
+                for t in tset.transcoders:
+                    self._transcoders[(model, source_id(t.layer, set_name))] = t
+            if (model, sid) in self._transcoders:
+                out.append((sid, self._transcoders[(model, sid)]))
+        if wanted:
+            missing = sorted(set(wanted) - {s for s, _ in out})
+            if missing:
+                raise NotFoundError(f"no runnable transcoder for source(s) {', '.join(missing)} of {model}")
+        if not out:
+            raise FeatureDBError(f"model {model!r} has no ingested transcoders to run")
+        return out
+
+    def activations(self, model: str, text: str, sources: list[str] | None, top_k: int) -> TextActivations:
+        """Top `top_k` features per token for each source."""
+        with self._lock:
+            lm = self._model(model)
+            pairs = self._sources(model, sources)
+            for _, t in pairs:
+                t.to(lm.device, torch.float32)
+            ids = lm.tokenizer(text).input_ids
+            bos = expects_bos(lm.tokenizer) and bool(ids) and ids[0] == lm.tokenizer.bos_token_id
+            harvester = Harvester.for_transcoders(lm.model, [t for _, t in pairs])
+            try:
+                captured = harvester.run(torch.tensor([ids], device=lm.device))
+            finally:
+                harvester.close()
+            result = []
+            for sid, t in pairs:
+                acts = t.encode(captured[(t.layer, t.hook_in)][0].float())
+                k = min(top_k, acts.shape[-1])
+                vals, idx = acts.topk(k, dim=-1)
+                result.append(SourceActivations(sid, [[(int(i), float(v)) for i, v in zip(ri, rv) if v > 0]
+                                                      for ri, rv in zip(idx.tolist(), vals.tolist())]))
+            tokens = [lm.tokenizer.decode([i]) for i in ids]
+            return TextActivations(tokens, result, has_bos=bos)
