@@ -13,20 +13,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# Until ingestion lands, the main job builds a store from a synthetic Neuronpedia export and searches it.
+# The main job: default model -> offline corpus -> trained transcoders -> index -> labels -> searches -> exports.
 demo: $(STAMP)
-	@echo "== 1/5 writing a synthetic Neuronpedia export (2,048 concept features) to data/demo-export"
-	$(FDB) sample-export data/demo-export --features 2048
-	@echo "== 2/5 importing it into data/featuredb.duckdb"
-	$(FDB) import neuronpedia data/demo-export
-	$(FDB) info
-	@echo "== 3/5 searching explanations for 'Texas'"
-	$(FDB) query "SELECT e.layer AS source, e.\"index\", e.description, round(f.frac_nonzero, 4) AS density FROM explanations e JOIN features f USING (feature_key) WHERE e.description ILIKE '%texas%' ORDER BY e.\"scoreV1\" DESC LIMIT 5"
-	@echo "== 4/5 one feature as Neuronpedia's GET /api/feature JSON (first lines)"
-	$(FDB) feature demo-model 6-demo-transcoder 0 | head -n 12
-	@echo "== 5/5 exporting circuit-tracer feature files to data/demo-features"
-	$(FDB) export circuit-tracer data/demo-features
-	@echo "Done. Store: data/featuredb.duckdb. Try: $(FDB) --help"
+	$(FDB) demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -35,4 +24,4 @@ bench: $(STAMP)
 	$(PY) bench/bench_store.py
 
 clean:
-	rm -rf $(VENV) data/featuredb.duckdb data/demo-export data/demo-features
+	rm -rf $(VENV) data/featuredb.duckdb data/corpus data/transcoders data/features
