@@ -41,14 +41,14 @@ def _check_scope(con: Any, filters: SearchFilters) -> None:
         raise NotFoundError(f"model {filters.model!r} is not in the store; it has: {', '.join(models)}")
 
 
-def _describe(con: Any, ranked: list[tuple[str, float, str | None]]) -> list[tuple[str, float, str | None]]:
-    """Replace explanation ids in `matched` by their text."""
-    ids = [m for _, _, m in ranked if m]
+def _describe(con: Any, ranked: list[tuple[str, float, Any]]) -> list[tuple[str, float, str | None]]:
+    """Replace text ids in `matched` by the explanation text that matched."""
+    ids = sorted({int(m) for _, _, m in ranked if m is not None})
     if not ids:
-        return ranked
-    rows = dict(con.execute(f"SELECT id, description FROM explanations WHERE id IN ({', '.join('?' for _ in ids)})",
-                            ids).fetchall())
-    return [(k, s, rows.get(m, m) if m else m) for k, s, m in ranked]
+        return [(k, s, None) for k, s, _ in ranked]
+    rows = dict(con.execute(f"SELECT text_id, description FROM search_texts WHERE text_id IN "
+                            f"({', '.join(str(i) for i in ids)})").fetchall())
+    return [(k, s, rows.get(int(m)) if m is not None else None) for k, s, m in ranked]
 
 
 def search(store: Any, query: str, *, mode: str = "auto", filters: SearchFilters | None = None, limit: int = 10,

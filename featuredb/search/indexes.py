@@ -87,16 +87,15 @@ def _postings(con: Any) -> None:
                 "stopwords='english', overwrite=1)")
     con.execute(f"""CREATE OR REPLACE TABLE search_postings AS
         WITH p AS (SELECT t.termid, t.docid, count(*) AS tf FROM {FTS_SCHEMA}.terms t GROUP BY ALL)
-        SELECT p.termid, p.tf, d.len, d.name AS explanation_id, e.feature_key,
-               f."modelId", f.source, f.layer_num, f.density
-        FROM p JOIN {FTS_SCHEMA}.docs d USING (docid) JOIN explanations e ON e.id = d.name
-        JOIN search_features f ON f.feature_key = e.feature_key
+        SELECT p.termid, p.tf, d.len, x.text_id, x.feature_key, x."modelId", x.source, x.layer_num, x.density
+        FROM p JOIN {FTS_SCHEMA}.docs d USING (docid) JOIN search_explanation_texts x ON x.explanation_id = d.name
         ORDER BY p.termid""")
 
 
 def _embeddings(con: Any, progress: bool | None) -> int:
     load_extension(con, "vss")
     con.execute("SET hnsw_enable_experimental_persistence = true")
+    # Texts only ever get appended, in text_id order, so lookups by text_id prune by zone maps.
     con.execute(f"CREATE TABLE IF NOT EXISTS search_texts (text_id BIGINT, description VARCHAR, "
                 f"embedding FLOAT[{DIM}])")
     new = [r[0] for r in con.execute(
@@ -134,10 +133,10 @@ def refresh_search_indexes(con: Any, *, progress: bool | None = None) -> dict[st
     _features(con)
     timings["features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _postings(con)
-    timings["postings"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     timings["texts_embedded"] = _embeddings(con, progress)
     timings["embeddings"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _postings(con)
+    timings["postings"] = time.perf_counter() - t0
     con.execute("UPDATE search_state SET value = 'false' WHERE key = 'dirty'")
     return timings

@@ -15,8 +15,8 @@ def _literal(vec: Any) -> str:
 
 
 def semantic_ranking(con: Any, query: str, filters: SearchFilters, limit: int,
-                     use_index: bool | None = None) -> list[tuple[str, float, str | None]]:
-    """(feature_key, cosine similarity, explanation id) best first."""
+                     use_index: bool | None = None) -> list[tuple[str, float, int | None]]:
+    """(feature_key, cosine similarity, text id) best first."""
     lit = _literal(embed([query])[0])
     cond, params = filters.sql("x")
     if use_index is None:
@@ -28,19 +28,19 @@ def semantic_ranking(con: Any, query: str, filters: SearchFilters, limit: int,
         if near:
             dist = {t: d for t, d in near}
             ids = ", ".join(str(int(t)) for t in dist)
-            rows = con.execute(f"SELECT x.feature_key, x.text_id, x.explanation_id FROM search_explanation_texts x "
+            rows = con.execute(f"SELECT x.feature_key, x.text_id FROM search_explanation_texts x "
                                f"WHERE x.text_id IN ({ids}) AND {cond}", params).fetchall()
-            best: dict[str, tuple[float, str]] = {}
-            for key, text_id, expl in rows:
+            best: dict[str, tuple[float, int]] = {}
+            for key, text_id in rows:
                 sim = 1.0 - dist[text_id]
                 if key not in best or sim > best[key][0]:
-                    best[key] = (sim, expl)
+                    best[key] = (sim, text_id)
             ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
             if len(ranked) >= limit or len(near) < fetch:
                 return [(k, s, e) for k, (s, e) in ranked]
     rows = con.execute(f"""
         SELECT x.feature_key, max(1 - array_cosine_distance(t.embedding, {lit})) AS score,
-               arg_max(x.explanation_id, 1 - array_cosine_distance(t.embedding, {lit}))
+               arg_max(x.text_id, 1 - array_cosine_distance(t.embedding, {lit}))
         FROM search_texts t JOIN search_explanation_texts x USING (text_id) WHERE {cond}
         GROUP BY x.feature_key ORDER BY score DESC, x.feature_key LIMIT {int(limit)}""", params).fetchall()
     return [(k, float(s), e) for k, s, e in rows]
