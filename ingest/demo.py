@@ -16,7 +16,7 @@ from featuredb.search.api import search
 from featuredb.store import FeatureStore
 from ingest.corpus import CorpusStats, installed_docs
 from ingest.default_model import ensure_default_model
-from ingest.demo_profiles import PROFILES, Profile
+from ingest.demo_profiles import Profile
 from ingest.run import IngestConfig, run_ingest
 from ingest.train_run import REPORT, TrainRun
 

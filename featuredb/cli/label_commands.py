@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
-from featuredb.labels.baseline import TYPE_NAME, label_features
+from featuredb.labels.baseline import label_features
 
 
 @click.group("label", cls=FeatureDBGroup, short_help="Write labels for features in the store.")
@@ -19,9 +19,9 @@ def label_group() -> None:
 @db_option
 @json_option
 def label_features_command(model: str | None, source: str | None, db: str, as_json: bool) -> None:
-    f"""Label every feature from its peak tokens, the token after them and its top output logits.
+    """Label every feature from its peak tokens, the token after them and its top output logits.
 
-    Writes one explanation of type {TYPE_NAME} per feature (replacing earlier ones), for example
+    Writes one explanation of type featuredb-baseline per feature (replacing earlier ones), for example
     '"Texas" → says "Austin"', so search and graphs have labels before any LLM label exists.
 
     \b

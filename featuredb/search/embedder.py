@@ -14,7 +14,6 @@ _lock = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _model() -> tuple[Any, Any]:
-    import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
