@@ -68,11 +68,12 @@ def build_store(path: Path, n: int, vocab: list[str]) -> float:
 
     t0 = time.perf_counter()
     v = len(vocab)
-    lit = "[" + ", ".join("'" + w.replace("'", "''") + "'" for w in vocab) + "]"
     tpl = "[" + ", ".join("'" + t.replace("'", "''") + "'" for t in TEMPLATES) + "]"
     with FeatureStore(path) as store:
         con = store.con
-        con.execute(f"CREATE OR REPLACE TEMP MACRO w(x) AS {lit}[((x % {v}) + 1)::BIGINT]")
+        # One row holding the vocabulary, cross-joined in; w(x) picks a word (a list literal would be rebuilt per row).
+        con.execute("CREATE OR REPLACE TEMP TABLE vv AS SELECT ?::VARCHAR[] AS words", [vocab])
+        con.execute(f"CREATE OR REPLACE TEMP MACRO w(x) AS vv.words[((x % {v}) + 1)::BIGINT]")
         with store.transaction():
             store.write_select(FEATURES, f"""SELECT 'bench-model' AS "modelId", (i % 30)::VARCHAR || '-bench-16k' AS layer,
                 i // 30 AS "index", 'bench-16k' AS "sourceSetName", (hash(i, 'd') % 1000) / 1e5 AS frac_nonzero,
@@ -80,7 +81,7 @@ def build_store(path: Path, n: int, vocab: list[str]) -> float:
                 list_transform(range(10), k -> ' ' || w(hash(i, 'p', k))) AS pos_str,
                 list_transform(range(10), k -> 1.0 - k / 20) AS pos_values,
                 list_transform(range(10), k -> ' ' || w(hash(i, 'n', k))) AS neg_str,
-                list_transform(range(10), k -> -1.0 + k / 20) AS neg_values FROM range({n}) t(i)""",
+                list_transform(range(10), k -> -1.0 + k / 20) AS neg_values FROM range({n}) t(i), vv""",
                                ["modelId", "layer", "index", "sourceSetName", "frac_nonzero", "maxActApprox",
                                 "pos_str", "pos_values", "neg_str", "neg_values"])
             store.write_select(ACTIVATIONS, f"""SELECT 'bench-model' AS "modelId",
@@ -88,14 +89,14 @@ def build_store(path: Path, n: int, vocab: list[str]) -> float:
                 list_transform(range(12), k -> ' ' || w(hash(i, j, k))) AS tokens,
                 list_transform(range(12), k -> CASE WHEN k = 6 THEN 10.0 - j ELSE 0.1 END) AS "values",
                 10.0 - j AS "maxValue", 6 AS "maxValueTokenIndex", -1.0 AS "binMin", -1.0 AS "binContains"
-                FROM range({n}) t(i), range(5) s(j)""",
+                FROM range({n}) t(i), range(5) s(j), vv""",
                                ["modelId", "layer", "index", "tokens", "values", "maxValue", "maxValueTokenIndex",
                                 "binMin", "binContains"])
             store.write_select(EXPLANATIONS, f"""SELECT 'bench-model' AS "modelId",
                 (i % 30)::VARCHAR || '-bench-16k' AS layer, i // 30 AS "index", 'np_max-act' AS "typeName",
                 replace(replace({tpl}[(t % 5) + 1], '{{a}}', w(t)), '{{b}}', w(t * 31 + t // {v})) AS description,
                 (hash(i, 's') % 100) / 100 AS "scoreV1"
-                FROM (SELECT i, (hash(i, 'e') % 50000)::BIGINT AS t FROM range({n}) r(i))""",
+                FROM (SELECT i, (hash(i, 'e') % 50000)::BIGINT AS t FROM range({n}) r(i)), vv""",
                                ["modelId", "layer", "index", "typeName", "description", "scoreV1"])
         store.refresh_search(progress=True)
     return time.perf_counter() - t0

@@ -134,6 +134,7 @@ class FeatureStore:
         self._require_writable()
         if only_if_dirty and not is_dirty(self.con):
             return {}
+        self._search_context = None
         return refresh_search_indexes(self.con, progress=progress)
 
     def __enter__(self) -> "FeatureStore":

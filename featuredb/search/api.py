@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from featuredb.errors import FeatureDBError, NotFoundError
-from featuredb.search.extensions import load_extension
+from featuredb.search.context import SearchContext, build_context
 from featuredb.search.filters import SearchFilters
 from featuredb.search.fusion import reciprocal_rank_fusion
 from featuredb.search.hits import SearchHit, build_hits
@@ -18,8 +18,11 @@ MODES = ("auto", "text", "semantic", "token", "logit")  # inference has its own 
 FUSION_DEPTH = 50  # how deep each list goes into reciprocal-rank fusion
 
 
-def prepare(store: Any) -> None:
-    """Make the search tables current (rebuilding them on a writable store) and load the extensions."""
+def prepare(store: Any) -> SearchContext:
+    """Make the search tables current (rebuilding them on a writable store); the store's reusable context."""
+    ctx = getattr(store, "_search_context", None)
+    if ctx is not None and store.read_only:
+        return ctx  # nobody can write while this process reads the file
     con = store.con
     if not has_search_tables(con) or is_dirty(con):
         if store.read_only:
@@ -28,8 +31,11 @@ def prepare(store: Any) -> None:
                                      "(e.g. `featuredb reindex`)")
         else:
             refresh_search_indexes(con)
-    load_extension(con, "fts")
-    load_extension(con, "vss")
+            ctx = None
+    if ctx is None:
+        ctx = build_context(con)
+        store._search_context = ctx
+    return ctx
 
 
 def _check_scope(con: Any, filters: SearchFilters) -> None:
@@ -59,17 +65,17 @@ def search(store: Any, query: str, *, mode: str = "auto", filters: SearchFilters
     if not query.strip():
         raise FeatureDBError("the search query is empty")
     filters = filters or SearchFilters()
-    prepare(store)
+    ctx = prepare(store)
     con = store.con
     _check_scope(con, filters)
     if mode == "text":
-        ranked = _describe(con, text_ranking(con, query, filters, limit))
+        ranked = _describe(con, text_ranking(con, ctx, query, filters, limit))
     elif mode == "semantic":
-        ranked = _describe(con, semantic_ranking(con, query, filters, limit))
+        ranked = _describe(con, semantic_ranking(con, ctx, query, filters, limit))
     elif mode == "auto":
         depth = max(limit, FUSION_DEPTH)
-        ranked = _describe(con, reciprocal_rank_fusion(text_ranking(con, query, filters, depth),
-                                                       semantic_ranking(con, query, filters, depth), limit=limit))
+        ranked = _describe(con, reciprocal_rank_fusion(text_ranking(con, ctx, query, filters, depth),
+                                                       semantic_ranking(con, ctx, query, filters, depth), limit=limit))
     elif mode == "token":
         ranked = token_ranking(con, query, filters, limit)
     else:

@@ -40,7 +40,12 @@ def embed(texts: list[str], batch_size: int = 128, progress: Any = None) -> np.n
     tok, model = _model()
     out = np.empty((len(texts), DIM), dtype=np.float32)
     order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    # A query is one short text: one thread is as fast, and idle OpenMP workers would spin against DuckDB's.
+    threads = torch.get_num_threads()
+    small = len(texts) <= 16
     with _lock, torch.inference_mode():
+        if small:
+            torch.set_num_threads(1)
         for i in range(0, len(texts), batch_size):
             idx = order[i:i + batch_size]
             batch = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -50,4 +55,6 @@ def embed(texts: list[str], batch_size: int = 128, progress: Any = None) -> np.n
             out[idx] = torch.nn.functional.normalize(vec, dim=1).numpy()
             if progress is not None:
                 progress.update(len(idx))
+        if small:
+            torch.set_num_threads(threads)
     return out

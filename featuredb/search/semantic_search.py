@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.filters import SearchFilters
-from featuredb.search.indexes import has_hnsw
 
 
 def _literal(vec: Any) -> str:
@@ -14,33 +16,44 @@ def _literal(vec: Any) -> str:
     return "[" + ",".join(f"{float(v):.7g}" for v in vec) + f"]::FLOAT[{DIM}]"
 
 
-def semantic_ranking(con: Any, query: str, filters: SearchFilters, limit: int,
-                     use_index: bool | None = None) -> list[tuple[str, float, int | None]]:
+def _nearest_texts(con: Any, ctx: Any, vec: np.ndarray, fetch: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(text ids, similarities) of the `fetch` nearest texts (all of them when fetch is None), best first."""
+    if ctx.hnsw:
+        lit = _literal(vec)
+        rows = con.execute(f"SELECT text_id, array_cosine_distance(embedding, {lit}) FROM search_texts "
+                           f"ORDER BY array_cosine_distance(embedding, {lit}) LIMIT {int(fetch or 1000)}").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), np.array([1.0 - r[1] for r in rows])
+    if ctx.vectors is None or not len(ctx.vectors):
+        return np.zeros(0, np.int64), np.zeros(0)
+    sims = ctx.vectors @ vec
+    if fetch is not None and fetch < len(sims):
+        top = np.argpartition(-sims, fetch)[:fetch]
+    else:
+        top = np.arange(len(sims))
+    top = top[np.argsort(-sims[top], kind="stable")]
+    return ctx.text_ids[top], sims[top]
+
+
+def semantic_ranking(con: Any, ctx: Any, query: str, filters: SearchFilters,
+                     limit: int) -> list[tuple[str, float, int | None]]:
     """(feature_key, cosine similarity, text id) best first."""
-    lit = _literal(embed([query])[0])
+    vec = embed([query])[0]
     cond, params = filters.sql("x")
-    if use_index is None:
-        use_index = has_hnsw(con)
-    if use_index:
-        fetch = max(100, limit * (20 if filters.active else 5))
-        near = con.execute(f"SELECT text_id, array_cosine_distance(embedding, {lit}) AS d FROM search_texts "
-                           f"ORDER BY array_cosine_distance(embedding, {lit}) LIMIT {fetch}").fetchall()
-        if near:
-            dist = {t: d for t, d in near}
-            ids = ", ".join(str(int(t)) for t in dist)
-            rows = con.execute(f"SELECT x.feature_key, x.text_id FROM search_explanation_texts x "
-                               f"WHERE x.text_id IN ({ids}) AND {cond}", params).fetchall()
-            best: dict[str, tuple[float, int]] = {}
-            for key, text_id in rows:
-                sim = 1.0 - dist[text_id]
-                if key not in best or sim > best[key][0]:
-                    best[key] = (sim, text_id)
-            ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
-            if len(ranked) >= limit or len(near) < fetch:
-                return [(k, s, e) for k, (s, e) in ranked]
-    rows = con.execute(f"""
-        SELECT x.feature_key, max(1 - array_cosine_distance(t.embedding, {lit})) AS score,
-               arg_max(x.text_id, 1 - array_cosine_distance(t.embedding, {lit}))
-        FROM search_texts t JOIN search_explanation_texts x USING (text_id) WHERE {cond}
-        GROUP BY x.feature_key ORDER BY score DESC, x.feature_key LIMIT {int(limit)}""", params).fetchall()
-    return [(k, float(s), e) for k, s, e in rows]
+    fetch: int | None = max(100, limit * (20 if filters.active else 5))
+    if filters.active and not ctx.hnsw:
+        fetch = None  # exact: rank every text, the filter decides
+    for attempt in range(2):
+        ids, sims = _nearest_texts(con, ctx, vec, fetch)
+        if not len(ids):
+            return []
+        con.register("_near", pa.table({"text_id": ids, "sim": sims}))
+        try:
+            rows = con.execute(f"""SELECT x.feature_key, max(n.sim) AS score, arg_max(x.text_id, n.sim)
+                FROM _near n JOIN search_explanation_texts x USING (text_id) WHERE {cond}
+                GROUP BY x.feature_key ORDER BY score DESC, x.feature_key LIMIT {int(limit)}""", params).fetchall()
+        finally:
+            con.unregister("_near")
+        if len(rows) >= limit or fetch is None or len(ids) < fetch or attempt:
+            break
+        fetch *= 20  # a selective filter: look further down the HNSW list once
+    return [(k, float(s), t) for k, s, t in rows]

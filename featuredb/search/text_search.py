@@ -19,12 +19,13 @@ def _query_terms(con: Any, query: str) -> list[tuple[int, int]]:
                        [query]).fetchall()
 
 
-def text_ranking(con: Any, query: str, filters: SearchFilters, limit: int) -> list[tuple[str, float, int | None]]:
+def text_ranking(con: Any, ctx: Any, query: str, filters: SearchFilters,
+                 limit: int) -> list[tuple[str, float, int | None]]:
     """(feature_key, BM25 score, text id) best first; a feature counts once, with its best explanation."""
     terms = _query_terms(con, query)
     if not terms:
         return []
-    n_docs, avgdl = con.execute(f"SELECT num_docs, avgdl FROM {FTS_SCHEMA}.stats").fetchone()
+    n_docs, avgdl = ctx.n_docs, ctx.avgdl
     ids = ", ".join(str(int(t)) for t, _ in terms)  # integers from the index itself: a literal IN keeps zone maps
     idf = " ".join(f"WHEN {int(t)} THEN {math.log((n_docs - df + 0.5) / (df + 0.5) + 1)!r}" for t, df in terms)
     cond, params = filters.sql("p")
