@@ -122,6 +122,8 @@ def latency(path: Path, vocab: list[str], n_queries: int) -> dict[str, dict[str,
         "logit": [rng.choice(words) for _ in range(n_queries)],
     }
     out: dict[str, dict[str, float]] = {}
+    with FeatureStore(path) as store:
+        store.refresh_search(only_if_dirty=True)  # a store from an older layout is rebuilt once
     with FeatureStore(path, read_only=True) as store:
         search(store, "warm up", mode="auto")
         for mode in MODES:
@@ -149,6 +151,8 @@ def relevance(path: Path) -> list[tuple[str, bool, str]]:
     from featuredb.store import FeatureStore
 
     rows = []
+    with FeatureStore(path) as store:
+        store.refresh_search(only_if_dirty=True)
     with FeatureStore(path, read_only=True) as store:
         for query, words in RELEVANCE:
             hits = search(store, query, limit=5)

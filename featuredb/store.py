@@ -129,10 +129,10 @@ class FeatureStore:
 
     def refresh_search(self, *, only_if_dirty: bool = False, progress: bool | None = None) -> dict[str, float]:
         """Rebuild the search tables (BM25 postings, token and logit lookups, embeddings) from the rows."""
-        from featuredb.search.indexes import is_dirty, refresh_search_indexes
+        from featuredb.search.indexes import has_search_tables, is_dirty, refresh_search_indexes
 
         self._require_writable()
-        if only_if_dirty and not is_dirty(self.con):
+        if only_if_dirty and not is_dirty(self.con) and has_search_tables(self.con):
             return {}
         self._search_context = None
         return refresh_search_indexes(self.con, progress=progress)

@@ -38,13 +38,11 @@ def prepare(store: Any) -> SearchContext:
     return ctx
 
 
-def _check_scope(con: Any, filters: SearchFilters) -> None:
-    if not con.execute("SELECT count(*) FROM search_features").fetchone()[0]:
+def _check_scope(ctx: SearchContext, filters: SearchFilters) -> None:
+    if not ctx.models:
         raise NotFoundError("the store has no features yet; import or ingest some first")
-    if filters.model and not con.execute('SELECT 1 FROM search_features WHERE "modelId" = ? LIMIT 1',
-                                         [filters.model]).fetchone():
-        models = [r[0] for r in con.execute('SELECT DISTINCT "modelId" FROM search_features ORDER BY 1').fetchall()]
-        raise NotFoundError(f"model {filters.model!r} is not in the store; it has: {', '.join(models)}")
+    if filters.model and filters.model not in ctx.models:
+        raise NotFoundError(f"model {filters.model!r} is not in the store; it has: {', '.join(ctx.models)}")
 
 
 def _describe(con: Any, ranked: list[tuple[str, float, Any]]) -> list[tuple[str, float, str | None]]:
@@ -67,7 +65,7 @@ def search(store: Any, query: str, *, mode: str = "auto", filters: SearchFilters
     filters = filters or SearchFilters()
     ctx = prepare(store)
     con = store.con
-    _check_scope(con, filters)
+    _check_scope(ctx, filters)
     if mode == "text":
         ranked = _describe(con, text_ranking(con, ctx, query, filters, limit))
     elif mode == "semantic":

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.extensions import load_extension
 
+SEARCH_FORMAT = "2"  # layout of the derived search tables; a store built by another layout is rebuilt
 HNSW_MIN_TEXTS = 10_000  # below this, semantic search scans every embedding exactly
 HNSW_INDEX = "search_texts_hnsw"
 FTS_SCHEMA = "fts_main_explanations"
@@ -34,9 +35,9 @@ def is_dirty(con: Any) -> bool:
 
 
 def has_search_tables(con: Any) -> bool:
-    """True once a refresh has built the search tables."""
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables "
-                            "WHERE table_name = 'search_features'").fetchone()[0])
+    """True once a refresh has built the search tables in this featuredb's layout."""
+    row = con.execute("SELECT value FROM search_state WHERE key = 'format'").fetchone()
+    return row is not None and row[0] == SEARCH_FORMAT
 
 
 def has_hnsw(con: Any) -> bool:
@@ -139,4 +140,5 @@ def refresh_search_indexes(con: Any, *, progress: bool | None = None) -> dict[st
     _postings(con)
     timings["postings"] = time.perf_counter() - t0
     con.execute("UPDATE search_state SET value = 'false' WHERE key = 'dirty'")
+    con.execute("INSERT OR REPLACE INTO search_state VALUES ('format', ?)", [SEARCH_FORMAT])
     return timings

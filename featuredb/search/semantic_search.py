@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.filters import SearchFilters
@@ -34,26 +33,49 @@ def _nearest_texts(con: Any, ctx: Any, vec: np.ndarray, fetch: int | None) -> tu
     return ctx.text_ids[top], sims[top]
 
 
+def _features_of_texts(ctx: Any, ids: np.ndarray, sims: np.ndarray, filters: SearchFilters,
+                       limit: int) -> list[tuple[str, float, int | None]]:
+    """Best `limit` features for the ranked texts, through the in-memory text -> feature map."""
+    lo = np.searchsorted(ctx.map_text, ids, side="left")
+    hi = np.searchsorted(ctx.map_text, ids, side="right")
+    counts = hi - lo
+    if not counts.sum():
+        return []
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi) if b > a])
+    row_sim = np.repeat(sims, counts)
+    row_text = np.repeat(ids, counts)
+    keep = np.ones(len(rows), dtype=bool)
+    if filters.model:
+        keep &= ctx.map_model[rows] == filters.model
+    if filters.sources:
+        keep &= np.isin(ctx.map_source[rows], list(filters.sources))
+    if filters.layers:
+        layer = ctx.map_layer[rows]
+        keep &= (layer >= filters.layers[0]) & (layer <= filters.layers[1])
+    if filters.max_density is not None:
+        keep &= np.nan_to_num(ctx.map_density[rows], nan=0.0) <= filters.max_density
+    out: dict[str, tuple[float, int]] = {}
+    for r, sim, t in zip(rows[keep], row_sim[keep], row_text[keep]):  # texts arrive best first
+        key = ctx.map_key[r]
+        if key not in out:
+            out[key] = (float(sim), int(t))
+            if len(out) >= limit:
+                break
+    return sorted(((k, s, t) for k, (s, t) in out.items()), key=lambda x: (-x[1], x[0]))
+
+
 def semantic_ranking(con: Any, ctx: Any, query: str, filters: SearchFilters,
                      limit: int) -> list[tuple[str, float, int | None]]:
     """(feature_key, cosine similarity, text id) best first."""
     vec = embed([query])[0]
-    cond, params = filters.sql("x")
     fetch: int | None = max(100, limit * (20 if filters.active else 5))
     if filters.active and not ctx.hnsw:
         fetch = None  # exact: rank every text, the filter decides
+    ranked: list[tuple[str, float, int | None]] = []
     for attempt in range(2):
         ids, sims = _nearest_texts(con, ctx, vec, fetch)
-        if not len(ids):
-            return []
-        con.register("_near", pa.table({"text_id": ids, "sim": sims}))
-        try:
-            rows = con.execute(f"""SELECT x.feature_key, max(n.sim) AS score, arg_max(x.text_id, n.sim)
-                FROM _near n JOIN search_explanation_texts x USING (text_id) WHERE {cond}
-                GROUP BY x.feature_key ORDER BY score DESC, x.feature_key LIMIT {int(limit)}""", params).fetchall()
-        finally:
-            con.unregister("_near")
-        if len(rows) >= limit or fetch is None or len(ids) < fetch or attempt:
+        ranked = _features_of_texts(ctx, ids, sims, filters, limit)
+        if len(ranked) >= limit or fetch is None or len(ids) < fetch or attempt:
             break
         fetch *= 20  # a selective filter: look further down the HNSW list once
-    return [(k, float(s), t) for k, s, t in rows]
+    return ranked

@@ -26,7 +26,8 @@ def text_ranking(con: Any, ctx: Any, query: str, filters: SearchFilters,
     if not terms:
         return []
     n_docs, avgdl = ctx.n_docs, ctx.avgdl
-    ids = ", ".join(str(int(t)) for t, _ in terms)  # integers from the index itself: a literal IN keeps zone maps
+    # One equality branch per term: on postings sorted by termid, `termid = n` reads only that term's rows.
+    postings = " UNION ALL ".join(f"SELECT * FROM search_postings WHERE termid = {int(t)}" for t, _ in terms)
     idf = " ".join(f"WHEN {int(t)} THEN {math.log((n_docs - df + 0.5) / (df + 0.5) + 1)!r}" for t, df in terms)
     cond, params = filters.sql("p")
     rows = con.execute(f"""
@@ -34,7 +35,7 @@ def text_ranking(con: Any, ctx: Any, query: str, filters: SearchFilters,
             SELECT p.feature_key, p.text_id,
                    sum((CASE p.termid {idf} END) * p.tf * {K1 + 1} / (p.tf + {K1} * (1 - {B} + {B} * p.len / {avgdl})))
                        AS score
-            FROM search_postings p WHERE p.termid IN ({ids}) AND {cond}
+            FROM ({postings}) p WHERE {cond}
             GROUP BY p.feature_key, p.text_id)
         GROUP BY feature_key ORDER BY score DESC, feature_key LIMIT {int(limit)}""", params).fetchall()
     return [(k, float(s), t) for k, s, t in rows]
