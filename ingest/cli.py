@@ -9,7 +9,8 @@ from featuredb.errors import FeatureDBError
 from ingest.run import IngestConfig, IngestSummary, merge_shards, run_ingest
 
 
-def _layers(value: str | None) -> list[int] | None:
+def parse_layers(value: str | None) -> list[int] | None:
+    """'3,5' or '2-6' (or a mix) to a list of layers; None when not given."""
     if not value:
         return None
     out: list[int] = []
@@ -86,7 +87,7 @@ def ingest_command(model: str | None, transcoders: tuple[str, ...], corpus: str 
     Example:
       featuredb ingest --model default --transcoders data/transcoders/smollm2 --max-tokens 50000
     """
-    cfg = IngestConfig(transcoders=list(transcoders), model=model, corpus=corpus, layers=_layers(layers),
+    cfg = IngestConfig(transcoders=list(transcoders), model=model, corpus=corpus, layers=parse_layers(layers),
                        model_id=model_id, source_set=source_set, text_field=text_field, text_column=text_column,
                        split=split, max_tokens=max_tokens, ctx_len=ctx_len, batch_size=batch_size, k=k,
                        dtype=dtype, device=device)

@@ -18,7 +18,7 @@ from ingest.corpus import CorpusStats, installed_docs
 from ingest.default_model import ensure_default_model
 from ingest.demo_profiles import Profile
 from ingest.run import IngestConfig, run_ingest
-from ingest.train_run import REPORT, TrainRun
+from ingest.train_run import CHECKPOINT, REPORT, TrainRun, finished_report
 
 DEMO_QUERIES = ("software license", "Python programming")
 
@@ -52,11 +52,6 @@ def build_corpus(path: Path) -> CorpusStats:
                 stats.documents += 1
     tmp.replace(path)
     return stats
-
-
-def _trained(out: Path, fingerprint: dict[str, Any]) -> bool:
-    report = out / REPORT
-    return report.exists() and json.loads(report.read_text()).get("fingerprint") == fingerprint
 
 
 class Steps:
@@ -99,13 +94,12 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
     layers = "all layers" if profile.layers is None else f"layers {', '.join(map(str, profile.layers))}"
 
     def train() -> list[dict[str, Any]]:
-        if _trained(tc_dir, cfg.fingerprint()):
+        done = finished_report(cfg)
+        if done is not None:
             if not quiet:
                 echo(f"   already trained with these settings: {tc_dir / REPORT}")
-            return json.loads((tc_dir / REPORT).read_text())["layers"]
-        s = TrainRun(cfg).run(resume=(tc_dir / "train-checkpoint.pt").exists())
-        report = json.loads((tc_dir / REPORT).read_text())
-        (tc_dir / REPORT).write_text(json.dumps({**report, "fingerprint": cfg.fingerprint()}, indent=2) + "\n")
+            return done["layers"]
+        s = TrainRun(cfg).run(resume=(tc_dir / CHECKPOINT).exists())
         return [asdict(r) for r in s.layers]
 
     summary.training = steps.run("train", f"training {cfg.settings.n_features}-feature skip-transcoders for {layers} "

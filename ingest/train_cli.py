@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from featuredb.cli.common import emit_json, json_option
-from ingest.cli import _layers
+from ingest.cli import parse_layers
 from ingest.train_run import TrainConfig, TrainRun, TrainSummary
 from ingest.transcoder_training import TrainSettings
 
@@ -61,7 +61,7 @@ def train_command(model: str | None, layers: str | None, out: str, corpus: str |
     """
     settings = TrainSettings(n_features=n_features, activation=activation, k=k, epochs=epochs, lr=lr,
                              batch_tokens=batch_tokens, skip=not no_skip, seed=seed)
-    cfg = TrainConfig(out=out, model=model, layers=_layers(layers), corpus=corpus, text_field=text_field,
+    cfg = TrainConfig(out=out, model=model, layers=parse_layers(layers), corpus=corpus, text_field=text_field,
                       train_tokens=train_tokens, test_tokens=test_tokens, ctx_len=ctx_len, set_name=set_name,
                       settings=settings, memory_gb=memory_gb, device=device)
     summary = TrainRun(cfg).run(resume=resume, checkpoint_every=checkpoint_every)

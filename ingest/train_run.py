@@ -79,6 +79,15 @@ class TrainSummary:
         return asdict(self)
 
 
+def finished_report(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The training report in cfg.out when a finished run there used exactly these settings, else None."""
+    path = Path(cfg.out) / REPORT
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("fingerprint") == json.loads(json.dumps(cfg.fingerprint(), default=str)) else None
+
+
 def _groups(layers: list[int], per_layer_bytes: int, budget: float) -> list[list[int]]:
     size = max(1, int(budget * 2**30 // max(1, per_layer_bytes)))
     return [layers[i:i + size] for i in range(0, len(layers), size)]
@@ -194,7 +203,8 @@ class TrainRun:
         summary = TrainSummary(str(self.out), self.lm.model_id, self.set_name, [LayerReport(**d) for d in done],
                                n_train, n_test, trained_tokens / timings["train"] if timings["train"] else 0.0,
                                {**timings, "total": time.perf_counter() - t_start})
-        (self.out / REPORT).write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+        report = {**summary.as_dict(), "fingerprint": cfg.fingerprint()}
+        (self.out / REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
         (self.out / CHECKPOINT).unlink(missing_ok=True)
         return summary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -40,8 +41,6 @@ def collect_pairs(lm: LoadedModel, layers: list[int], *, corpus: str | None, tra
                   test_tokens: int, ctx_len: int = 128, batch_size: int = 16, text_field: str = "text",
                   progress: bool | None = None) -> tuple[dict[int, LayerPairs], PairsSummary]:
     """Stream the corpus through the model once; every layer's (mlp_in, mlp_out) pairs, BOS positions dropped."""
-    import time
-
     t0 = time.perf_counter()
     harvester = Harvester(lm.model, [(layer, hook) for layer in layers for hook in (HOOK_MLP_IN, HOOK_MLP_OUT)])
     drop = 1 if expects_bos(lm.tokenizer) else 0

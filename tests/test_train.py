@@ -140,3 +140,11 @@ def test_loads_with_circuit_tracer_own_loader(trained: Path) -> None:
     for layer, t in enumerate(ours.transcoders):
         assert torch.allclose(ct_set.encode_layer(x, layer), t.encode(x), atol=1e-5)
         assert torch.allclose(ct_set[layer].compute_skip(x), x @ t.W_skip.T, atol=1e-5)
+
+
+def test_finished_report_is_found_only_for_the_same_settings(inputs: dict[str, Path], trained: Path) -> None:
+    from ingest.train_run import finished_report
+
+    report = finished_report(_cfg(inputs, trained))
+    assert report is not None and [r["layer"] for r in report["layers"]] == [0, 1, 2]
+    assert finished_report(_cfg(inputs, trained, settings=replace(SETTINGS, k=8))) is None

@@ -47,7 +47,22 @@ def describe(peaks: list[str], next_token: str | None, logits: list[str]) -> str
     return " ".join(parts) if parts else None
 
 
-def _rows(con: Any, cond: str, params: list[Any]) -> list[tuple]:
+def _scope(model: str | None, source: str | None, alias: str = "") -> tuple[str, list[Any]]:
+    """SQL condition (and parameters) selecting a model and/or source, on columns of `alias`."""
+    a = f"{alias}." if alias else ""
+    conds, params = ["TRUE"], []
+    if model:
+        conds.append(f'{a}"modelId" = ?')
+        params.append(model)
+    if source:
+        conds.append(f'{a}"layer" = ?')
+        params.append(source)
+    return " AND ".join(conds), params
+
+
+def _rows(con: Any, model: str | None, source: str | None) -> list[tuple]:
+    cond, params = _scope(model, source)
+    f_cond, _ = _scope(model, source, "f")
     return con.execute(f"""
         WITH top AS (
             SELECT feature_key, tokens["maxValueTokenIndex" + 1] AS peak, tokens["maxValueTokenIndex" + 2] AS nxt,
@@ -61,27 +76,20 @@ def _rows(con: Any, cond: str, params: list[Any]) -> list[tuple]:
         best_next AS (SELECT feature_key, arg_max(nxt, c) AS nx, max(c) AS c FROM nexts GROUP BY ALL)
         SELECT f."modelId", f."layer", f."index", p.ps, p.n, b.nx, b.c, f.pos_str
         FROM features f LEFT JOIN peak_lists p USING (feature_key) LEFT JOIN best_next b USING (feature_key)
-        WHERE {cond.replace('"modelId"', 'f."modelId"').replace('"layer"', 'f."layer"')}
+        WHERE {f_cond}
         ORDER BY f."modelId", f."layer", f."index" """, params + params).fetchall()
 
 
 def label_features(store: Any, *, model: str | None = None, source: str | None = None) -> BaselineSummary:
     """Write (replacing earlier baseline labels) one `featuredb-baseline` explanation per feature in scope."""
-    conds, params = ["TRUE"], []
-    if model:
-        conds.append('"modelId" = ?')
-        params.append(model)
-    if source:
-        conds.append('"layer" = ?')
-        params.append(source)
-    cond = " AND ".join(conds)
+    cond, params = _scope(model, source)
     if not store.con.execute(f"SELECT count(*) FROM features WHERE {cond}", params).fetchone()[0]:
         scope = "/".join(x for x in (model, source) if x) or "the store"
         raise NotFoundError(f"no features in {scope} to label")
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     out: dict[str, list[Any]] = {k: [] for k in ("modelId", "layer", "index", "description")}
     unlabelled = 0
-    for m, layer, index, peaks, n, nxt, nxt_count, pos_str in _rows(store.con, cond, params):
+    for m, layer, index, peaks, n, nxt, nxt_count, pos_str in _rows(store.con, model, source):
         dominant = nxt if nxt is not None and n and nxt_count / n >= NEXT_TOKEN_SHARE else None
         text = describe(list(peaks or [])[:MAX_PEAKS], dominant, [t for t in (pos_str or []) if t.strip()][:MAX_LOGITS])
         if text is None:
