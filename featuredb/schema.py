@@ -289,8 +289,22 @@ def _add_search_state_v3(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT INTO search_state VALUES ('dirty', 'true')")
 
 
+def _add_graphs_v4(con: duckdb.DuckDBPyConnection) -> None:
+    # Attribution graphs (the whole JSON) and their Neuronpedia subgraphs (pinned nodes, supernodes, clerps).
+    con.execute(
+        'CREATE TABLE graphs ("modelId" VARCHAR NOT NULL, slug VARCHAR NOT NULL, "sourceSetName" VARCHAR, '
+        'prompt VARCHAR, "titlePrefix" VARCHAR, "isFeatured" BOOLEAN DEFAULT false, "userId" VARCHAR, '
+        '"createdAt" TIMESTAMP DEFAULT now(), "updatedAt" TIMESTAMP DEFAULT now(), data VARCHAR NOT NULL, '
+        'PRIMARY KEY ("modelId", slug))')
+    con.execute(
+        'CREATE TABLE subgraphs (id VARCHAR PRIMARY KEY, "modelId" VARCHAR NOT NULL, slug VARCHAR NOT NULL, '
+        '"displayName" VARCHAR, "pinnedIds" VARCHAR, supernodes VARCHAR, clerps VARCHAR, '
+        '"pruningThreshold" DOUBLE, "densityThreshold" DOUBLE, "userId" VARCHAR, '
+        '"createdAt" TIMESTAMP DEFAULT now(), "updatedAt" TIMESTAMP DEFAULT now())')
+
+
 # MIGRATIONS[v-1] brings a file from version v-1 to version v.
-MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2, _add_search_state_v3)
+MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2, _add_search_state_v3, _add_graphs_v4)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.identity import source_id
-from featuredb.search.inference import SourceActivations, TextActivations
+from featuredb.search.inference import FeatureValues, SourceActivations, TextActivations
 from ingest.corpus import expects_bos
 from ingest.harvest import Harvester
 from ingest.model_loading import LoadedModel, load_model
@@ -64,26 +64,45 @@ class StoreInferenceBackend:
             raise FeatureDBError(f"model {model!r} has no ingested transcoders to run")
         return out
 
+    def _encode(self, model: str, text: str, sources: list[str] | None
+                ) -> tuple[list[str], bool, list[tuple[str, torch.Tensor]]]:
+        """Tokens, whether the first is BOS, and per source the [tokens, features] activations (lock held)."""
+        lm = self._model(model)
+        pairs = self._sources(model, sources)
+        for _, t in pairs:
+            t.to(lm.device, torch.float32)
+        ids = lm.tokenizer(text).input_ids
+        if not ids:
+            raise FeatureDBError("the text has no tokens")
+        bos = expects_bos(lm.tokenizer) and ids[0] == lm.tokenizer.bos_token_id
+        harvester = Harvester.for_transcoders(lm.model, [t for _, t in pairs])
+        try:
+            captured = harvester.run(torch.tensor([ids], device=lm.device))
+        finally:
+            harvester.close()
+        acts = [(sid, t.encode(captured[(t.layer, t.hook_in)][0].float())) for sid, t in pairs]
+        return [lm.tokenizer.decode([i]) for i in ids], bos, acts
+
     def activations(self, model: str, text: str, sources: list[str] | None, top_k: int) -> TextActivations:
         """Top `top_k` features per token for each source."""
         with self._lock:
-            lm = self._model(model)
-            pairs = self._sources(model, sources)
-            for _, t in pairs:
-                t.to(lm.device, torch.float32)
-            ids = lm.tokenizer(text).input_ids
-            bos = expects_bos(lm.tokenizer) and bool(ids) and ids[0] == lm.tokenizer.bos_token_id
-            harvester = Harvester.for_transcoders(lm.model, [t for _, t in pairs])
-            try:
-                captured = harvester.run(torch.tensor([ids], device=lm.device))
-            finally:
-                harvester.close()
+            tokens, bos, acts = self._encode(model, text, sources)
             result = []
-            for sid, t in pairs:
-                acts = t.encode(captured[(t.layer, t.hook_in)][0].float())
-                k = min(top_k, acts.shape[-1])
-                vals, idx = acts.topk(k, dim=-1)
+            for sid, a in acts:
+                vals, idx = a.topk(min(top_k, a.shape[-1]), dim=-1)
                 result.append(SourceActivations(sid, [[(int(i), float(v)) for i, v in zip(ri, rv) if v > 0]
                                                       for ri, rv in zip(idx.tolist(), vals.tolist())]))
-            tokens = [lm.tokenizer.decode([i]) for i in ids]
             return TextActivations(tokens, result, has_bos=bos)
+
+    def feature_values(self, model: str, text: str, features: list[tuple[str, int]]) -> FeatureValues:
+        """Every token's activation of each requested (source, index) feature."""
+        with self._lock:
+            sources = sorted({s for s, _ in features})
+            tokens, bos, acts = self._encode(model, text, sources)
+            by_source = dict(acts)
+            values = {}
+            for s, i in features:
+                if not 0 <= i < by_source[s].shape[-1]:
+                    raise NotFoundError(f"feature {model}/{s}/{i} is out of range (width {by_source[s].shape[-1]})")
+                values[(s, i)] = [float(v) for v in by_source[s][:, i].tolist()]
+            return FeatureValues(tokens, values, has_bos=bos)

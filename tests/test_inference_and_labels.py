@@ -16,23 +16,15 @@ from featuredb.search.api import search
 from featuredb.search.inference import inference_search
 from ingest.harvest import Harvester
 from ingest.model_loading import load_model
-from ingest.run import IngestConfig, run_ingest
 from ingest.transcoder_formats import load_transcoders
-from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
+from tiny_model import ingest_tiny_store
 
 TEXT = "the city of Texas was a state team"
 
 
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("inference")
-    model = make_tiny_llama(root / "model")
-    tc = write_circuit_tracer(root / "tc", {i: random_weights(16, seed=i) for i in range(3)}, activation="jumprelu")
-    db = root / "store.duckdb"
-    run_ingest(IngestConfig(transcoders=[str(tc)], model=str(model), corpus=str(write_corpus(root / "c.txt", 3000)),
-                            layers=[1, 2], ctx_len=16, batch_size=4, k=5, model_id="tiny", source_set="tc16"),
-               str(db), checkpoint=None, progress=False)
-    return {"model": model, "tc": tc, "db": db}
+    return ingest_tiny_store(tmp_path_factory.mktemp("inference"))
 
 
 def test_inference_search_matches_a_direct_encode(ingested: dict[str, Path]) -> None:

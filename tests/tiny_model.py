@@ -129,3 +129,16 @@ def write_sparsify(folder: Path, layer: int, w: dict[str, torch.Tensor], k: int)
     save_file({"encoder.weight": w["W_enc"].T.contiguous(), "encoder.bias": w["b_enc"], "W_dec": w["W_dec"],
                "b_dec": w["b_dec"]}, str(hp / "sae.safetensors"))
     return folder
+
+
+def ingest_tiny_store(root: Path) -> dict[str, Path]:
+    """A store ingested from the tiny Llama with 16-feature transcoders on layers 1 and 2 (model 'tiny', set 'tc16')."""
+    from ingest.run import IngestConfig, run_ingest
+
+    model = make_tiny_llama(root / "model")
+    tc = write_circuit_tracer(root / "tc", {i: random_weights(16, seed=i) for i in range(3)}, activation="jumprelu")
+    db = root / "store.duckdb"
+    run_ingest(IngestConfig(transcoders=[str(tc)], model=str(model), corpus=str(write_corpus(root / "c.txt", 3000)),
+                            layers=[1, 2], ctx_len=16, batch_size=4, k=5, model_id="tiny", source_set="tc16"),
+               str(db), checkpoint=None, progress=False)
+    return {"model": model, "tc": tc, "db": db}

@@ -12,7 +12,7 @@ from featuredb.formats.parquet_export import export_parquet
 from featuredb.synthetic_export import generate_export
 
 
-@click.group("import", cls=FeatureDBGroup, short_help="Import a Neuronpedia export into the store.")
+@click.group("import", cls=FeatureDBGroup, short_help="Import a Neuronpedia export or a graph into the store.")
 def import_group() -> None:
     """Import records into the store."""
 
@@ -40,6 +40,32 @@ def import_neuronpedia_command(directory: str, skip_bad_lines: bool, db: str, as
     click.echo(f"imported {len(report.sources)} source(s) from {report.files} file(s) in {report.seconds:.1f}s: {rows}")
     if report.skipped_lines:
         click.echo(f"skipped {report.skipped_lines} bad line(s), e.g. {report.skipped_examples[0]}")
+
+
+@import_group.command("graph", short_help="Store an attribution graph (served at /api/graph/{model}/{slug}).")
+@click.argument("graph_file", metavar="GRAPH.json", type=click.Path(dir_okay=False))
+@click.option("--slug", help="Store under this slug instead of metadata.slug.")
+@click.option("--no-overwrite", is_flag=True, help="Refuse when a graph with this model and slug exists.")
+@db_option
+@json_option
+def import_graph_command(graph_file: str, slug: str | None, no_overwrite: bool, db: str, as_json: bool) -> None:
+    """Store a circuit-tracer / Neuronpedia graph JSON so `featuredb serve` answers GET /api/graph/{model}/{slug}.
+
+    \b
+    Example:
+      featuredb import graph graphs/dallas-austin.json && featuredb serve
+    """
+    from featuredb.formats.graph_json import load_graph
+    from featuredb.graph_store import save_graph
+
+    graph = load_graph(graph_file)
+    with open_store(db, read_only=False) as store:
+        rec = save_graph(store, graph, slug=slug, overwrite=not no_overwrite)
+    if as_json:
+        emit_json(rec)
+        return
+    click.echo(f"stored graph {rec['modelId']}/{rec['slug']} ({len(graph['nodes'])} nodes, "
+               f"{len(graph['links'])} links) in {db}")
 
 
 @click.group("export", cls=FeatureDBGroup, short_help="Export as Neuronpedia, circuit-tracer or Parquet files.")

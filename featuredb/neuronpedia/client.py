@@ -144,6 +144,73 @@ class _Base:
     def _search_req(kind: str, body: dict[str, Any]) -> _Request:
         return _Request("POST", f"/api/explanation/{kind}", json_body=body)
 
+    @staticmethod
+    def _activation_new_req(model: str, source: str, index: int | str, text: str | list[str],
+                            ignore_bos: bool) -> _Request:
+        body = {"feature": {"modelId": model, "source": source, "index": str(index)}, "customText": text,
+                "ignoreBos": ignore_bos}
+        return _Request("POST", "/api/activation/new", json_body=body)
+
+    @staticmethod
+    def _search_all_req(model: str, source_set: str, text: str, layers: list[str] | None,
+                        sort_indexes: list[int] | None, num_results: int, ignore_bos: bool,
+                        density_threshold: float) -> _Request:
+        body = {"modelId": model, "sourceSet": source_set, "text": text, "selectedLayers": layers or [],
+                "sortIndexes": sort_indexes or [], "ignoreBos": ignore_bos, "densityThreshold": density_threshold,
+                "numResults": num_results}
+        return _Request("POST", "/api/search-all", json_body=body)
+
+    @staticmethod
+    def _topk_req(model: str, source: str, text: str, num_results: int, ignore_bos: bool,
+                  density_threshold: float) -> _Request:
+        body = {"modelId": model, "source": source, "text": text, "numResults": num_results,
+                "ignoreBos": ignore_bos, "densityThreshold": density_threshold}
+        return _Request("POST", "/api/search-topk-by-token", json_body=body)
+
+    @staticmethod
+    def _signed_put_req(graph: dict[str, Any]) -> tuple[_Request, bytes]:
+        content = json.dumps(graph).encode()
+        slug = str(graph.get("metadata", {}).get("slug") or "graph")
+        body = {"filename": f"{slug}.json", "contentLength": len(content)}
+        return _Request("POST", "/api/graph/signed-put", json_body=body), content
+
+    @staticmethod
+    def _put_and_save_reqs(signed: Any, content: bytes) -> tuple[_Request, _Request]:
+        url = signed.get("url") if isinstance(signed, dict) else None
+        if not url:
+            raise InvalidResponseError("graph/signed-put: no url in the response")
+        put = _Request("PUT", "", content=content, absolute_url=url, headers={"content-type": "application/json"})
+        body = {"putRequestId": signed.get("putRequestId"), "key": signed.get("key"), "url": url.split("?")[0]}
+        return put, _Request("POST", "/api/graph/save-to-db", json_body=body)
+
+    @staticmethod
+    def _subgraph_save_req(model: str, slug: str, pinned_ids: list[str], supernodes: list[list[str]],
+                           clerps: list[list[str]], display_name: str | None, pruning_threshold: float | None,
+                           density_threshold: float | None) -> _Request:
+        body: dict[str, Any] = {"modelId": model, "slug": slug, "pinnedIds": pinned_ids, "supernodes": supernodes,
+                                "clerps": clerps, "displayName": display_name, "pruningThreshold": pruning_threshold,
+                                "densityThreshold": density_threshold}
+        return _Request("POST", "/api/graph/subgraph/save", json_body=body)
+
+    @staticmethod
+    def _upload_reqs(model: str, source: str, features: Sequence[dict[str, Any]]) -> list[_Request]:
+        return [_Request("POST", "/api/feature/upload-batch",
+                         json_body={"modelId": model, "source": source, "features": list(features[i:i + UPLOAD_BATCH])})
+                for i in range(0, len(features), UPLOAD_BATCH)]
+
+    @staticmethod
+    def _feature_from(data: Any, what: str) -> Feature:
+        try:
+            return Feature.model_validate(data)
+        except ValueError as e:
+            raise InvalidResponseError(f"{what}: unexpected shape ({str(e).splitlines()[0]})") from None
+
+    @staticmethod
+    def _features_from(data: Any) -> list[Feature]:
+        if not isinstance(data, list):
+            raise InvalidResponseError("POST /api/features: expected a JSON list")
+        return [_Base._feature_from(d, "POST /api/features") for d in data]
+
 
 def _search_body(query: str, offset: int, model: str | None, layers: list[str] | None,
                  release: str | None) -> tuple[str, dict[str, Any]]:
@@ -210,18 +277,11 @@ class NeuronpediaClient(_Base):
     def get_feature(self, model: str, source: str, index: int | str) -> Feature:
         """GET /api/feature/{model}/{source}/{index}."""
         what = f"feature {model}/{source}/{index}"
-        data = self.request_json(self._feature_req(model, source, index), what)
-        try:
-            return Feature.model_validate(data)
-        except ValueError as e:
-            raise InvalidResponseError(f"{what}: unexpected shape ({str(e).splitlines()[0]})") from None
+        return self._feature_from(self.request_json(self._feature_req(model, source, index), what), what)
 
     def get_features(self, features: Sequence[tuple[str, str, int | str]], max_acts: int | None = None) -> list[Feature]:
         """POST /api/features for a batch of (model, source, index); missing features are left out."""
-        data = self.request_json(self._features_req(features, max_acts), "POST /api/features")
-        if not isinstance(data, list):
-            raise InvalidResponseError("POST /api/features: expected a JSON list")
-        return [Feature.model_validate(d) for d in data]
+        return self._features_from(self.request_json(self._features_req(features, max_acts), "POST /api/features"))
 
     def iter_features(self, features: Sequence[tuple[str, str, int | str]], *, batch: int = 64,
                       max_acts: int | None = None) -> Iterator[list[Feature]]:
@@ -253,25 +313,23 @@ class NeuronpediaClient(_Base):
 
     # -- activations and inference search -----------------------------------------------------------
 
-    def activation_new(self, model: str, source: str, index: int | str, text: str) -> dict[str, Any]:
-        """POST /api/activation/new: one feature's activations on a custom text."""
-        body = {"feature": {"modelId": model, "source": source, "index": str(index)}, "customText": text}
-        return self.request_json(_Request("POST", "/api/activation/new", json_body=body), "activation/new")
+    def activation_new(self, model: str, source: str, index: int | str, text: str | list[str], *,
+                       ignore_bos: bool = False) -> Any:
+        """POST /api/activation/new: one feature's activations on a custom text (a list of texts: a list back)."""
+        return self.request_json(self._activation_new_req(model, source, index, text, ignore_bos), "activation/new")
 
     def search_all(self, model: str, source_set: str, text: str, *, layers: list[str] | None = None,
-                   num_results: int = 50, ignore_bos: bool = True, density_threshold: float = -1) -> dict[str, Any]:
+                   sort_indexes: list[int] | None = None, num_results: int = 50, ignore_bos: bool = True,
+                   density_threshold: float = -1) -> dict[str, Any]:
         """POST /api/search-all: top features over a text, by inference."""
-        body = {"modelId": model, "sourceSet": source_set, "text": text, "selectedLayers": layers or [],
-                "sortIndexes": [], "ignoreBos": ignore_bos, "densityThreshold": density_threshold,
-                "numResults": num_results}
-        return self.request_json(_Request("POST", "/api/search-all", json_body=body), "search-all")
+        return self.request_json(self._search_all_req(model, source_set, text, layers, sort_indexes, num_results,
+                                                      ignore_bos, density_threshold), "search-all")
 
     def search_topk_by_token(self, model: str, source: str, text: str, *, num_results: int = 10,
                              ignore_bos: bool = True, density_threshold: float = -1) -> dict[str, Any]:
         """POST /api/search-topk-by-token: the top features at every token of a text."""
-        body = {"modelId": model, "source": source, "text": text, "numResults": num_results,
-                "ignoreBos": ignore_bos, "densityThreshold": density_threshold}
-        return self.request_json(_Request("POST", "/api/search-topk-by-token", json_body=body), "search-topk-by-token")
+        return self.request_json(self._topk_req(model, source, text, num_results, ignore_bos, density_threshold),
+                                 "search-topk-by-token")
 
     # -- graphs ----------------------------------------------------------------------------------------
 
@@ -285,28 +343,17 @@ class NeuronpediaClient(_Base):
 
     def upload_graph(self, graph: dict[str, Any]) -> dict[str, Any]:
         """Upload a graph JSON: signed-put, PUT the file to the signed URL, then save-to-db."""
-        content = json.dumps(graph).encode()
-        slug = str(graph.get("metadata", {}).get("slug") or "graph")
-        signed = self.request_json(_Request("POST", "/api/graph/signed-put",
-                                            json_body={"filename": f"{slug}.json", "contentLength": len(content)}),
-                                   "graph/signed-put")
-        url = signed.get("url") if isinstance(signed, dict) else None
-        if not url:
-            raise InvalidResponseError("graph/signed-put: no url in the response")
-        put = self._send(_Request("PUT", "", content=content, absolute_url=url,
-                                  headers={"content-type": "application/json"}), "graph upload PUT")
-        _raise_for(put, "graph upload PUT")
-        body = {"putRequestId": signed.get("putRequestId"), "key": signed.get("key"), "url": url.split("?")[0]}
-        return self.request_json(_Request("POST", "/api/graph/save-to-db", json_body=body), "graph/save-to-db")
+        signed_req, content = self._signed_put_req(graph)
+        put, save = self._put_and_save_reqs(self.request_json(signed_req, "graph/signed-put"), content)
+        _raise_for(self._send(put, "graph upload PUT"), "graph upload PUT")
+        return self.request_json(save, "graph/save-to-db")
 
     def save_subgraph(self, model: str, slug: str, *, pinned_ids: list[str], supernodes: list[list[str]],
                       clerps: list[list[str]], display_name: str | None = None,
                       pruning_threshold: float | None = None, density_threshold: float | None = None) -> dict[str, Any]:
         """POST /api/graph/subgraph/save: labels (clerps), supernodes and pinned nodes of a graph."""
-        body: dict[str, Any] = {"modelId": model, "slug": slug, "pinnedIds": pinned_ids, "supernodes": supernodes,
-                                "clerps": clerps, "displayName": display_name, "pruningThreshold": pruning_threshold,
-                                "densityThreshold": density_threshold}
-        return self.request_json(_Request("POST", "/api/graph/subgraph/save", json_body=body), "subgraph/save")
+        return self.request_json(self._subgraph_save_req(model, slug, pinned_ids, supernodes, clerps, display_name,
+                                                         pruning_threshold, density_threshold), "subgraph/save")
 
     def list_subgraphs(self, model: str, slug: str) -> list[dict[str, Any]]:
         """POST /api/graph/subgraph/list."""
@@ -322,12 +369,7 @@ class NeuronpediaClient(_Base):
 
     def upload_features(self, model: str, source: str, features: Sequence[dict[str, Any]]) -> list[Any]:
         """POST /api/feature/upload-batch in chunks of at most 128 features."""
-        out = []
-        for i in range(0, len(features), UPLOAD_BATCH):
-            body = {"modelId": model, "source": source, "features": list(features[i:i + UPLOAD_BATCH])}
-            out.append(self.request_json(_Request("POST", "/api/feature/upload-batch", json_body=body),
-                                         "feature/upload-batch"))
-        return out
+        return [self.request_json(r, "feature/upload-batch") for r in self._upload_reqs(model, source, features)]
 
 
 class AsyncNeuronpediaClient(_Base):
@@ -383,19 +425,13 @@ class AsyncNeuronpediaClient(_Base):
     async def get_feature(self, model: str, source: str, index: int | str) -> Feature:
         """GET /api/feature/{model}/{source}/{index}."""
         what = f"feature {model}/{source}/{index}"
-        data = await self.request_json(self._feature_req(model, source, index), what)
-        try:
-            return Feature.model_validate(data)
-        except ValueError as e:
-            raise InvalidResponseError(f"{what}: unexpected shape ({str(e).splitlines()[0]})") from None
+        return self._feature_from(await self.request_json(self._feature_req(model, source, index), what), what)
 
     async def get_features(self, features: Sequence[tuple[str, str, int | str]],
                            max_acts: int | None = None) -> list[Feature]:
         """POST /api/features for a batch of (model, source, index)."""
-        data = await self.request_json(self._features_req(features, max_acts), "POST /api/features")
-        if not isinstance(data, list):
-            raise InvalidResponseError("POST /api/features: expected a JSON list")
-        return [Feature.model_validate(d) for d in data]
+        return self._features_from(await self.request_json(self._features_req(features, max_acts),
+                                                           "POST /api/features"))
 
     async def iter_features(self, features: Sequence[tuple[str, str, int | str]], *, batch: int = 64,
                             max_acts: int | None = None) -> AsyncIterator[list[Feature]]:
@@ -415,3 +451,71 @@ class AsyncNeuronpediaClient(_Base):
         kind, body = _search_body(query, offset, model, layers, release)
         data = await self.request_json(self._search_req(kind, body), f"explanation {kind}")
         return SearchExplanationsResponse.model_validate(data)
+
+    async def iter_explanations(self, query: str, **kw: Any) -> AsyncIterator[SearchExplanationsResponse]:
+        """Every page of an explanation search, following nextOffset."""
+        offset = kw.pop("offset", 0)
+        while True:
+            page = await self.search_explanations(query, offset=offset, **kw)
+            yield page
+            if not page.hasMore or page.nextOffset is None:
+                return
+            offset = page.nextOffset
+
+    async def activation_new(self, model: str, source: str, index: int | str, text: str | list[str], *,
+                             ignore_bos: bool = False) -> Any:
+        """POST /api/activation/new."""
+        return await self.request_json(self._activation_new_req(model, source, index, text, ignore_bos),
+                                       "activation/new")
+
+    async def search_all(self, model: str, source_set: str, text: str, *, layers: list[str] | None = None,
+                         sort_indexes: list[int] | None = None, num_results: int = 50, ignore_bos: bool = True,
+                         density_threshold: float = -1) -> dict[str, Any]:
+        """POST /api/search-all."""
+        return await self.request_json(self._search_all_req(model, source_set, text, layers, sort_indexes,
+                                                            num_results, ignore_bos, density_threshold), "search-all")
+
+    async def search_topk_by_token(self, model: str, source: str, text: str, *, num_results: int = 10,
+                                   ignore_bos: bool = True, density_threshold: float = -1) -> dict[str, Any]:
+        """POST /api/search-topk-by-token."""
+        return await self.request_json(self._topk_req(model, source, text, num_results, ignore_bos,
+                                                      density_threshold), "search-topk-by-token")
+
+    async def get_graph(self, model: str, slug: str) -> dict[str, Any]:
+        """GET /api/graph/{model}/{slug}."""
+        return await self.request_json(_Request("GET", f"/api/graph/{model}/{slug}"), f"graph {model}/{slug}")
+
+    async def list_owned_graphs(self) -> list[dict[str, Any]]:
+        """POST /api/graph/list-owned."""
+        return await self.request_json(_Request("POST", "/api/graph/list-owned", json_body={}), "graph/list-owned")
+
+    async def upload_graph(self, graph: dict[str, Any]) -> dict[str, Any]:
+        """Upload a graph JSON: signed-put, PUT, save-to-db."""
+        signed_req, content = self._signed_put_req(graph)
+        put, save = self._put_and_save_reqs(await self.request_json(signed_req, "graph/signed-put"), content)
+        _raise_for(await self._send(put, "graph upload PUT"), "graph upload PUT")
+        return await self.request_json(save, "graph/save-to-db")
+
+    async def save_subgraph(self, model: str, slug: str, *, pinned_ids: list[str], supernodes: list[list[str]],
+                            clerps: list[list[str]], display_name: str | None = None,
+                            pruning_threshold: float | None = None,
+                            density_threshold: float | None = None) -> dict[str, Any]:
+        """POST /api/graph/subgraph/save."""
+        return await self.request_json(self._subgraph_save_req(model, slug, pinned_ids, supernodes, clerps,
+                                                               display_name, pruning_threshold, density_threshold),
+                                       "subgraph/save")
+
+    async def list_subgraphs(self, model: str, slug: str) -> list[dict[str, Any]]:
+        """POST /api/graph/subgraph/list."""
+        return await self.request_json(_Request("POST", "/api/graph/subgraph/list",
+                                                json_body={"modelId": model, "slug": slug}), "subgraph/list")
+
+    async def delete_subgraph(self, subgraph_id: str) -> dict[str, Any]:
+        """POST /api/graph/subgraph/delete."""
+        return await self.request_json(_Request("POST", "/api/graph/subgraph/delete",
+                                                json_body={"subgraphId": subgraph_id}), "subgraph/delete")
+
+    async def upload_features(self, model: str, source: str, features: Sequence[dict[str, Any]]) -> list[Any]:
+        """POST /api/feature/upload-batch in chunks of at most 128 features, `concurrency` in flight."""
+        reqs = self._upload_reqs(model, source, features)
+        return list(await asyncio.gather(*(self.request_json(r, "feature/upload-batch") for r in reqs)))

@@ -32,11 +32,24 @@ class TextActivations:
     has_bos: bool = False
 
 
+@dataclass
+class FeatureValues:
+    """Chosen features' activations at every token of one text."""
+
+    tokens: list[str]
+    values: dict[tuple[str, int], list[float]]
+    has_bos: bool = False
+
+
 class InferenceBackend(Protocol):
     """Runs a registered model and its transcoders over a text."""
 
     def activations(self, model: str, text: str, sources: list[str] | None, top_k: int) -> TextActivations:
         """The `top_k` strongest features per token and source."""
+        ...
+
+    def feature_values(self, model: str, text: str, features: list[tuple[str, int]]) -> FeatureValues:
+        """Every token's activation of each (source, index) feature."""
         ...
 
 

@@ -13,6 +13,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.keyword_search import search_explanations
+from featuredb.search.inference import InferenceBackend
+from featuredb.server.graph_routes import WriteDenied, graph_router
+from featuredb.server.inference_routes import inference_router
 from featuredb.store import FeatureStore
 
 MAX_SEARCH_RESULTS = 20  # Neuronpedia's MAX_EXPLANATION_SEARCH_RESULTS
@@ -64,9 +67,9 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "message": message}, status_code=status)
 
 
-def create_app(db: str, *, write_token: str | None = None) -> FastAPI:
-    """The app over the store at `db` (opened read-only; writes need `write_token`)."""
-    store = FeatureStore(db, read_only=True)
+def create_app(db: str, *, write_token: str | None = None, backend: InferenceBackend | None = None) -> FastAPI:
+    """The app over the store at `db`: read-only, unless `write_token` is given (writes must present it)."""
+    store = FeatureStore(db, read_only=not write_token)
     local = threading.local()
 
     def view() -> FeatureStore:
@@ -88,6 +91,10 @@ def create_app(db: str, *, write_token: str | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
         return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(WriteDenied)
+    async def denied(_request: Request, exc: WriteDenied) -> JSONResponse:
+        return _error(exc.status, str(exc))
 
     @app.exception_handler(NotFoundError)
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -163,4 +170,6 @@ def create_app(db: str, *, write_token: str | None = None) -> FastAPI:
         rows = search_explanations(view(), body.query, offset=body.offset, limit=MAX_SEARCH_RESULTS)
         return search_response(body.model_dump(), rows, body.offset)
 
+    app.include_router(inference_router(view, store, backend))
+    app.include_router(graph_router(view, write_token))
     return app

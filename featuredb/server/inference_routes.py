@@ -1,0 +1,198 @@
+"""Neuronpedia's inference routes over the store's registered model: search-topk-by-token, activation/new, search-all."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, field_validator
+
+from featuredb.errors import FeatureDBError, NotFoundError
+from featuredb.schema import feature_key
+from featuredb.search.inference import InferenceBackend, load_backend
+from featuredb.store import FeatureStore
+
+TOPK_DEFAULT_DENSITY = 0.01  # Neuronpedia's DEFAULT_DENSITY_THRESHOLD for search-topk-by-token
+SEARCH_ALL_RESULTS = 50
+
+
+def _density(value: float | None, default: float) -> float:
+    value = value or default  # Neuronpedia: `body.densityThreshold || default`, so 0 means the default
+    if value != -1 and not 0 < value < 1:
+        raise FeatureDBError("densityThreshold must be between 0 and 1.")
+    return value
+
+
+class TopKByTokenRequest(BaseModel):
+    """POST /api/search-topk-by-token."""
+
+    modelId: str = Field(max_length=50)
+    source: str = Field(max_length=50)
+    text: str = Field(min_length=1, max_length=1000)
+    numResults: int = Field(10, ge=1, le=20)
+    ignoreBos: bool = True
+    densityThreshold: float | None = TOPK_DEFAULT_DENSITY
+
+
+class FeatureRef(BaseModel):
+    """The feature of POST /api/activation/new (`source` or `layer` name the source)."""
+
+    modelId: str
+    source: str | None = None
+    layer: str | None = None
+    index: str | int
+
+    @field_validator("index")
+    @classmethod
+    def _as_text(cls, v: str | int) -> str:
+        return str(v)
+
+
+class ActivationNewRequest(BaseModel):
+    """POST /api/activation/new: a feature (as `feature` or `neuron`) and a custom text or list of texts."""
+
+    feature: FeatureRef | None = None
+    neuron: FeatureRef | None = None
+    customText: str | list[str]
+    ignoreBos: bool = False
+
+
+class SearchAllRequest(BaseModel):
+    """POST /api/search-all: the top features of a source set over a whole text."""
+
+    modelId: str
+    sourceSet: str
+    text: str
+    selectedLayers: list[str] = Field(default_factory=list)
+    sortIndexes: list[int] = Field(default_factory=list)
+    ignoreBos: bool = True
+    densityThreshold: float | None = -1
+    numResults: int = Field(SEARCH_ALL_RESULTS, ge=1, le=100)
+
+
+def _explanation_neurons(store: FeatureStore, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], dict]:
+    """Explanation-only neurons (as Neuronpedia's topk searcher returns them) for (source, index) pairs."""
+    if not keys:
+        return {}
+    fkeys = [feature_key(model, s, i) for s, i in keys]
+    marks = ", ".join("?" for _ in fkeys)
+    out: dict[tuple[str, int], dict] = {}
+    for layer, index, density in store.con.execute(
+            f'SELECT "layer", "index", "frac_nonzero" FROM features WHERE feature_key IN ({marks})', fkeys).fetchall():
+        out[(layer, int(index))] = {"modelId": model, "layer": layer, "index": str(index), "frac_nonzero": density,
+                                    "explanations": []}
+    for layer, index, desc, type_name, score in store.con.execute(
+            f'SELECT "layer", "index", description, "typeName", "scoreV1" FROM explanations '
+            f'WHERE feature_key IN ({marks}) ORDER BY "scoreV1" DESC NULLS LAST, id', fkeys).fetchall():
+        n = out.setdefault((layer, int(index)), {"modelId": model, "layer": layer, "index": str(index),
+                                                 "frac_nonzero": None, "explanations": []})
+        n["explanations"].append({"description": desc, "typeName": type_name, "scoreV1": score})
+    return out
+
+
+def inference_router(view: Callable[[], FeatureStore], store: FeatureStore,
+                     backend: InferenceBackend | None = None) -> APIRouter:
+    """The three inference routes; the backend (the ingest package's model runner) loads on first use."""
+    router = APIRouter(tags=["Search via Inference"])
+    holder: dict[str, Any] = {"backend": backend}
+    lock = threading.Lock()
+
+    def runner() -> InferenceBackend:
+        with lock:
+            if holder["backend"] is None:
+                holder["backend"] = load_backend(store)
+            return holder["backend"]
+
+    @router.post("/api/search-topk-by-token", summary="Top Features for Text by Token")
+    def search_topk_by_token(body: TopKByTokenRequest) -> dict[str, Any]:
+        """The top features of one source at every token of the text."""
+        threshold = _density(body.densityThreshold, TOPK_DEFAULT_DENSITY)
+        acts = runner().activations(body.modelId, body.text, [body.source], body.numResults)
+        per_token = acts.sources[0].per_token
+        neurons = _explanation_neurons(view(), body.modelId, {(body.source, i) for t in per_token for i, _ in t})
+        results = []
+        for pos, token in enumerate(acts.tokens):
+            special = acts.has_bos and pos == 0
+            if body.ignoreBos and special:
+                continue
+            feats = []
+            for index, value in per_token[pos]:
+                neuron = neurons.get((body.source, index))
+                if threshold != -1 and not (neuron and neuron["frac_nonzero"] and neuron["frac_nonzero"] <= threshold):
+                    continue
+                feats.append({"activationValue": value, "featureIndex": index, "feature": neuron})
+            results.append({"position": pos, "token": token, "isSpecial": special, "topFeatures": feats})
+        return {"source": body.source, "results": results}
+
+    @router.post("/api/activation/new", tags=["Activations"], summary="Feature Activation for Text")
+    def activation_new(body: ActivationNewRequest) -> Any:
+        """One feature's activation at every token of a custom text (or of each text in a list)."""
+        ref = body.neuron or body.feature
+        source = ref and (ref.layer or ref.source)
+        if ref is None or not source or not ref.index:
+            raise FeatureDBError("Invalid feature.")
+        try:
+            index = int(ref.index)
+        except ValueError:
+            raise FeatureDBError(f"feature.index: {ref.index!r} is not an integer") from None
+        texts = [body.customText] if isinstance(body.customText, str) else body.customText
+        if not texts or not all(t.strip() for t in texts):
+            raise FeatureDBError("Missing custom text.")
+        out = []
+        for text in texts:
+            fv = runner().feature_values(ref.modelId, text, [(source, index)])
+            tokens, values = fv.tokens, fv.values[(source, index)]
+            if body.ignoreBos and fv.has_bos:
+                tokens, values = tokens[1:], values[1:]
+            top = max(range(len(values)), key=values.__getitem__) if values else 0
+            out.append({"modelId": ref.modelId, "layer": source, "index": str(index), "tokens": tokens,
+                        "values": values, "maxValue": values[top] if values else 0.0, "maxValueTokenIndex": top,
+                        "minValue": min(values) if values else 0.0})
+        return out[0] if isinstance(body.customText, str) else out
+
+    @router.post("/api/search-all", summary="Top Features for Entire Text")
+    def search_all(body: SearchAllRequest) -> dict[str, Any]:
+        """The source set's features that fire most on the text (or on the tokens at sortIndexes)."""
+        if not body.text.strip():
+            raise FeatureDBError("Missing search text.")
+        threshold = _density(body.densityThreshold, -1)
+        store_view = view()
+        in_set = [r[0] for r in store_view.con.execute(
+            'SELECT id FROM sources WHERE "modelId" = ? AND "setName" = ? ORDER BY id',
+            [body.modelId, body.sourceSet]).fetchall()]
+        if not in_set:
+            raise NotFoundError(f"source set {body.modelId}/{body.sourceSet} is not in the store")
+        unknown = sorted(set(body.selectedLayers) - set(in_set))
+        if unknown:
+            raise FeatureDBError(f"selectedLayers: {', '.join(unknown)} not in source set {body.sourceSet}")
+        sources = sorted(body.selectedLayers) or in_set
+        backend = runner()
+        acts = backend.activations(body.modelId, body.text, sources, body.numResults)
+        candidates = sorted({(s.source, i) for s in acts.sources for tok in s.per_token for i, _ in tok})
+        fv = backend.feature_values(body.modelId, body.text, candidates) if candidates else None
+        sort_indexes = sorted(body.sortIndexes)
+        ranked = []
+        for key in candidates:
+            values = fv.values[key] if fv else []
+            top = max(range(len(values)), key=values.__getitem__)
+            score = sum(values[i] for i in sort_indexes if 0 <= i < len(values)) if sort_indexes else values[top]
+            if score <= 0 or (body.ignoreBos and acts.has_bos and top == 0):
+                continue
+            ranked.append((score, key, values, top))
+        ranked.sort(key=lambda r: (-r[0], r[1]))
+        results = []
+        for score, (source, index), values, top in ranked:
+            try:
+                neuron = store_view.get_feature(body.modelId, source, index, max_acts=1).model_dump(mode="json")
+            except NotFoundError:
+                neuron = None
+            if threshold != -1 and neuron is not None and (neuron.get("frac_nonzero") or 0) > threshold:
+                continue
+            results.append({"modelId": body.modelId, "layer": source, "index": str(index), "values": values,
+                            "maxValue": values[top], "maxValueIndex": top, "neuron": neuron})
+            if len(results) == body.numResults:
+                break
+        return {"tokens": acts.tokens, "result": results, "counts": [], "sortIndexes": sort_indexes}
+
+    return router
