@@ -1,6 +1,8 @@
 """Benchmark the local server and the client: pulls at concurrency 1 and 16, GET feature under 16 clients.
 
     .venv/bin/python bench/bench_server.py [--features 10000] [--requests 2000]
+
+GET feature is measured with one and with two server worker processes (`featuredb serve --workers`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,6 +62,27 @@ async def _hammer(base: str, n: int, clients: int, n_features: int) -> list[floa
     return lat
 
 
+@contextmanager
+def _server(db: Path, workers: int) -> Iterator[str]:
+    """`featuredb serve` in a subprocess; yields its base URL once it answers."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "featuredb.cli", "serve", "--db", str(db), "--port", str(port),
+                             "--workers", str(workers)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"{base}/openapi.json", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     """Build a store, serve it, pull from it twice and load-test GET feature."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,19 +98,8 @@ def main() -> None:
                         ctx_len=64, progress=False)
         with FeatureStore(db) as store:
             import_neuronpedia(store, out / "export", progress=False)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "featuredb.cli", "serve", "--db", str(db), "--port", str(port)],
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                httpx.get(f"{base}/openapi.json", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        rows = []
+    rows = []
+    with _server(db, workers=1) as base:
         wanted = [(MODEL, SOURCE, i) for i in range(args.features)]
         for conc in (1, 16):
             target = out / f"pulled-{conc}.duckdb"
@@ -94,17 +108,17 @@ def main() -> None:
                 rep = pull_features(client, store, wanted, batch=64, progress=False)
             rows.append((f"pull {args.features:,} features, concurrency {conc}",
                          f"{rep.seconds:.1f} s = {rep.fetched / rep.seconds:,.0f} features/s"))
-        lat = asyncio.run(_hammer(base, 100, 16, args.features))  # warm-up
-        t = time.perf_counter()
-        lat = asyncio.run(_hammer(base, args.requests, 16, args.features))
-        wall = time.perf_counter() - t
+    for workers in (1, 2):
+        with _server(db, workers=workers) as base:
+            asyncio.run(_hammer(base, 100, 16, args.features))  # warm-up
+            t = time.perf_counter()
+            lat = asyncio.run(_hammer(base, args.requests, 16, args.features))
+            wall = time.perf_counter() - t
         lat.sort()
-        rows.append(("GET feature, 16 concurrent clients: p50", f"{statistics.median(lat):.1f} ms"))
-        rows.append(("GET feature, 16 concurrent clients: p95", f"{lat[int(0.95 * len(lat)) - 1]:.1f} ms (goal <= 50)"))
-        rows.append(("GET feature throughput", f"{len(lat) / wall:,.0f} requests/s (goal >= 500)"))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        name = f"GET feature, 16 clients, {workers} worker{'s' if workers > 1 else ''}"
+        rows.append((f"{name}: p50", f"{statistics.median(lat):.1f} ms"))
+        rows.append((f"{name}: p95", f"{lat[int(0.95 * len(lat)) - 1]:.1f} ms (goal <= 50)"))
+        rows.append((f"{name}: throughput", f"{len(lat) / wall:,.0f} requests/s (goal >= 500)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -11,23 +11,41 @@ from featuredb.cli.common import db_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (loopback by default).")
 @click.option("--port", default=3000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--write-token", envvar="FEATUREDB_WRITE_TOKEN", help="Allow writes from requests with this x-api-key.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (read-only servers only; one per core serves the most requests).")
 @db_option
-def serve_command(host: str, port: int, write_token: str | None, db: str) -> None:
-    """Serve GET /api/feature/..., POST /api/features and /api/explanation/search* like Neuronpedia.
+def serve_command(host: str, port: int, write_token: str | None, workers: int, db: str) -> None:
+    """Serve Neuronpedia's API over the store: features, explanation search, inference search, graphs.
 
-    Point Neuronpedia tools at http://127.0.0.1:3000 instead of https://www.neuronpedia.org.
-    OpenAPI is at /openapi.json.
+    Routes: GET /api/feature/{model}/{source}/{index}, POST /api/features, POST /api/explanation/search*,
+    POST /api/search-topk-by-token, /api/activation/new and /api/search-all (models ingested here),
+    GET /api/graph/{model}/{slug} (graphs from `featuredb import graph`); with --write-token also graph
+    upload (signed-put, PUT, save-to-db) and /api/graph/subgraph/*. Point Neuronpedia tools at
+    http://127.0.0.1:3000 instead of https://www.neuronpedia.org. OpenAPI is at /openapi.json.
 
     \b
     Example:
       featuredb serve --port 3000 &
       curl http://127.0.0.1:3000/api/feature/gemma-2-2b/20-gemmascope-transcoder-16k/14110
     """
+    import os
+
     import uvicorn
 
-    from featuredb.server.app import create_app
+    from featuredb.errors import BadInputError
+    from featuredb.server.app import DB_ENV_FOR_WORKERS, create_app
+    from featuredb.store import FeatureStore
 
+    mode = "read-only" if not write_token else "writes with the token"
+    if workers > 1:
+        if write_token:
+            raise BadInputError("--workers: a writable server (--write-token) runs one worker (DuckDB has one writer)")
+        FeatureStore(db, read_only=True).close()  # fail fast, and migrate once, before the workers start
+        os.environ[DB_ENV_FOR_WORKERS] = os.path.abspath(db)
+        click.echo(f"serving {db} on http://{host}:{port} ({mode}, {workers} workers)", err=True)
+        uvicorn.run("featuredb.server.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level="warning")
+        return
     app = create_app(db, write_token=write_token)
-    click.echo(f"serving {db} on http://{host}:{port} (read-only{'' if not write_token else ', writes with token'})",
-               err=True)
+    click.echo(f"serving {db} on http://{host}:{port} ({mode})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

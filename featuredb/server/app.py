@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featuredb.errors import FeatureDBError, NotFoundError
-from featuredb.keyword_search import search_explanations
+from featuredb.explanation_search import search_explanations
 from featuredb.search.inference import InferenceBackend
 from featuredb.server.graph_routes import WriteDenied, graph_router
 from featuredb.server.inference_routes import inference_router
@@ -65,6 +65,16 @@ class ExplanationSearchAll(BaseModel):
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "message": message}, status_code=status)
+
+
+DB_ENV_FOR_WORKERS = "FEATUREDB_SERVE_DB"
+
+
+def app_from_env() -> FastAPI:
+    """App factory for `featuredb serve --workers N` (each worker process opens the store read-only)."""
+    import os
+
+    return create_app(os.environ[DB_ENV_FOR_WORKERS])
 
 
 def create_app(db: str, *, write_token: str | None = None, backend: InferenceBackend | None = None) -> FastAPI:
