@@ -21,6 +21,7 @@ LAZY_COMMANDS = {
     "merge": ("ingest.cli", "merge_command", "Combine ingest shard states into the store."),
     "train": ("ingest.train_cli", "train_command", "Train skip-transcoders for a model (circuit-tracer format)."),
     "demo": ("ingest.demo_cli", "demo_command", "The whole loop on the default model: train, index, label, search."),
+    "trace": ("tracer.cli", "trace_group", "Label attribution graphs and propose supernodes."),
 }
 
 

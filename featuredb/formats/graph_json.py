@@ -51,12 +51,16 @@ def load_graph(path: str | Path) -> dict[str, Any]:
     return graph
 
 
-def _is_feature(node: dict[str, Any]) -> bool:
+def is_feature_node(node: dict[str, Any]) -> bool:
+    """True for transcoder (and lorsa) feature nodes; False for embeddings, logits and both error-node formats."""
     kind = str(node.get("feature_type", "")).lower()
     if kind in NON_FEATURE_TYPES or "error" in kind:
         return False
     node_id = str(node.get("node_id", ""))
-    return not node_id.startswith("E_") and node.get("feature") is not None
+    parts = node_id.split("_")
+    if node_id.startswith("E_") or (len(parts) == 3 and parts[1] == "-1"):
+        return False
+    return node.get("feature") is not None
 
 
 def feature_nodes(graph: dict[str, Any]) -> list[FeatureNode]:
@@ -64,7 +68,7 @@ def feature_nodes(graph: dict[str, Any]) -> list[FeatureNode]:
     cantor = graph.get("metadata", {}).get("schema_version") == 1
     out = []
     for node in graph["nodes"]:
-        if not _is_feature(node):
+        if not is_feature_node(node):
             continue
         parts = str(node["node_id"]).split("_")
         try:

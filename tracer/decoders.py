@@ -1,0 +1,36 @@
+"""Decoder directions of a graph's features, read from the transcoder files an ingest recorded in the store."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from tracer.node_mapping import NodeMapping
+
+
+def decoder_vectors(store: Any, mapping: NodeMapping) -> dict[str, np.ndarray]:
+    """node_id -> W_dec row; empty when the store has no transcoder files for the source set (e.g. imported)."""
+    row = store.con.execute('SELECT settings FROM source_sets WHERE "modelId" = ? AND name = ?',
+                            [mapping.model, mapping.source_set]).fetchone()
+    paths = (json.loads(row[0]) if row and row[0] else {}).get("transcoders")
+    if not paths or not mapping.mapped:
+        return {}
+    from ingest.transcoder_formats import load_transcoders  # torch only when there is something to load
+
+    by_layer: dict[int, list[Any]] = defaultdict(list)
+    for m in mapping.mapped:
+        by_layer[m.node.layer].append(m)
+    try:
+        tset = load_transcoders(paths, sorted(by_layer))
+    except Exception:  # moved or deleted files: supernodes go on without this signal
+        return {}
+    out = {}
+    for t in tset.transcoders:
+        w = t.W_dec.float().numpy()
+        for m in by_layer.get(t.layer, []):
+            if 0 <= m.node.index < w.shape[0]:
+                out[m.node.node_id] = w[m.node.index]
+    return out

@@ -1,0 +1,24 @@
+"""MiniLM vectors for node labels: stored explanation embeddings where the store has the text, else computed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from featuredb.search.embedder import embed
+from featuredb.search.indexes import has_search_tables
+
+
+def label_vectors(store: Any | None, labels: dict[str, str]) -> dict[str, np.ndarray]:
+    """node_id -> unit vector of its label (nodes without a label are left out)."""
+    texts = sorted({t for t in labels.values() if t})
+    known: dict[str, np.ndarray] = {}
+    if store is not None and texts and has_search_tables(store.con):
+        rows = store.con.execute("SELECT description, embedding FROM search_texts "
+                                 "WHERE description IN (SELECT unnest(?::VARCHAR[]))", [texts]).fetchall()
+        known = {d: np.asarray(v, dtype=np.float32) for d, v in rows}
+    rest = [t for t in texts if t not in known]
+    if rest:
+        known.update(zip(rest, embed(rest)))
+    return {n: known[t] for n, t in labels.items() if t}

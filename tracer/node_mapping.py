@@ -1,0 +1,70 @@
+"""Map a graph's feature nodes to store features: model from metadata.scan, source set from the graph or options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from featuredb.errors import BadInputError
+from featuredb.formats.graph_json import FeatureNode, feature_nodes, graph_model, graph_source_set
+from featuredb.identity import source_id
+from featuredb.schema import feature_key
+
+
+@dataclass(frozen=True)
+class MappedNode:
+    """A feature node and the store feature it names."""
+
+    node: FeatureNode
+    source: str
+    key: str
+
+
+@dataclass
+class NodeMapping:
+    """Which store feature each feature node is, and which nodes map to nothing (with why)."""
+
+    model: str
+    source_set: str
+    mapped: list[MappedNode] = field(default_factory=list)
+    unmapped: list[tuple[str, str]] = field(default_factory=list)  # (node_id, reason)
+    absent: list[MappedNode] = field(default_factory=list)  # unmapped nodes' would-be features (for --online)
+
+
+def _store_source_sets(store: Any, model: str) -> list[str]:
+    rows = store.con.execute('SELECT DISTINCT "setName" FROM sources WHERE "modelId" = ? AND "setName" IS NOT NULL '
+                             "ORDER BY 1", [model]).fetchall()
+    return [r[0] for r in rows]
+
+
+def map_nodes(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
+              source_set: str | None = None) -> NodeMapping:
+    """Resolve model and source set, then look every feature node up in the store."""
+    model = graph_model(graph, model)
+    models = [r[0] for r in store.con.execute('SELECT DISTINCT "modelId" FROM features ORDER BY 1').fetchall()]
+    if model not in models:
+        has = ", ".join(models) or "no features at all"
+        raise BadInputError(f"{where}: the graph is for model {model!r}, which the store lacks (it has: {has}); "
+                            "pass --model to map it to another")
+    sets = _store_source_sets(store, model)
+    source_set = graph_source_set(graph, source_set)
+    if source_set is None:
+        if len(sets) != 1:
+            raise BadInputError(f"{where}: the graph names no source set and the store has {len(sets)} for {model} "
+                                f"({', '.join(sets)}); pass --source-set")
+        source_set = sets[0]
+    try:
+        nodes = feature_nodes(graph)
+    except BadInputError as e:
+        raise BadInputError(f"{where}: {e}") from None
+    mapping = NodeMapping(model, source_set)
+    keys = [feature_key(model, source_id(n.layer, source_set), n.index) for n in nodes]
+    present = {r[0] for r in store.con.execute(
+        "SELECT feature_key FROM features WHERE feature_key IN (SELECT unnest(?::VARCHAR[]))", [keys]).fetchall()}
+    for n, key in zip(nodes, keys):
+        if key in present:
+            mapping.mapped.append(MappedNode(n, source_id(n.layer, source_set), key))
+        else:
+            mapping.unmapped.append((n.node_id, f"{key} is not in the store"))
+            mapping.absent.append(MappedNode(n, source_id(n.layer, source_set), key))
+    return mapping

@@ -1,0 +1,57 @@
+"""`trace label`: map a graph's features to the store, write clerps, propose supernodes, pin them, add clerps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from featuredb.neuronpedia.sync import subgraph_body
+from tracer.decoders import decoder_vectors
+from tracer.graph_labelling import LabelReport, label_graph
+from tracer.label_vectors import label_vectors
+from tracer.node_mapping import map_nodes
+from tracer.supernodes import Supernode, SupernodeOptions, propose_supernodes
+
+
+@dataclass
+class TraceLabelResult:
+    """The labelled graph (changed in place), what labelling did, and the supernodes proposed."""
+
+    graph: dict[str, Any]
+    report: LabelReport
+    supernodes: list[Supernode] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the graph)."""
+        return {**self.report.as_dict(),
+                "supernodes": [{"label": s.label, "node_ids": s.node_ids, "score": round(s.score, 4)}
+                               for s in self.supernodes]}
+
+
+def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
+                source_set: str | None = None, overwrite: bool = False, online: Any = None,
+                options: SupernodeOptions | None = None, use_decoders: bool = True) -> TraceLabelResult:
+    """Label `graph` from `store` and propose supernodes into its qParams (supernodes, pinnedIds, clerps)."""
+    mapping = map_nodes(store, graph, where=where, model=model, source_set=source_set)
+    report = label_graph(store, graph, mapping, overwrite=overwrite, online=online)
+    qp = graph["qParams"]
+    existing = [list(s) for s in (qp.get("supernodes") or [])]  # a person's supernodes stay; ours are added
+    taken = {nid for s in existing for nid in s[1:]}
+    by_id = {n["node_id"]: n for n in graph["nodes"]}
+    ids = [m.node.node_id for m in mapping.mapped if m.node.node_id not in taken]
+    ids += [m.node.node_id for m in mapping.absent if m.node.node_id not in taken]
+    labels = {i: str(by_id[i].get("clerp") or "").strip() for i in ids}
+    vectors = label_vectors(store, labels)
+    decoders = decoder_vectors(store, mapping) if use_decoders else {}
+    proposed = propose_supernodes(graph, vectors, decoders, options, node_ids=ids)
+    qp["supernodes"] = existing + [[s.label, *s.node_ids] for s in proposed]
+    pinned = list(qp.get("pinnedIds") or [])
+    seen = set(pinned)
+    for s in proposed:
+        for nid in s.node_ids:
+            if nid not in seen:
+                pinned.append(nid)
+                seen.add(nid)
+    qp["pinnedIds"] = pinned
+    qp["clerps"] = subgraph_body(graph, mapping.model)["clerps"]
+    return TraceLabelResult(graph, report, proposed)
