@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tracer.key_tables import registered_values
+
 PREFERRED_TYPES = ("np_max-act-logits", "np_max-act")  # what Neuronpedia shows first
 BASELINE_TYPE = "featuredb-baseline"
 
@@ -21,7 +23,8 @@ def store_labels(store: Any, keys: list[str]) -> dict[str, tuple[str, str]]:
     if not keys:
         return {}
     order = " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(PREFERRED_TYPES))
-    rows = store.con.execute(f"""
+    with registered_values(store.con, "_label_keys", keys):
+        rows = store.con.execute(f"""
         SELECT feature_key, description, "typeName" FROM (
             SELECT feature_key, description, "typeName", row_number() OVER (
                 PARTITION BY feature_key ORDER BY
@@ -29,8 +32,8 @@ def store_labels(store: Any, keys: list[str]) -> dict[str, tuple[str, str]]:
                     ELSE {len(PREFERRED_TYPES)} END,
                     coalesce("scoreV2", "scoreV1") DESC NULLS LAST, id) AS rn
             FROM explanations
-            WHERE feature_key IN (SELECT unnest(?::VARCHAR[])) AND coalesce(trim(description), '') <> '')
-        WHERE rn = 1""", [keys]).fetchall()
+            WHERE feature_key IN (SELECT v FROM _label_keys) AND coalesce(trim(description), '') <> '')
+        WHERE rn = 1""").fetchall()
     return {k: (d.strip(), t) for k, d, t in rows}
 
 

@@ -9,6 +9,7 @@ from featuredb.errors import BadInputError
 from featuredb.formats.graph_json import FeatureNode, feature_nodes, graph_model, graph_source_set
 from featuredb.identity import source_id
 from featuredb.schema import feature_key
+from tracer.key_tables import registered_values
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ def map_nodes(store: Any, graph: dict[str, Any], *, where: str = "graph", model:
         raise BadInputError(f"{where}: {e}") from None
     mapping = NodeMapping(model, source_set)
     keys = [feature_key(model, source_id(n.layer, source_set), n.index) for n in nodes]
-    present = {r[0] for r in store.con.execute(
-        "SELECT feature_key FROM features WHERE feature_key IN (SELECT unnest(?::VARCHAR[]))", [keys]).fetchall()}
+    with registered_values(store.con, "_graph_keys", keys):
+        present = {r[0] for r in store.con.execute(
+            "SELECT feature_key FROM features WHERE feature_key IN (SELECT v FROM _graph_keys)").fetchall()}
     for n, key in zip(nodes, keys):
         if key in present:
             mapping.mapped.append(MappedNode(n, source_id(n.layer, source_set), key))

@@ -27,7 +27,7 @@ LABEL_CHARS = 40
 class SupernodeOptions:
     """--threshold, --min-size, --max-supernodes and the signal weights."""
 
-    threshold: float = 0.5
+    threshold: float = 0.35
     min_size: int = 2
     max_supernodes: int = 50
     weights: dict[str, float] = field(default_factory=lambda: dict(WEIGHTS))

@@ -1,0 +1,121 @@
+"""Benchmark the tracer: supernode ARI on planted graphs, and labelling a 5,000-node graph against 500,000 features.
+
+    .venv/bin/python bench/bench_trace.py [--nodes 5000] [--store bench/out/search/search-500000.duckdb]
+
+The 500,000-feature store is the one bench/bench_search.py generates (run that first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sklearn.metrics import adjusted_rand_score  # noqa: E402
+
+from featuredb import FeatureStore  # noqa: E402
+from featuredb.identity import cantor_pair  # noqa: E402
+from tracer.label_vectors import label_vectors  # noqa: E402
+from tracer.planted_graph import plant_graph, predicted_groups  # noqa: E402
+from tracer.supernodes import SupernodeOptions, propose_supernodes  # noqa: E402
+from tracer.trace_label import trace_label  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "trace"
+MODEL, SET, N_LAYERS, PER_LAYER = "bench-model", "bench-16k", 30, 16667
+
+
+def planted_ari(noise: float, decoders: bool, seeds: int = 5) -> float:
+    """Mean ARI over seeds at one noise level."""
+    scores = []
+    for seed in range(seeds):
+        pg = plant_graph(noise=noise, seed=seed)
+        labels = {n["node_id"]: n["clerp"] for n in pg.graph["nodes"] if n["feature_type"] == "cross layer transcoder"}
+        found = propose_supernodes(pg.graph, label_vectors(None, labels), pg.decoders if decoders else None,
+                                   SupernodeOptions(max_supernodes=100))
+        scores.append(adjusted_rand_score(*predicted_groups(pg.truth, [[s.label, *s.node_ids] for s in found])))
+    return statistics.mean(scores)
+
+
+def big_graph(n_nodes: int, n_positions: int = 24, links_per_node: int = 12, seed: int = 0) -> dict:
+    """A circuit-tracer-shaped graph: embeddings, error nodes, a few logits and n_nodes-ish feature nodes."""
+    rng = random.Random(seed)
+    nodes = [{"node_id": f"E_{100 + p}_{p}", "feature": p, "layer": "E", "ctx_idx": p, "feature_type": "embedding",
+              "jsNodeId": f"E_{100 + p}-{p}", "clerp": "", "influence": None, "activation": None}
+             for p in range(n_positions)]
+    for p in range(n_positions):
+        for layer in range(0, N_LAYERS, 3):
+            nodes.append({"node_id": f"{layer}_-1_{p}", "feature": -1, "layer": str(layer), "ctx_idx": p,
+                          "feature_type": "mlp reconstruction error", "jsNodeId": f"{layer}_-1-{p}", "clerp": "",
+                          "influence": 0.01, "activation": None})
+    seen = set()
+    while len(nodes) < n_nodes - 5:
+        layer, index, pos = rng.randrange(N_LAYERS), rng.randrange(PER_LAYER), rng.randrange(n_positions)
+        if (layer, index, pos) in seen:
+            continue
+        seen.add((layer, index, pos))
+        nodes.append({"node_id": f"{layer}_{index}_{pos}", "feature": cantor_pair(layer, index), "layer": str(layer),
+                      "ctx_idx": pos, "feature_type": "cross layer transcoder", "jsNodeId": f"{layer}_{index}-0",
+                      "clerp": "", "influence": rng.random(), "activation": rng.uniform(0.5, 10)})
+    for k in range(5):
+        nodes.append({"node_id": f"{N_LAYERS + 1}_{k}_{n_positions - 1}", "feature": k, "layer": str(N_LAYERS + 1),
+                      "ctx_idx": n_positions - 1, "feature_type": "logit", "jsNodeId": f"L_{k}-{n_positions - 1}",
+                      "clerp": f'Output "{k}"', "influence": None, "activation": None, "token_prob": 0.1})
+    ids = [n["node_id"] for n in nodes]
+    links = [{"source": rng.choice(ids), "target": ids[t], "weight": round(rng.gauss(0, 1), 4)}
+             for t in range(len(ids)) for _ in range(links_per_node)]
+    return {"metadata": {"slug": "bench", "scan": MODEL, "prompt": "x", "prompt_tokens": ["x"] * n_positions,
+                         "schema_version": 1, "feature_details": {"neuronpedia_source_set": SET}},
+            "qParams": {"pinnedIds": "[]", "supernodes": "[]", "linkType": "both", "clickedId": "", "sg_pos": ""},
+            "nodes": nodes, "links": links}
+
+
+def main() -> None:
+    """ARI table, then warm and CLI timings on the big graph."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=5000)
+    ap.add_argument("--store", default=str(ROOT / "bench" / "out" / "search" / "search-500000.duckdb"))
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for noise in (0.1, 0.3, 0.5):
+        rows.append((f"planted ARI, noise {noise} (with / without decoders)",
+                     f"{planted_ari(noise, True):.3f} / {planted_ari(noise, False):.3f}"
+                     + ("  (goal >= 0.8 at moderate noise)" if noise == 0.3 else "")))
+    graph = big_graph(args.nodes)
+    path = OUT / "graph-5000.json"
+    path.write_text(json.dumps(graph))
+    n_feat = sum(n["feature_type"] == "cross layer transcoder" for n in graph["nodes"])
+    rows.append(("graph", f"{len(graph['nodes']):,} nodes ({n_feat:,} features), {len(graph['links']):,} links"))
+    times = []
+    with FeatureStore(args.store, read_only=True) as store:
+        for _ in range(4):
+            g = json.loads(path.read_text())
+            g["qParams"]["pinnedIds"], g["qParams"]["supernodes"] = [], []
+            t = time.perf_counter()
+            res = trace_label(store, g)
+            times.append(time.perf_counter() - t)
+    rows.append(("labelled / supernodes proposed", f"{res.report.labelled:,} / {len(res.supernodes)}"))
+    rows.append(("label + supernodes, first call in process", f"{times[0]:.2f} s"))
+    rows.append(("label + supernodes, warm (median of 3)", f"{statistics.median(times[1:]):.2f} s (goal <= 1 s)"))
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "featuredb.cli", "trace", "label", str(path), "-o",
+                           str(OUT / "labelled.json"), "--db", args.store], capture_output=True, text=True)
+    cli = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    rows.append(("featuredb trace label (one CLI call)", f"{cli:.2f} s (goal <= 3 s)"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()
