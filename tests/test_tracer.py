@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.identity import cantor_pair
 from featuredb.neuronpedia import NeuronpediaClient
 from featuredb.neuronpedia.client import RetryPolicy
+from loopback import serve_in_thread
+from tracer.graph_server import create_graph_app
 from tracer.label_vectors import label_vectors
 from tracer.planted_graph import plant_graph, predicted_groups
 from tracer.supernodes import SupernodeOptions, propose_supernodes
@@ -190,3 +195,33 @@ def test_supernodes_recover_planted_groups_at_moderate_noise() -> None:
     labels = {n["node_id"]: n["clerp"] for n in pg.graph["nodes"] if n["feature_type"] == "cross layer transcoder"}
     found = propose_supernodes(pg.graph, label_vectors(None, labels), pg.decoders, SupernodeOptions(threshold=0.35))
     assert adjusted_rand_score(*predicted_groups(pg.truth, [[s.label, *s.node_ids] for s in found])) < 0.8
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "Chromium is missing: `make test` installs it (Debian package chromium)"
+    return found
+
+
+def test_trace_serve_shows_the_labels_in_headless_chromium(store_db: Path, tmp_path: Path) -> None:
+    graphs = tmp_path / "graphs"
+    graphs.mkdir()
+    src = tmp_path / "in.json"
+    nodes = [feat(1, pos=1), feat(2, pos=1), feat(3, pos=2)]
+    src.write_text(json.dumps(graph_of(nodes, [], qparams_as_strings=True)))
+    res = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(graphs / "dallas.json"), "--db",
+                                   str(store_db)])
+    assert res.exit_code == 0, res.output
+    with serve_in_thread(create_graph_app(graphs, str(store_db))) as url:
+        meta = httpx.get(f"{url}/data/graph-metadata.json").json()
+        assert [g["slug"] for g in meta["graphs"]] == ["dallas"]
+        ff = httpx.get(f"{url}/features/{MODEL}/{cantor_pair(6, 1)}.json")
+        assert ff.status_code == 200 and ff.json()["index"] == 1
+        jsonschema.validate(ff.json(), json.loads((SHARED / "formats" / "neuronpedia" /
+                                                   "feature-details-schema.json").read_text()))
+        page = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                               "--virtual-time-budget=10000", f"{url}/index.html?slug=dallas"],
+                              capture_output=True, text=True, timeout=120)
+    dom = html.unescape(page.stdout)
+    for label in ("max-act-logits label", "other at 0.8", '"Texas" → says "Austin"'):
+        assert label in dom, page.stdout[:2000] + page.stderr[-2000:]

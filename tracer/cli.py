@@ -101,3 +101,28 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
     for s in result.supernodes[:10]:
         click.echo(f"  {s.label!r}: {len(s.node_ids)} nodes ({', '.join(s.node_ids[:4])}{' ...' if len(s.node_ids) > 4 else ''})")
     click.echo(f"wrote {out} in {seconds:.2f}s")
+
+
+@trace_group.command("serve", short_help="Serve a folder of graphs with circuit-tracer's frontend, offline.")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8032, show_default=True, type=click.IntRange(0, 65535))
+@db_option
+def serve_command(directory: str, host: str, port: int, db: str) -> None:
+    """Serve the graphs in DIRECTORY (e.g. written by `trace label`) and feature files built from the store.
+
+    Uses circuit-tracer's frontend when circuit-tracer is installed, else featuredb's small viewer.
+    Open http://127.0.0.1:8032/index.html?slug=SLUG (SLUG is the file name without .json).
+
+    \b
+    Example:
+      featuredb trace serve graphs/ --port 8032
+    """
+    import uvicorn
+
+    from tracer.graph_server import circuit_tracer_frontend, create_graph_app
+
+    app = create_graph_app(directory, db if Path(db).exists() else None)
+    which = "circuit-tracer's frontend" if circuit_tracer_frontend() else "featuredb's viewer"
+    click.echo(f"serving graphs in {directory} with {which} on http://{host}:{port}/index.html", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

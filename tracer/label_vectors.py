@@ -18,7 +18,7 @@ def label_vectors(store: Any | None, labels: dict[str, str]) -> dict[str, np.nda
     if store is not None and texts and has_search_tables(store.con):
         with registered_values(store.con, "_label_texts", texts):
             tbl = store.con.execute("SELECT description, embedding FROM search_texts "
-                                    "WHERE description IN (SELECT v FROM _label_texts)").fetch_arrow_table()
+                                    "WHERE description IN (SELECT v FROM _label_texts)").to_arrow_table()
         if tbl.num_rows:
             vecs = tbl.column("embedding").combine_chunks().flatten().to_numpy().reshape(tbl.num_rows, -1)
             known = dict(zip(tbl.column("description").to_pylist(), vecs.astype(np.float32)))

@@ -1,0 +1,137 @@
+"""`trace serve`: labelled graphs in a folder, circuit-tracer's frontend, and feature files built from the store.
+
+The routes are circuit-tracer's local server's: /data/graph-metadata.json, /data/{slug}.json (also
+/graph_data/), /features/{scan}/{cantor}.json and POST /save_graph/{slug}; the frontend is
+circuit-tracer's own assets when circuit-tracer is installed, else featuredb's small viewer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from featuredb.errors import NotFoundError
+from featuredb.formats.circuit_tracer_export import feature_file
+from featuredb.formats.graph_json import graph_model, graph_source_set
+from featuredb.identity import cantor_unpair, source_id
+from featuredb.schema import feature_key
+from featuredb.store import FeatureStore
+
+VIEWER = Path(__file__).resolve().parent / "viewer"
+METADATA_KEYS = ("slug", "scan", "prompt_tokens", "prompt", "title_prefix", "node_threshold", "schema_version")
+
+
+def circuit_tracer_frontend() -> Path | None:
+    """circuit-tracer's frontend assets folder, when circuit-tracer is installed."""
+    try:
+        path = Path(str(resources.files("circuit_tracer") / "frontend" / "assets"))
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return path if (path / "index.html").exists() else None
+
+
+def _graphs(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """slug -> (file, metadata) for every graph JSON in the folder (other JSON files are skipped)."""
+    out = {}
+    for p in sorted(folder.glob("*.json")):
+        if p.name == "graph-metadata.json":
+            continue
+        try:
+            g = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(g, dict) and isinstance(g.get("metadata"), dict) and "nodes" in g:
+            out[p.stem] = (p, g["metadata"])
+    return out
+
+
+def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | None = None) -> FastAPI:
+    """The app over a folder of graphs and (for feature files) a store."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder}: no such folder of graphs")
+    store = FeatureStore(db, read_only=True) if db else None
+    local = threading.local()
+    app = FastAPI(title="featuredb trace serve")
+
+    def view() -> FeatureStore:
+        if store is None:
+            raise NotFoundError("no store: start with --db to serve feature files")
+        if getattr(local, "store", None) is None:
+            local.store = store.thread_view()
+        return local.store
+
+    def scans() -> dict[str, tuple[str, str | None]]:
+        """scan -> (model, source set) from the graphs' metadata."""
+        out = {}
+        for path, meta in _graphs(folder).values():
+            g = json.loads(path.read_text(encoding="utf-8"))
+            out[str(meta.get("scan"))] = (graph_model(g), graph_source_set(g))
+        return out
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+
+    @app.get("/data/graph-metadata.json")
+    def graph_metadata() -> dict[str, Any]:
+        """Every graph in the folder, as circuit-tracer's graph-metadata.json lists them."""
+        return {"graphs": [{k: meta[k] for k in METADATA_KEYS if k in meta} | {"slug": slug}
+                           for slug, (_, meta) in _graphs(folder).items()]}
+
+    def graph_file(name: str) -> Response:
+        slug = name[:-5] if name.endswith(".json") else name
+        graphs = _graphs(folder)
+        if slug not in graphs:
+            raise NotFoundError(f"no graph {slug} in {folder}")
+        return FileResponse(graphs[slug][0], media_type="application/json")
+
+    app.get("/data/{name}")(graph_file)
+    app.get("/graph_data/{name}")(graph_file)
+
+    @app.get("/features/{scan}/{name}")
+    def feature(scan: str, name: str) -> Response:
+        """A circuit-tracer feature file, built from the store for the graph's model and source set."""
+        known = scans()
+        if scan not in known or not name.endswith(".json") or not name[:-5].isdigit():
+            raise NotFoundError(f"no feature file {scan}/{name}")
+        model, source_set = known[scan]
+        layer, index = cantor_unpair(int(name[:-5]))
+        source = source_id(layer, source_set or "")
+        con = view().con
+        cur = con.execute("SELECT * FROM features WHERE feature_key = ?", [feature_key(model, source, index)])
+        row = cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"feature {model}/{source}/{index} is not in the store")
+        feat = dict(zip([d[0] for d in cur.description], row))
+        cur = con.execute('SELECT "index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", '
+                          '"binMin", "binMax", "binContains" FROM activations WHERE feature_key = ?',
+                          [feature_key(model, source, index)])
+        acts = [dict(zip([d[0] for d in cur.description], r)) for r in cur.fetchall()]
+        return Response(json.dumps(feature_file(model, source, feat, acts)), media_type="application/json")
+
+    @app.post("/save_graph/{slug}")
+    async def save_graph(slug: str, request: Request) -> dict[str, Any]:
+        """Save the frontend's qParams (pinned nodes, supernodes) into the graph file, as circuit-tracer does."""
+        graphs = _graphs(folder)
+        if slug not in graphs:
+            raise NotFoundError(f"no graph {slug} in {folder}")
+        body = json.loads(await request.body())
+        path = graphs[slug][0]
+        graph = json.loads(path.read_text(encoding="utf-8"))
+        graph["qParams"] = body["qParams"]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(graph), encoding="utf-8")
+        tmp.replace(path)
+        return {"success": True}
+
+    app.mount("/", StaticFiles(directory=str(frontend or circuit_tracer_frontend() or VIEWER), html=True),
+              name="frontend")
+    return app
