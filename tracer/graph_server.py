@@ -37,18 +37,30 @@ def circuit_tracer_frontend() -> Path | None:
     return path if (path / "index.html").exists() else None
 
 
-def _graphs(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """slug -> (file, metadata) for every graph JSON in the folder (other JSON files are skipped)."""
+_CACHE: dict[Path, tuple[float, dict[str, Any], str, str | None]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _graphs(folder: Path) -> dict[str, tuple[Path, dict[str, Any], str, str | None]]:
+    """slug -> (file, metadata, model, source set) for each graph JSON in the folder; parsed once per change."""
     out = {}
     for p in sorted(folder.glob("*.json")):
         if p.name == "graph-metadata.json":
             continue
-        try:
-            g = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(g, dict) and isinstance(g.get("metadata"), dict) and "nodes" in g:
-            out[p.stem] = (p, g["metadata"])
+        mtime = p.stat().st_mtime
+        with _CACHE_LOCK:
+            hit = _CACHE.get(p)
+        if hit is None or hit[0] != mtime:
+            try:
+                g = json.loads(p.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if not (isinstance(g, dict) and isinstance(g.get("metadata"), dict) and "nodes" in g):
+                continue
+            hit = (mtime, g["metadata"], graph_model(g), graph_source_set(g))
+            with _CACHE_LOCK:
+                _CACHE[p] = hit
+        out[p.stem] = (p, hit[1], hit[2], hit[3])
     return out
 
 
@@ -70,11 +82,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
 
     def scans() -> dict[str, tuple[str, str | None]]:
         """scan -> (model, source set) from the graphs' metadata."""
-        out = {}
-        for path, meta in _graphs(folder).values():
-            g = json.loads(path.read_text(encoding="utf-8"))
-            out[str(meta.get("scan"))] = (graph_model(g), graph_source_set(g))
-        return out
+        return {str(meta.get("scan")): (model, sset) for _, meta, model, sset in _graphs(folder).values()}
 
     @app.exception_handler(NotFoundError)
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -84,7 +92,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     def graph_metadata() -> dict[str, Any]:
         """Every graph in the folder, as circuit-tracer's graph-metadata.json lists them."""
         return {"graphs": [{k: meta[k] for k in METADATA_KEYS if k in meta} | {"slug": slug}
-                           for slug, (_, meta) in _graphs(folder).items()]}
+                           for slug, (_, meta, _, _) in _graphs(folder).items()]}
 
     def graph_file(name: str) -> Response:
         slug = name[:-5] if name.endswith(".json") else name
