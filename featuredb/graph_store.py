@@ -7,24 +7,12 @@ import uuid
 from typing import Any
 
 from featuredb.errors import BadInputError, NotFoundError
-from featuredb.formats.graph_json import REQUIRED, graph_model, graph_source_set
+from featuredb.formats.graph_json import check_graph, graph_model, graph_source_set
 
 RECORD_COLUMNS = ('"modelId"', "slug", '"sourceSetName"', "prompt", '"titlePrefix"', '"isFeatured"', '"userId"',
                   '"createdAt"', '"updatedAt"')
 SUBGRAPH_COLUMNS = ("id", '"modelId"', "slug", '"displayName"', '"pinnedIds"', "supernodes", "clerps",
                     '"pruningThreshold"', '"densityThreshold"', '"userId"', '"createdAt"', '"updatedAt"')
-
-
-def check_graph(graph: Any, where: str) -> None:
-    """A graph needs metadata (with slug and scan), qParams, nodes and links; else a one-line BadInputError."""
-    if not isinstance(graph, dict):
-        raise BadInputError(f"{where}: a graph must be a JSON object")
-    missing = [k for k in REQUIRED if k not in graph]
-    if missing:
-        raise BadInputError(f"{where}: missing required key(s) {', '.join(missing)}")
-    for k in ("scan", "slug"):
-        if not isinstance(graph["metadata"], dict) or not graph["metadata"].get(k):
-            raise BadInputError(f"{where}: metadata.{k} is missing")
 
 
 def save_graph(store: Any, graph: dict[str, Any], *, slug: str | None = None, user: str | None = None,

@@ -24,6 +24,18 @@ class FeatureNode:
     ctx_idx: int
 
 
+def check_graph(graph: Any, where: str) -> None:
+    """A graph needs metadata (with slug and scan), qParams, nodes and links; else a one-line BadInputError."""
+    if not isinstance(graph, dict):
+        raise BadInputError(f"{where}: a graph must be a JSON object")
+    missing = [k for k in REQUIRED if k not in graph]
+    if missing:
+        raise BadInputError(f"{where}: missing required key(s) {', '.join(missing)}")
+    for k in ("scan", "slug"):
+        if not isinstance(graph["metadata"], dict) or not graph["metadata"].get(k):
+            raise BadInputError(f"{where}: metadata.{k} is missing")
+
+
 def load_graph(path: str | Path) -> dict[str, Any]:
     """Parse a graph file; a malformed file or missing key is a one-line BadInputError."""
     p = Path(path)
@@ -33,14 +45,7 @@ def load_graph(path: str | Path) -> dict[str, Any]:
         raise BadInputError(f"{p}: no such graph file") from None
     except json.JSONDecodeError as e:
         raise BadInputError(f"{p}:{e.lineno}: malformed JSON ({e.msg})") from None
-    if not isinstance(graph, dict):
-        raise BadInputError(f"{p}: a graph must be a JSON object")
-    missing = [k for k in REQUIRED if k not in graph]
-    if missing:
-        raise BadInputError(f"{p}: missing required key(s) {', '.join(missing)}")
-    for k in ("scan", "slug"):
-        if k not in graph["metadata"]:
-            raise BadInputError(f"{p}: metadata.{k} is missing")
+    check_graph(graph, str(p))
     qp = graph["qParams"]
     for k in ("pinnedIds", "supernodes"):  # circuit-tracer's local save writes these as JSON strings
         if isinstance(qp.get(k), str):
