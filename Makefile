@@ -17,10 +17,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(FDB) demo
 
-# The tracer's viewer test opens a page in headless Chromium (Debian's package).
+# The tracer's viewer tests open pages in headless Chromium (Debian's package); the offline copy of
+# circuit-tracer's frontend takes its JavaScript libraries from the npm registry.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+	@command -v npm >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

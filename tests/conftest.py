@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from featuredb import FeatureStore
+from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.synthetic_export import generate_export
 
 MODEL = "demo-model"
@@ -24,6 +27,28 @@ def small_export(tmp_path: Path) -> Path:
 def db_path(tmp_path: Path) -> Path:
     """Where a test's store file goes."""
     return tmp_path / "store.duckdb"
+
+
+@pytest.fixture
+def store_db(small_export: Path, db_path: Path) -> Path:
+    """The 40-feature export, plus explanations of several types on features 1-3."""
+    with FeatureStore(db_path) as store:
+        import_neuronpedia(store, small_export, progress=False)
+        store.con.execute("DELETE FROM explanations WHERE \"index\" IN (1, 2, 3)")
+        rows = [  # (index, id, type, score, text)
+            (1, "a", "oai_token-act-pair", 0.9, "high-score other type"),
+            (1, "b", "np_max-act", 0.1, "max-act label"),
+            (1, "c", "np_max-act-logits", 0.0, "max-act-logits label"),
+            (2, "d", "featuredb-baseline", None, "baseline label"),
+            (2, "e", "oai_token-act-pair", 0.5, "other at 0.5"),
+            (2, "f", "oai_token-act-pair", 0.8, "other at 0.8"),
+            (3, "g", "featuredb-baseline", None, '"Texas" → says "Austin"'),
+        ]
+        store.upsert({"explanations": pl.DataFrame({
+            "id": [r[1] for r in rows], "modelId": [MODEL] * len(rows), "layer": [SOURCE] * len(rows),
+            "index": [r[0] for r in rows], "typeName": [r[2] for r in rows],
+            "scoreV1": [r[3] for r in rows], "description": [r[4] for r in rows]})})
+    return db_path
 
 
 def table_snapshot(con, table: str) -> list[tuple]:  # type: ignore[no-untyped-def]

@@ -45,6 +45,12 @@ def test_circuit_tracer_files_validate_and_sit_where_the_frontend_looks(small_ex
     assert record["top_logits"] == np_feature.pos_str and record["bottom_logits"] == np_feature.neg_str
     assert record["act_max"] == np_feature.maxActApprox
     assert record["activation_frequency"] == np_feature.frac_nonzero
+    # circuit-tracer draws `histogram` as counts in equal bins over [act_min, act_max]
+    assert len(record["histogram"]) == 40
+    assert sum(record["histogram"]) == pytest.approx(sum(np_feature.freq_hist_data_bar_heights))
+    width = (record["act_max"] - record["act_min"]) / 40
+    first = min(np_feature.freq_hist_data_bar_values)
+    assert record["histogram"][min(39, int((first - record["act_min"]) / width))] > 0
 
 
 def test_two_source_sets_cannot_share_a_scan_folder(small_export: Path, tmp_path: Path, db_path: Path) -> None:

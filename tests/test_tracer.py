@@ -11,20 +11,18 @@ from typing import Any
 
 import httpx
 import jsonschema
-import polars as pl
 import pytest
 from click.testing import CliRunner
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import MODEL, SHARED, SOURCE
+from conftest import MODEL, SHARED
 from featuredb import FeatureStore
 from featuredb.cli.root import cli
-from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.identity import cantor_pair
 from featuredb.neuronpedia import NeuronpediaClient
 from featuredb.neuronpedia.client import RetryPolicy
 from loopback import serve_in_thread
-from tracer.graph_server import create_graph_app
+from tracer.graph_server import VIEWER, create_graph_app
 from tracer.label_vectors import label_vectors
 from tracer.planted_graph import plant_graph, predicted_groups
 from tracer.supernodes import SupernodeOptions, propose_supernodes
@@ -55,28 +53,6 @@ def graph_of(nodes: list[dict[str, Any]], links: list[dict[str, Any]], *, schema
 def feat(i: int, pos: int = 1, clerp: str = "", cantor: bool = True) -> dict[str, Any]:
     return node(f"6_{i}_{pos}", cantor_pair(6, i) if cantor else 6 * 10**4 + i, "6", pos, "cross layer transcoder",
                 clerp)
-
-
-@pytest.fixture
-def store_db(small_export: Path, db_path: Path) -> Path:
-    """The 40-feature export, plus explanations of several types on features 1-3."""
-    with FeatureStore(db_path) as store:
-        import_neuronpedia(store, small_export, progress=False)
-        store.con.execute("DELETE FROM explanations WHERE \"index\" IN (1, 2, 3)")
-        rows = [  # (index, id, type, score, text)
-            (1, "a", "oai_token-act-pair", 0.9, "high-score other type"),
-            (1, "b", "np_max-act", 0.1, "max-act label"),
-            (1, "c", "np_max-act-logits", 0.0, "max-act-logits label"),
-            (2, "d", "featuredb-baseline", None, "baseline label"),
-            (2, "e", "oai_token-act-pair", 0.5, "other at 0.5"),
-            (2, "f", "oai_token-act-pair", 0.8, "other at 0.8"),
-            (3, "g", "featuredb-baseline", None, '"Texas" → says "Austin"'),
-        ]
-        store.upsert({"explanations": pl.DataFrame({
-            "id": [r[1] for r in rows], "modelId": [MODEL] * len(rows), "layer": [SOURCE] * len(rows),
-            "index": [r[0] for r in rows], "typeName": [r[2] for r in rows],
-            "scoreV1": [r[3] for r in rows], "description": [r[4] for r in rows]})})
-    return db_path
 
 
 def test_every_node_id_scheme_maps_only_feature_nodes(store_db: Path) -> None:
@@ -159,7 +135,8 @@ def test_cli_writes_a_schema_valid_labelled_graph_with_supernodes(store_db: Path
     assert groups == [["6_10_2", "6_11_2", "6_12_2"], ["6_20_2", "6_21_2", "6_22_2"]]
     assert sorted(s[0] for s in qp["supernodes"]) == ["Texas state", "football game"]
     assert sorted(qp["pinnedIds"]) == sorted(n for g in groups for n in g)
-    assert [f"6_{cantor_pair(6, 10)}_2", "Texas state"] in qp["clerps"]
+    assert isinstance(qp["clerps"], str)  # circuit-tracer's frontend runs JSON.parse on it
+    assert [f"6_{cantor_pair(6, 10)}_2", "Texas state"] in json.loads(qp["clerps"])
     report = json.loads(res.stdout)
     assert report["mapped"] == 6 and len(report["supernodes"]) == 2
 
@@ -212,7 +189,7 @@ def test_trace_serve_shows_the_labels_in_headless_chromium(store_db: Path, tmp_p
     res = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(graphs / "dallas.json"), "--db",
                                    str(store_db)])
     assert res.exit_code == 0, res.output
-    with serve_in_thread(create_graph_app(graphs, str(store_db))) as url:
+    with serve_in_thread(create_graph_app(graphs, str(store_db), frontend=VIEWER)) as url:
         meta = httpx.get(f"{url}/data/graph-metadata.json").json()
         assert [g["slug"] for g in meta["graphs"]] == ["dallas"]
         ff = httpx.get(f"{url}/features/{MODEL}/{cantor_pair(6, 1)}.json")

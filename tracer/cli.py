@@ -107,22 +107,52 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8032, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--frontend", type=click.Path(file_okay=False, exists=True),
+              help="Folder of the page to serve (default: the copy `trace frontend` built, else circuit-tracer's "
+                   "installed assets, else featuredb's viewer).")
 @db_option
-def serve_command(directory: str, host: str, port: int, db: str) -> None:
+def serve_command(directory: str, host: str, port: int, frontend: str | None, db: str) -> None:
     """Serve the graphs in DIRECTORY (e.g. written by `trace label`) and feature files built from the store.
 
-    Uses circuit-tracer's frontend when circuit-tracer is installed, else featuredb's small viewer.
+    The page is circuit-tracer's frontend, offline, once `featuredb trace frontend` has fetched it;
+    else circuit-tracer's installed assets; else featuredb's small viewer.
     Open http://127.0.0.1:8032/index.html?slug=SLUG (SLUG is the file name without .json).
 
     \b
     Example:
-      featuredb trace serve graphs/ --port 8032
+      featuredb trace frontend && featuredb trace serve graphs/ --port 8032
     """
     import uvicorn
 
-    from tracer.graph_server import circuit_tracer_frontend, create_graph_app
+    from tracer.graph_server import create_graph_app, default_frontend
 
-    app = create_graph_app(directory, db if Path(db).exists() else None)
-    which = "circuit-tracer's frontend" if circuit_tracer_frontend() else "featuredb's viewer"
+    page, which = (Path(frontend), f"the page in {frontend}") if frontend else default_frontend()
+    app = create_graph_app(directory, db if Path(db).exists() else None, frontend=page)
     click.echo(f"serving graphs in {directory} with {which} on http://{host}:{port}/index.html", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@trace_group.command("frontend", short_help="Fetch circuit-tracer's frontend and its libraries for offline use.")
+@click.option("--out", default=str(Path("data") / "circuit-tracer-frontend"), show_default=True,
+              type=click.Path(file_okay=False), help="Where to build it (`trace serve` looks in the default).")
+@json_option
+def frontend_command(out: str, as_json: bool) -> None:
+    """Fetch circuit-tracer's graph frontend (its wheel, from PyPI) and the JavaScript libraries its page
+    loads from CDNs (d3, d3-jetpack, dagre, pako, from npm), and point its feature panel at the local
+    server, so `trace serve` shows graphs and feature examples with no internet. Needs pip and npm.
+
+    \b
+    Example:
+      featuredb trace frontend
+      featuredb trace serve graphs/      # now with circuit-tracer's frontend
+    """
+    from tracer.offline_frontend import describe, prepare_offline_frontend
+
+    start = time.perf_counter()
+    click.echo("fetching circuit-tracer's wheel (PyPI) and d3, d3-jetpack, dagre, pako (npm) ...", err=True)
+    site = prepare_offline_frontend(out)
+    seconds = time.perf_counter() - start
+    if as_json:
+        emit_json({"site": str(site), "seconds": round(seconds, 2)})
+        return
+    click.echo(f"built {describe(site)} in {seconds:.1f}s")

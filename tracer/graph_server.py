@@ -1,8 +1,9 @@
 """`trace serve`: labelled graphs in a folder, circuit-tracer's frontend, and feature files built from the store.
 
 The routes are circuit-tracer's local server's: /data/graph-metadata.json, /data/{slug}.json (also
-/graph_data/), /features/{scan}/{cantor}.json and POST /save_graph/{slug}; the frontend is
-circuit-tracer's own assets when circuit-tracer is installed, else featuredb's small viewer.
+/graph_data/), /features/{scan}/{cantor}.json and POST /save_graph/{slug}; the frontend is the offline
+copy of circuit-tracer's that `trace frontend` builds, else circuit-tracer's installed assets, else
+featuredb's small viewer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from featuredb.formats.graph_json import graph_model, graph_source_set
 from featuredb.identity import cantor_unpair, source_id
 from featuredb.schema import feature_key
 from featuredb.store import FeatureStore
+from tracer.offline_frontend import offline_frontend
 
 VIEWER = Path(__file__).resolve().parent / "viewer"
 METADATA_KEYS = ("slug", "scan", "prompt_tokens", "prompt", "title_prefix", "node_threshold", "schema_version")
@@ -35,6 +37,18 @@ def circuit_tracer_frontend() -> Path | None:
     except (ModuleNotFoundError, TypeError):
         return None
     return path if (path / "index.html").exists() else None
+
+
+def default_frontend() -> tuple[Path, str]:
+    """The page to serve and its name: the offline copy `trace frontend` built, else circuit-tracer's
+    installed assets (which load their libraries from CDNs), else featuredb's viewer."""
+    site = offline_frontend()
+    if site is not None:
+        return site, f"circuit-tracer's frontend, offline copy in {site}"
+    installed = circuit_tracer_frontend()
+    if installed is not None:
+        return installed, "circuit-tracer's frontend (installed; its libraries load from CDNs)"
+    return VIEWER, "featuredb's viewer (run `featuredb trace frontend` for circuit-tracer's)"
 
 
 _CACHE: dict[Path, tuple[float, dict[str, Any], str, str | None]] = {}
@@ -140,6 +154,5 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         tmp.replace(path)
         return {"success": True}
 
-    app.mount("/", StaticFiles(directory=str(frontend or circuit_tracer_frontend() or VIEWER), html=True),
-              name="frontend")
+    app.mount("/", StaticFiles(directory=str(frontend or default_frontend()[0]), html=True), name="frontend")
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,5 +54,6 @@ def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", mode
                 pinned.append(nid)
                 seen.add(nid)
     qp["pinnedIds"] = pinned
-    qp["clerps"] = subgraph_body(graph, mapping.model)["clerps"]
+    # A JSON string, as circuit-tracer's and Neuronpedia's graph frontends read it (JSON.parse(qParams.clerps))
+    qp["clerps"] = json.dumps(subgraph_body(graph, mapping.model)["clerps"], ensure_ascii=False)
     return TraceLabelResult(graph, report, proposed)

@@ -15,6 +15,7 @@ from featuredb.identity import cantor_pair, layer_of_source
 from featuredb.store import FeatureStore
 
 CHUNK = 1024
+HISTOGRAM_BINS = 40
 
 
 def _interval_name(i: int, bin_min: float | None, bin_max: float | None, contains: float | None) -> str:
@@ -30,6 +31,18 @@ def _example(act: dict[str, Any]) -> dict[str, Any]:
         "train_token_ind": act["maxValueTokenIndex"] if act["maxValueTokenIndex"] is not None else 0,
         "is_repeated_datapoint": False,
     }
+
+
+def even_histogram(centres: list[float], heights: list[float], lo: float, hi: float,
+                   bins: int = HISTOGRAM_BINS) -> list[float]:
+    """Neuronpedia's histogram (bar centres and heights, any spacing) as counts in `bins` equal bins over
+    [lo, hi], the form circuit-tracer's frontend draws (bar i covers lo + i * (hi - lo) / bins)."""
+    if not heights or hi <= lo:
+        return []
+    out = [0.0] * bins
+    for c, h in zip(centres, heights):
+        out[min(bins - 1, max(0, int((c - lo) / (hi - lo) * bins)))] += float(h)
+    return out
 
 
 def feature_file(model: str, source: str, feature: dict[str, Any], acts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -59,10 +72,8 @@ def feature_file(model: str, source: str, feature: dict[str, Any], acts: list[di
         "act_min": min([0.0, *values_min]),
         "act_max": act_max,
         "quantile_values": sorted({b[1] for b in bins if b[1] is not None}),
-        "histogram": {
-            "heights": feature["freq_hist_data_bar_heights"] or [],
-            "values": feature["freq_hist_data_bar_values"] or [],
-        },
+        "histogram": even_histogram(feature["freq_hist_data_bar_values"] or [],
+                                    feature["freq_hist_data_bar_heights"] or [], min([0.0, *values_min]), act_max),
         "activation_frequency": feature["frac_nonzero"] or 0.0,
     }
 
