@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_server.py [--features 10000] [--requests 2000]
 
-GET feature is measured with one and with two server worker processes (`featuredb serve --workers`).
+GET feature is measured with one and with two server worker processes (`featuredb serve --workers`), without
+and with pre-serialised feature documents (`featuredb reindex --feature-docs`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -25,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from featuredb import FeatureStore  # noqa: E402
+from featuredb.feature_docs import build_feature_docs  # noqa: E402
 from featuredb.formats.neuronpedia_import import import_neuronpedia  # noqa: E402
 from featuredb.neuronpedia import NeuronpediaClient  # noqa: E402
 from featuredb.neuronpedia.sync import pull_features  # noqa: E402
@@ -108,14 +111,22 @@ def main() -> None:
                 rep = pull_features(client, store, wanted, batch=64, progress=False)
             rows.append((f"pull {args.features:,} features, concurrency {conc}",
                          f"{rep.seconds:.1f} s = {rep.fetched / rep.seconds:,.0f} features/s"))
-    for workers in (1, 2):
-        with _server(db, workers=workers) as base:
+    docs_db = out / "served-docs.duckdb"
+    shutil.copyfile(db, docs_db)
+    with FeatureStore(docs_db) as store:
+        built = build_feature_docs(store, progress=False)
+    rows.append(("feature docs (reindex --feature-docs)",
+                 f"{built['seconds']:.1f} s, {built['gzip_bytes'] / 1e6:.1f} MB gzipped "
+                 f"(store {db.stat().st_size / 1e6:.0f} -> {docs_db.stat().st_size / 1e6:.0f} MB)"))
+    for served, workers, docs in ((db, 1, False), (db, 2, False), (docs_db, 1, True), (docs_db, 2, True)):
+        with _server(served, workers=workers) as base:
             asyncio.run(_hammer(base, 100, 16, args.features))  # warm-up
             t = time.perf_counter()
             lat = asyncio.run(_hammer(base, args.requests, 16, args.features))
             wall = time.perf_counter() - t
         lat.sort()
-        name = f"GET feature, 16 clients, {workers} worker{'s' if workers > 1 else ''}"
+        name = (f"GET feature, 16 clients, {workers} worker{'s' if workers > 1 else ''}"
+                f"{', feature docs' if docs else ''}")
         rows.append((f"{name}: p50", f"{statistics.median(lat):.1f} ms"))
         rows.append((f"{name}: p95", f"{lat[int(0.95 * len(lat)) - 1]:.1f} ms (goal <= 50)"))
         rows.append((f"{name}: throughput", f"{len(lat) / wall:,.0f} requests/s (goal >= 500)"))

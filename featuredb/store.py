@@ -51,6 +51,25 @@ _ID_EXPRESSIONS = {
 }
 
 
+ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of activations
+EXPLANATION_ORDER = '"scoreV1" DESC NULLS LAST, "id"'
+
+
+def feature_from_rows(feature: dict[str, Any], acts: list[dict[str, Any]], exps: list[dict[str, Any]]) -> Feature:
+    """Neuronpedia's feature from its row and its activation and explanation rows (in GET feature's order)."""
+    feature = {k: v for k, v in feature.items() if k not in INTERNAL_COLUMNS}
+    feature["index"] = str(feature["index"])
+    feature["activations"] = [_child(a) for a in acts]
+    feature["explanations"] = [_child(e) for e in exps]
+    return Feature.model_validate(feature)
+
+
+def _child(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != FEATURE_KEY_COLUMN[0]}
+    out["index"] = str(out["index"])
+    return out
+
+
 def default_db_path() -> str:
     """The store path from FEATUREDB_DB, else data/featuredb.duckdb."""
     return os.environ.get(DB_ENV) or DEFAULT_DB
@@ -241,6 +260,9 @@ class FeatureStore:
     def mark_search_stale(self) -> None:
         """Record that the search indexes must be rebuilt (done on close or before the next search)."""
         self.con.execute("UPDATE search_state SET value = 'true' WHERE key = 'dirty'")
+        from featuredb.feature_docs import clear_feature_docs  # documents derive from the same rows
+
+        clear_feature_docs(self.con)
 
     def _check_keys(self, table: Table, where: str, params: list[Any], relation: str | None = None) -> None:
         missing = " OR ".join(f'"{k}" IS NULL' for k in table.key)
@@ -300,26 +322,15 @@ class FeatureStore:
         if row is None:
             raise NotFoundError(f"feature {model}/{source}/{idx} is not in {self.path}")
         feature = dict(zip([d[0] for d in cur.description], row))
-        for internal in INTERNAL_COLUMNS:
-            feature.pop(internal, None)
-        feature["index"] = str(idx)
         limit = f" LIMIT {int(max_acts)}" if max_acts is not None else ""
-        feature["activations"] = self._rows(
-            f'SELECT * FROM activations WHERE {where} ORDER BY "maxValue" DESC NULLS LAST, "id"{limit}', key)
-        feature["explanations"] = self._rows(
-            f'SELECT * FROM explanations WHERE {where} ORDER BY "scoreV1" DESC NULLS LAST, "id"', key)
-        return Feature.model_validate(feature)
+        acts = self._rows(f'SELECT * FROM activations WHERE {where} ORDER BY {ACTIVATION_ORDER}{limit}', key)
+        exps = self._rows(f'SELECT * FROM explanations WHERE {where} ORDER BY {EXPLANATION_ORDER}', key)
+        return feature_from_rows(feature, acts, exps)
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, params)
         names = [d[0] for d in cur.description]
-        out = []
-        for r in cur.fetchall():
-            d = dict(zip(names, r))
-            d["index"] = str(d["index"])
-            d.pop(FEATURE_KEY_COLUMN[0], None)
-            out.append(d)
-        return out
+        return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def sources(self, model: str | None = None, source: str | None = None) -> list[tuple[str, str]]:
         """(modelId, source id) pairs that have features, activations, explanations or a source row."""

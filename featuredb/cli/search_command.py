@@ -103,18 +103,30 @@ def search_command(query: str, mode: str, model: str | None, sources: tuple[str,
 
 
 @click.command("reindex", short_help="Rebuild the search indexes (done automatically after writes).")
+@click.option("--feature-docs", is_flag=True,
+              help="Also pre-serialise every feature's GET /api/feature JSON (gzipped) so `featuredb serve` "
+                   "answers it from one lookup. Writes to features, activations or explanations drop them.")
 @db_option
 @json_option
-def reindex_command(db: str, as_json: bool) -> None:
+def reindex_command(feature_docs: bool, db: str, as_json: bool) -> None:
     """Rebuild BM25 postings, token and logit lookups and explanation embeddings from the store's rows.
 
     \b
     Example:
       featuredb reindex --db data/featuredb.duckdb
+      featuredb reindex --feature-docs && featuredb serve    # fast GET /api/feature
     """
     with open_store(db, read_only=False) as store:
-        timings = store.refresh_search(progress=None)
+        timings: dict[str, object] = dict(store.refresh_search(progress=None))
+        if feature_docs:
+            from featuredb.feature_docs import build_feature_docs
+
+            built = build_feature_docs(store)
+            timings["feature_docs"] = built["seconds"]
+            timings["feature_docs_count"] = built["features"]
+            timings["feature_docs_mb"] = round(built["gzip_bytes"] / 1e6, 1)
     if as_json:
         emit_json(timings)
     else:
-        click.echo(", ".join(f"{k} {v:.2f}s" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items()))
+        click.echo(", ".join(f"{k} {v:.2f}s" if isinstance(v, float) and not k.endswith("_mb") else
+                             f"{k} {v}" for k, v in timings.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 from typing import Any
 
@@ -13,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.explanation_search import search_explanations
+from featuredb.feature_docs import FeatureDocs
+from featuredb.identity import parse_index
 from featuredb.search.inference import InferenceBackend
 from featuredb.server.graph_routes import WriteDenied, graph_router
 from featuredb.server.inference_routes import inference_router
@@ -87,6 +90,11 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
             local.store = store.thread_view()
         return local.store
 
+    def docs() -> FeatureDocs:
+        if getattr(local, "docs", None) is None:
+            local.docs = FeatureDocs(view())
+        return local.docs
+
     app = FastAPI(title="featuredb (Neuronpedia-compatible API)", version="1.0",
                   description="Neuronpedia's API routes over a local featuredb store.")
     app.state.store = store
@@ -122,12 +130,19 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
         return Response(content=body, media_type="application/json")
 
     @app.get("/api/feature/{modelId}/{layer}/{index}", tags=["Features"], summary="Get Feature")
-    def get_feature(modelId: str, layer: str, index: str) -> Response:
+    def get_feature(modelId: str, layer: str, index: str, request: Request) -> Response:
         """One feature: its columns, activations (by maxValue, descending) and explanations."""
         try:
-            return json_response(view().get_feature(modelId, layer, index).model_dump_json())
+            idx = parse_index(index)
         except ValueError as e:
             raise FeatureDBError(str(e)) from None
+        doc = docs().gzipped(modelId, layer, idx)  # pre-serialised by `featuredb reindex --feature-docs`
+        if doc is not None:
+            if "gzip" in request.headers.get("accept-encoding", ""):
+                return Response(doc, media_type="application/json",
+                                headers={"content-encoding": "gzip", "vary": "accept-encoding"})
+            return Response(gzip.decompress(doc), media_type="application/json", headers={"vary": "accept-encoding"})
+        return json_response(view().get_feature(modelId, layer, idx).model_dump_json())
 
     @app.post("/api/features", tags=["Features"], summary="Get Features")
     def get_features(body: list[FeatureRequest]) -> Response:
