@@ -88,6 +88,12 @@ def test_labels_follow_neuronpedia_preference_and_keep_existing_clerps(store_db:
         again = graph_of([feat(4, clerp="my own label")], [])
         trace_label(store, again, overwrite=True)
         assert again["nodes"][0]["clerp"] != "my own label"
+        # clerps a person saved from circuit-tracer's frontend (a JSON string keyed by feature) stay
+        saved = graph_of([feat(1)], [])
+        saved["qParams"]["clerps"] = json.dumps([[str(cantor_pair(6, 1)), "edited in the frontend"]])
+        trace_label(store, saved)
+        assert json.loads(saved["qParams"]["clerps"]) == [[str(cantor_pair(6, 1)), "edited in the frontend"],
+                                                          [f"6_{cantor_pair(6, 1)}_1", "max-act-logits label"]]
 
 
 def test_online_fills_features_the_store_lacks_from_neuronpedia(store_db: Path) -> None:

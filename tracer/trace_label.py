@@ -29,6 +29,18 @@ class TraceLabelResult:
                                for s in self.supernodes]}
 
 
+def existing_clerps(value: Any) -> list[list[str]]:
+    """qParams.clerps as [[key, label], ...] from a list or a JSON string; anything else is no clerps."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError:
+            return []
+    if not isinstance(value, list):
+        return []
+    return [[str(p[0]), str(p[1])] for p in value if isinstance(p, (list, tuple)) and len(p) == 2]
+
+
 def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
                 source_set: str | None = None, overwrite: bool = False, online: Any = None,
                 options: SupernodeOptions | None = None, use_decoders: bool = True) -> TraceLabelResult:
@@ -54,6 +66,9 @@ def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", mode
                 pinned.append(nid)
                 seen.add(nid)
     qp["pinnedIds"] = pinned
-    # A JSON string, as circuit-tracer's and Neuronpedia's graph frontends read it (JSON.parse(qParams.clerps))
-    qp["clerps"] = json.dumps(subgraph_body(graph, mapping.model)["clerps"], ensure_ascii=False)
+    # A JSON string, as circuit-tracer's and Neuronpedia's graph frontends read it (JSON.parse(qParams.clerps));
+    # labels a person saved there before (the frontend keys them by feature) stay.
+    kept = existing_clerps(qp.get("clerps"))
+    ours = [c for c in subgraph_body(graph, mapping.model)["clerps"] if c[0] not in {k for k, _ in kept}]
+    qp["clerps"] = json.dumps(kept + ours, ensure_ascii=False)
     return TraceLabelResult(graph, report, proposed)
