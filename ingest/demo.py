@@ -19,6 +19,7 @@ from ingest.default_model import ensure_default_model
 from ingest.demo_profiles import Profile
 from ingest.run import IngestConfig, run_ingest
 from ingest.train_run import CHECKPOINT, REPORT, TrainRun, finished_report
+from ingest.training_table import print_training_table, summary_from_report
 
 DEMO_QUERIES = ("software license", "Python programming")
 
@@ -93,20 +94,20 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
     cfg = profile.train_config(str(tc_dir), model=str(model_dir), corpus=str(corpus), device=device)
     layers = "all layers" if profile.layers is None else f"layers {', '.join(map(str, profile.layers))}"
 
-    def train() -> list[dict[str, Any]]:
+    def train() -> dict[str, Any]:
         done = finished_report(cfg)
         if done is not None:
             if not quiet:
                 echo(f"   already trained with these settings: {tc_dir / REPORT}")
-            return done["layers"]
-        s = TrainRun(cfg).run(resume=(tc_dir / CHECKPOINT).exists())
-        return [asdict(r) for r in s.layers]
+            return done
+        return TrainRun(cfg).run(resume=(tc_dir / CHECKPOINT).exists()).as_dict()
 
-    summary.training = steps.run("train", f"training {cfg.settings.n_features}-feature skip-transcoders for {layers} "
-                                 f"on {profile.train_tokens:,} tokens", train)
+    report = steps.run("train", f"training {cfg.settings.n_features}-feature skip-transcoders for {layers} "
+                       f"on {profile.train_tokens:,} tokens", train)
+    summary.training = report["layers"]
     if not quiet:
-        for r in summary.training:
-            echo(f"   layer {r['layer']:>2}: FVU {r['fvu']:.3f}, L0 {r['l0']:.1f}, dead {r['dead_fraction']:.1%}")
+        print_training_table(summary_from_report(report),
+                             echo=lambda line: echo(f"   {line}"))
     ing = IngestConfig(transcoders=[str(tc_dir)], model=str(model_dir), corpus=str(corpus),
                        max_tokens=profile.ingest_tokens, model_id="smollm2-135m-instruct", device=device)
     ingest_summary = steps.run("ingest", f"indexing features over {profile.ingest_tokens:,} tokens into {db}",

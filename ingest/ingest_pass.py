@@ -13,10 +13,11 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
 from ingest.architectures import arch_spec, blocks, d_model
-from ingest.corpus import CorpusStats, expects_bos, iter_documents, iter_windows
+from ingest.corpus import CorpusStats, iter_documents, iter_windows
 from ingest.feature_state import LayerState
 from ingest.harvest import Harvester
 from ingest.model_loading import LoadedModel, load_model
+from ingest.sink_positions import SINK_POSITIONS
 from ingest.transcoder_formats import TranscoderSet, load_transcoders
 
 
@@ -94,7 +95,6 @@ class IngestPass:
                 raise FeatureDBError(f"{t.path}: transcoder d_model {t.d_model} != model d_model {width}")
             t.to(self.lm.device, torch.float32)
         self.set_name = cfg.source_set or self.tset.name
-        self.bos = expects_bos(self.lm.tokenizer)
         self.states = {t.layer: LayerState.empty(t.d_transcoder, cfg.k, cfg.reservoir, cfg.ctx_len, self.lm.device)
                        for t in self.tset.transcoders}
         self.bank: dict[int, np.ndarray] = {}
@@ -161,14 +161,13 @@ class IngestPass:
                 win_ids = torch.arange(first, first + len(windows))
                 for t in self.tset.transcoders:
                     acts = t.encode(captured[(t.layer, t.hook_in)].float())
-                    if self.bos:
-                        acts[:, 0, :] = 0  # BOS activations are outliers Neuronpedia hides too
+                    acts[:, :SINK_POSITIONS, :] = 0  # the attention sink (BOS or not), hidden as Neuronpedia hides BOS
                     self.states[t.layer].update(acts, win_ids)
                 for w, row in zip(win_ids.tolist(), ids.numpy()):
                     self.bank[w] = row
                 self.progress.batches_done = b + 1
                 self.progress.windows_seen += len(windows)
-                self.progress.tokens_counted += len(windows) * (self.cfg.ctx_len - (1 if self.bos else 0))
+                self.progress.tokens_counted += len(windows) * (self.cfg.ctx_len - SINK_POSITIONS)
                 bar.update(n_tok)
                 if checkpoint is not None and self.progress.batches_done % every == 0:
                     save_state_file(self.state_dict(complete=False), checkpoint)

@@ -21,6 +21,7 @@ from ingest.feature_state import LayerState
 from ingest.ingest_pass import IngestConfig, IngestPass, load_state_file, save_state_file
 from ingest.logit_lens import logit_stats
 from ingest.records import RecordOptions, layer_records
+from ingest.sink_positions import SINK_POSITIONS
 
 __all__ = ["IngestConfig", "IngestSummary", "merge_shards", "run_ingest"]
 
@@ -93,7 +94,7 @@ def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerS
         "createdAt": now,
         "settings": _json({"layer": t.layer, "path": _absolute(t.path), "format": ing.tset.format, "hook_in": t.hook_in,
                            "hook_out": t.hook_out, "activation": t.activation, "k": t.k,
-                           "d_transcoder": t.d_transcoder, "bos_excluded": ing.bos}),
+                           "d_transcoder": t.d_transcoder, "bos_excluded": True, "sink_positions_excluded": SINK_POSITIONS}),
     } for t in ing.tset.transcoders])
     with store.transaction() as con:
         store.upsert({"models": model_row, "source_sets": set_row, "sources": source_rows}, in_transaction=False)

@@ -7,15 +7,14 @@ import click
 from featuredb.cli.common import emit_json, json_option
 from ingest.cli import parse_layers
 from ingest.train_run import TrainConfig, TrainRun, TrainSummary
+from ingest.training_table import print_training_table
 from ingest.transcoder_training import TrainSettings
 
 
 def _print_summary(s: TrainSummary) -> None:
     click.echo(f"{s.model_id} / {s.set_name}: {s.train_tokens:,} training and {s.test_tokens:,} held-out tokens, "
-               f"{s.tokens_per_second:,.0f} training tok/s, {s.timings['total']:.1f}s")
-    click.echo(f"{'layer':>5}  {'FVU':>6}  {'skip-only FVU':>13}  {'L0':>6}  {'dead':>6}")
-    for r in s.layers:
-        click.echo(f"{r.layer:>5}  {r.fvu:>6.3f}  {r.skip_only_fvu:>13.3f}  {r.l0:>6.1f}  {r.dead_fraction:>6.1%}")
+               f"{s.tokens_per_second:,.0f} training token-layers/s, {s.timings['total']:.1f}s")
+    print_training_table(s)
     click.echo(f"saved to {s.out} (circuit-tracer format); index it with: "
                f"featuredb ingest --model default --transcoders {s.out}")
 
@@ -34,13 +33,15 @@ def _print_summary(s: TrainSummary) -> None:
               help="topk trains BatchTopK and saves a JumpReLU threshold; jumprelu trains thresholds directly.")
 @click.option("--k", default=32, show_default=True, type=click.IntRange(1), help="Active features per token (target).")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=5e-3, show_default=True, type=float)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--batch-tokens", default=512, show_default=True, type=click.IntRange(16))
 @click.option("--no-skip", is_flag=True, help="Train without the linear skip connection.")
 @click.option("--set-name", help="Source-set name (default featuredb-skip-4k for 4096 features).")
 @click.option("--ctx-len", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--memory-gb", default=6.0, show_default=True, type=float,
               help="Activation memory per group of layers that share one harvest.")
+@click.option("--ce-tokens", default=1024, show_default=True, type=click.IntRange(0),
+              help="Held-out tokens for the spliced-in next-token loss (0: skip it).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(1), help="Optimiser steps.")
@@ -49,11 +50,14 @@ def _print_summary(s: TrainSummary) -> None:
 def train_command(model: str | None, layers: str | None, out: str, corpus: str | None, text_field: str,
                   train_tokens: int, test_tokens: int, n_features: int, activation: str, k: int, epochs: int,
                   lr: float, batch_tokens: int, no_skip: bool, set_name: str | None, ctx_len: int, memory_gb: float,
-                  device: str | None, seed: int, checkpoint_every: int, resume: bool, as_json: bool) -> None:
+                  ce_tokens: int, device: str | None, seed: int, checkpoint_every: int, resume: bool, as_json: bool) -> None:
     """Train per-layer skip-transcoders (MLP input to MLP output) and save them in circuit-tracer's format.
 
-    All requested layers are read from one forward pass per batch; held-out FVU, mean L0 and the dead
-    fraction are reported per layer and written to OUT/training_report.json.
+    All requested layers are read from one forward pass per batch. Position 0 of every window (the attention
+    sink) and residual-norm outliers are never trained or evaluated on. Per layer, OUT/training_report.json
+    and the printed table give held-out FVU, skip-only FVU, L0, dead and duplicate fractions, and the
+    spliced-in next-token loss against the clean and zero-ablated model (plus all layers at once). A layer
+    that does not beat its skip path is retrained, or the command fails naming it.
 
     \b
     Example:
@@ -63,7 +67,7 @@ def train_command(model: str | None, layers: str | None, out: str, corpus: str |
                              batch_tokens=batch_tokens, skip=not no_skip, seed=seed)
     cfg = TrainConfig(out=out, model=model, layers=parse_layers(layers), corpus=corpus, text_field=text_field,
                       train_tokens=train_tokens, test_tokens=test_tokens, ctx_len=ctx_len, set_name=set_name,
-                      settings=settings, memory_gb=memory_gb, device=device)
+                      settings=settings, memory_gb=memory_gb, device=device, ce_tokens=ce_tokens)
     summary = TrainRun(cfg).run(resume=resume, checkpoint_every=checkpoint_every)
     if as_json:
         emit_json(summary.as_dict())

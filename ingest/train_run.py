@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from featuredb.errors import FeatureDBError
 from ingest.architectures import arch_spec, blocks, d_model
 from ingest.ingest_pass import load_state_file, save_state_file
 from ingest.model_loading import LoadedModel, load_model
-from ingest.training_data import LayerPairs, collect_pairs
-from ingest.transcoder_training import SkipTranscoder, TrainSettings
+from ingest.splice_eval import spliced_losses
+from ingest.training_data import LayerPairs, collect_pairs, held_out_windows
+from ingest.transcoder_formats import load_transcoders
+from ingest.transcoder_training import RESAMPLE_AT, SkipTranscoder, TrainSettings, duplicate_mask
 from ingest.transcoder_writer import write_config, write_layer
 
 CHECKPOINT = "train-checkpoint.pt"
@@ -40,6 +43,7 @@ class TrainConfig:
     settings: TrainSettings = field(default_factory=TrainSettings)
     memory_gb: float = 6.0  # activation memory per group of layers trained together
     device: str | None = None
+    ce_tokens: int = 1024  # held-out tokens for the spliced-in next-token loss (0: skip it)
 
     def fingerprint(self) -> dict[str, Any]:
         """Fields a checkpoint must agree on."""
@@ -51,14 +55,20 @@ class TrainConfig:
 
 @dataclass
 class LayerReport:
-    """Held-out quality of one trained layer."""
+    """Held-out quality of one trained layer (FVU, sparsity, health, and the spliced-in next-token loss)."""
 
     layer: int
     fvu: float
     skip_only_fvu: float
     l0: float
-    dead_fraction: float
+    dead_fraction: float  # features that fire on none of the held-out tokens and a 16,384-token training sample
     threshold: float
+    duplicate_fraction: float = 0.0  # decoder cosine > 0.99 with a lower-numbered feature, from the saved weights
+    outlier_tokens: int = 0  # positions flagged as residual-norm outliers at this layer (left out of every layer)
+    attempts: int = 1  # trainings needed (a layer that does not beat its skip path is retrained)
+    ce_spliced: float | None = None  # held-out next-token loss with this layer's MLP replaced by the transcoder
+    ce_zero_ablated: float | None = None  # ... with this layer's MLP output zeroed
+    ce_recovered: float | None = None  # (zero-ablated - spliced) / (zero-ablated - clean)
 
 
 @dataclass
@@ -73,6 +83,11 @@ class TrainSummary:
     test_tokens: int
     tokens_per_second: float  # training tokens x layers per second of optimisation
     timings: dict[str, float]
+    sink_tokens: int = 0  # position-0 tokens left out of training and evaluation
+    outlier_tokens: int = 0  # other positions left out (residual norm > 10x the batch median)
+    ce_clean: float | None = None
+    ce_tokens: int = 0
+    all_layers: dict[str, float] = field(default_factory=dict)  # every trained layer spliced in at once
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -93,15 +108,12 @@ def _groups(layers: list[int], per_layer_bytes: int, budget: float) -> list[list
     return [layers[i:i + size] for i in range(0, len(layers), size)]
 
 
-def _skip_only_fvu(m: SkipTranscoder, p: LayerPairs) -> float:
-    saved = m.batch_threshold.clone(), m.log_threshold.detach().clone()
-    with torch.no_grad():
-        m.batch_threshold.fill_(float("inf"))
-        m.log_threshold.fill_(float("inf"))
-        fvu = m.evaluate(p.x_test, p.y_test)["fvu"]
-        m.batch_threshold.copy_(saved[0])
-        m.log_threshold.copy_(saved[1])
-    return fvu
+DEAD_SAMPLE = 16_384  # training tokens that, with the held-out ones, decide whether a feature is dead
+MAX_ATTEMPTS = 3  # trainings per layer before a layer that does not beat its skip path is an error
+
+
+def _healthy(ev: dict[str, Any], skip_fvu: float) -> bool:
+    return math.isfinite(ev["fvu"]) and ev["fvu"] < min(1.0, skip_fvu)
 
 
 class TrainRun:
@@ -126,6 +138,7 @@ class TrainRun:
         self.out = Path(cfg.out)
         width = f"{s.n_features // 1024}k" if s.n_features % 1024 == 0 else str(s.n_features)
         self.set_name = cfg.set_name or f"featuredb-skip-{width}"
+        self.diverged: set[int] = set()  # layers whose training loss became non-finite (retrained)
 
     # -- checkpoints -------------------------------------------------------------------------------------
 
@@ -139,8 +152,10 @@ class TrainRun:
         return saved
 
     def _save_checkpoint(self, done: list[dict[str, Any]], group: list[int] | None, step: int,
-                         models: dict[int, SkipTranscoder], opts: dict[int, torch.optim.Optimizer]) -> None:
-        save_state_file({"featuredb_train": 1, "config": self.cfg.fingerprint(), "done": done, "group": group,
+                         models: dict[int, SkipTranscoder], opts: dict[int, torch.optim.Optimizer],
+                         excluded: dict[str, int]) -> None:
+        save_state_file({"featuredb_train": 2, "config": self.cfg.fingerprint(), "done": done, "group": group,
+                         "excluded": excluded,
                          "step": step, "models": {k: m.state_dict() for k, m in models.items()},
                          "optimizers": {k: o.state_dict() for k, o in opts.items()}}, self.out / CHECKPOINT)
 
@@ -153,11 +168,13 @@ class TrainRun:
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self._load_checkpoint() if resume else None
         done: list[dict[str, Any]] = list(saved["done"]) if saved else []
+        excluded: dict[str, int] = dict(saved.get("excluded", {})) if saved else {}
         finished = {d["layer"] for d in done}
         per_layer = (cfg.train_tokens + cfg.test_tokens) * self.d_model * 2 * 2
-        timings = {"harvest": 0.0, "train": 0.0, "evaluate": 0.0}
+        timings = {"harvest": 0.0, "train": 0.0, "evaluate": 0.0, "spliced_loss": 0.0}
         trained_tokens = 0
         n_train = n_test = 0
+        test_windows: list[list[int]] = []
         for group in _groups(self.layers, per_layer, cfg.memory_gb):
             todo = [layer for layer in group if layer not in finished]
             if not todo:
@@ -166,33 +183,30 @@ class TrainRun:
             pairs, ps = collect_pairs(self.lm, todo, corpus=cfg.corpus, train_tokens=cfg.train_tokens,
                                       test_tokens=cfg.test_tokens, ctx_len=cfg.ctx_len, batch_size=cfg.batch_size,
                                       text_field=cfg.text_field, progress=self.progress)
-            n_train, n_test = ps.train_tokens, ps.test_tokens
+            n_train, n_test, test_windows = ps.train_tokens, ps.test_tokens, ps.test_windows
+            excluded = {"sink_tokens": ps.sink_tokens, "outlier_tokens": ps.outlier_tokens,
+                        **{str(k): v for k, v in ps.outliers_by_layer.items()},
+                        **{k: v for k, v in excluded.items() if k not in ("sink_tokens", "outlier_tokens")}}
             timings["harvest"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             models, opts = {}, {}
             for layer in todo:
-                m = SkipTranscoder(self.d_model, s)
-                m.initialise(pairs[layer].x_train[:20_000], pairs[layer].y_train[:20_000])
-                models[layer] = m
-                opts[layer] = torch.optim.Adam(m.parameters(), lr=s.lr)
+                models[layer], opts[layer] = self._new_model(pairs[layer], s)
             start = 0
             if saved and saved.get("group") == todo:
                 for layer in todo:
                     models[layer].load_state_dict(saved["models"][layer])
                     opts[layer].load_state_dict(saved["optimizers"][layer])
                 start = saved["step"]
-            trained_tokens += self._optimise(todo, pairs, models, opts, start, done, checkpoint_every)
+            trained_tokens += self._optimise(todo, pairs, models, opts, start, done, checkpoint_every, excluded)
             timings["train"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for layer in todo:
-                m, p = models[layer], pairs[layer]
-                threshold = m.calibrate_threshold(p.x_train[:16_384])
-                ev = m.evaluate(p.x_test, p.y_test)
-                write_layer(self.out, m.export(layer))
-                done.append(asdict(LayerReport(layer, ev["fvu"], _skip_only_fvu(m, p), ev["l0"],
-                                               ev["dead_fraction"], threshold)))
+                report, extra_tokens = self._finish_layer(layer, models[layer], pairs[layer], excluded)
+                trained_tokens += extra_tokens
+                done.append(report)
             timings["evaluate"] += time.perf_counter() - t0
-            self._save_checkpoint(done, None, 0, {}, {})
+            self._save_checkpoint(done, None, 0, {}, {}, excluded)
             del pairs
         done.sort(key=lambda d: d["layer"])
         write_config(self.out, [d["layer"] for d in done], model_name=self.lm.path,
@@ -202,23 +216,89 @@ class TrainRun:
                                          "test_tokens": cfg.test_tokens, "corpus": cfg.corpus or "installed-docs"}})
         summary = TrainSummary(str(self.out), self.lm.model_id, self.set_name, [LayerReport(**d) for d in done],
                                n_train, n_test, trained_tokens / timings["train"] if timings["train"] else 0.0,
-                               {**timings, "total": time.perf_counter() - t_start})
+                               timings, sink_tokens=excluded.get("sink_tokens", 0),
+                               outlier_tokens=excluded.get("outlier_tokens", 0))
+        t0 = time.perf_counter()
+        if cfg.ce_tokens:
+            self._spliced_loss(summary, test_windows)
+        timings["spliced_loss"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_start
         report = {**summary.as_dict(), "fingerprint": cfg.fingerprint()}
-        (self.out / REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        tmp = self.out / (REPORT + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        tmp.replace(self.out / REPORT)
         (self.out / CHECKPOINT).unlink(missing_ok=True)
         return summary
 
+    def _new_model(self, p: LayerPairs, s: TrainSettings) -> tuple[SkipTranscoder, torch.optim.Optimizer]:
+        m = SkipTranscoder(self.d_model, s)
+        m.initialise(p.x_train[:20_000], p.y_train[:20_000])
+        return m, torch.optim.Adam(m.parameters(), lr=s.lr)
+
+    def _finish_layer(self, layer: int, m: SkipTranscoder, p: LayerPairs, excluded: dict[str, int]
+                      ) -> tuple[dict[str, Any], int]:
+        """Calibrate and evaluate a trained layer; retrain it (lower learning rate, new seed) until it beats its
+        skip path, or fail naming the layer. Writes the layer file; returns its report and extra tokens trained."""
+        s = self.cfg.settings
+        extra_tokens = 0
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            if attempt > 1:
+                self.diverged.discard(layer)
+                retry = replace(s, lr=s.lr * 0.25 ** (attempt - 1), seed=s.seed + 1000 * attempt)
+                m, opt = self._new_model(p, retry)
+                extra_tokens += self._optimise([layer], {layer: p}, {layer: m}, {layer: opt}, 0, [], None, excluded)
+            threshold = m.calibrate_threshold(p.x_train[:DEAD_SAMPLE])
+            ev = m.evaluate(p.x_test, p.y_test)
+            # Dead: fires on none of the held-out tokens and none of the first DEAD_SAMPLE training tokens.
+            fired = ev["fired"] | m.fired_in_calibration()
+            ev["dead_fraction"] = float((~fired).float().mean())
+            skip_fvu = m.evaluate(p.x_test, p.y_test, features=False)["fvu"]
+            if layer not in self.diverged and _healthy(ev, skip_fvu):
+                break
+            if self.progress is not False:
+                why = "diverged" if layer in self.diverged else \
+                    f"held-out FVU {ev['fvu']:.3g} does not beat its skip path ({skip_fvu:.3g})"
+                tqdm.write(f"layer {layer}: {why}; retraining with a lower learning rate")
+        else:
+            why = "training diverged" if layer in self.diverged else \
+                f"held-out FVU {ev['fvu']:.3g} is not below its skip path's {skip_fvu:.3g} (or 1)"
+            raise FeatureDBError(f"layer {layer}: {why} after {MAX_ATTEMPTS} attempts; layer {layer} was not saved")
+        t = m.export(layer)
+        write_layer(self.out, t)
+        dup = float(duplicate_mask(t.W_dec, s.duplicate_cosine).float().mean())
+        report = LayerReport(layer, ev["fvu"], skip_fvu, ev["l0"], ev["dead_fraction"], threshold, dup,
+                             excluded.get(str(layer), 0), attempt)
+        return asdict(report), extra_tokens
+
+    def _spliced_loss(self, summary: TrainSummary, windows: list[list[int]]) -> None:
+        cfg = self.cfg
+        if not windows:
+            windows = held_out_windows(self.lm.tokenizer, cfg.corpus, text_field=cfg.text_field, ctx_len=cfg.ctx_len,
+                                       train_tokens=cfg.train_tokens, test_tokens=cfg.test_tokens)
+        n = max(1, cfg.ce_tokens // cfg.ctx_len)
+        ids = torch.tensor(windows[:n], dtype=torch.long, device=self.lm.device)
+        tset = load_transcoders([self.out])
+        transcoders = {t.layer: t.to(self.lm.device, torch.float32) for t in tset.transcoders}
+        res = spliced_losses(self.lm.model, ids, transcoders)
+        summary.ce_clean, summary.ce_tokens, summary.all_layers = res.clean, res.tokens, res.all_layers
+        for r in summary.layers:
+            row = res.layers[r.layer]
+            r.ce_spliced, r.ce_zero_ablated, r.ce_recovered = row["spliced"], row["zero_ablated"], row["recovered"]
+
     def _optimise(self, todo: list[int], pairs: dict[int, LayerPairs], models: dict[int, SkipTranscoder],
                   opts: dict[int, torch.optim.Optimizer], start: int, done: list[dict[str, Any]],
-                  checkpoint_every: int) -> int:
-        s = self.cfg.settings
+                  checkpoint_every: int | None, excluded: dict[str, int]) -> int:
+        """Epochs over the cached pairs for every layer of `todo` in lock step; returns tokens x layers trained."""
+        s = models[todo[0]].s
         n = min(len(pairs[layer].x_train) for layer in todo)
         per_epoch = max(1, n // s.batch_tokens)
         total = per_epoch * s.epochs
+        resample_at = {max(1, int(total * f)) for f in RESAMPLE_AT} if s.resample else set()
         bar = tqdm(total=total * s.batch_tokens * len(todo), initial=start * s.batch_tokens * len(todo), unit="tok",
                    unit_scale=True, desc=f"train layers {todo[0]}-{todo[-1]}" if len(todo) > 1 else
                    f"train layer {todo[0]}", disable=None if self.progress is None else not self.progress)
         running: dict[int, float] = {}
+        diverged = self.diverged
         perm = torch.empty(0, dtype=torch.long)
         try:
             for step in range(start, total):
@@ -228,19 +308,32 @@ class TrainRun:
                 idx = perm[i * s.batch_tokens:(i + 1) * s.batch_tokens]
                 lr = s.lr * min(1.0, (total - step) / (0.2 * total))  # constant, then linear decay over the last 20%
                 for layer in todo:
+                    if layer in diverged:
+                        continue
                     m, opt = models[layer], opts[layer]
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    loss, parts = m.loss(pairs[layer].x_train[idx], pairs[layer].y_train[idx])
+                    p = pairs[layer]
+                    if step in resample_at:
+                        g = torch.Generator().manual_seed(s.seed * 7919 + step)
+                        sample = torch.randint(n, (min(n, 8 * s.batch_tokens),), generator=g)
+                        m.resample(p.x_train[sample], p.y_train[sample], opt, seed=s.seed * 7919 + step)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    loss, parts = m.loss(p.x_train[idx], p.y_train[idx])
+                    if not math.isfinite(parts["fvu"]):
+                        diverged.add(layer)  # _finish_layer sees it and retrains this layer
+                        continue
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    if s.clip_grad:
+                        torch.nn.utils.clip_grad_norm_(m.parameters(), s.clip_grad)
                     opt.step()
                     m.normalise_decoder()
                     running[layer] = parts["fvu"] if layer not in running else 0.95 * running[layer] + 0.05 * parts["fvu"]
                 bar.update(s.batch_tokens * len(todo))
-                bar.set_postfix(fvu=f"{sum(running.values()) / len(running):.3f}", epoch=epoch + 1)
-                if (step + 1) % checkpoint_every == 0 and step + 1 < total:
-                    self._save_checkpoint(done, todo, step + 1, models, opts)
+                if running:
+                    bar.set_postfix(fvu=f"{sum(running.values()) / len(running):.3f}", epoch=epoch + 1)
+                if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
+                    self._save_checkpoint(done, todo, step + 1, models, opts, excluded)
         finally:
             bar.close()
         return (total - start) * s.batch_tokens * len(todo)

@@ -85,3 +85,12 @@ class Transcoder:
             vals, idx = pre.topk(self.k, dim=-1)
             return torch.zeros_like(pre).scatter_(-1, idx, vals)
         return torch.relu(pre)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The transcoder's estimate of the MLP output for inputs (..., d_model): features, b_dec and skip."""
+        out = self.encode(x) @ self.W_dec
+        if self.b_dec is not None:
+            out = out + self.b_dec
+        if self.W_skip is not None:
+            out = out + x.to(self.W_skip.dtype) @ self.W_skip.T
+        return out

@@ -90,6 +90,37 @@ def test_stored_example_equals_an_independent_recomputation(setup: dict[str, Pat
     torch.testing.assert_close(torch.tensor(example.values, dtype=torch.float32), acts, rtol=1e-4, atol=1e-5)
 
 
+def test_position_zero_never_reaches_examples_or_statistics(setup: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No BOS in the tokenizer: position 0 is still the sink, and a huge activation planted there is not indexed."""
+    import ingest.ingest_pass as ingest_pass
+
+    model = make_tiny_llama(tmp_path / "nobos", bos=False)
+    cfg = _cfg(setup, model=str(model), layers=[1])
+    run_ingest(cfg, str(tmp_path / "clean.duckdb"), progress=False)
+    real_load = ingest_pass.load_model
+
+    def load_with_planted_sink(*args, **kw):  # type: ignore[no-untyped-def]
+        lm = real_load(*args, **kw)
+
+        def boost(_m, _a, out):  # type: ignore[no-untyped-def]
+            out = out.clone()
+            out[:, 0] *= 1e4
+            return out
+
+        lm.model.model.layers[1].post_attention_layernorm.register_forward_hook(boost)
+        return lm
+
+    monkeypatch.setattr(ingest_pass, "load_model", load_with_planted_sink)
+    run_ingest(cfg, str(tmp_path / "planted.duckdb"), progress=False)
+    clean, planted = _rows(tmp_path / "clean.duckdb"), _rows(tmp_path / "planted.duckdb")
+    assert planted["features"] == clean["features"] and planted["activations"] == clean["activations"]
+    with FeatureStore(tmp_path / "planted.duckdb", read_only=True) as store:
+        for i in range(N_FEATURES):
+            for a in store.get_feature("tiny", "1-tc16", i).activations:
+                assert a.values[0] == 0 and a.maxValueTokenIndex != 0
+
+
 def _rows(db: Path) -> dict[str, list[tuple]]:
     with FeatureStore(db, read_only=True) as store:
         return {t: table_snapshot(store.con, t) for t in ("features", "activations")}

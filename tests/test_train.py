@@ -148,3 +148,125 @@ def test_finished_report_is_found_only_for_the_same_settings(inputs: dict[str, P
     report = finished_report(_cfg(inputs, trained))
     assert report is not None and [r["layer"] for r in report["layers"]] == [0, 1, 2]
     assert finished_report(_cfg(inputs, trained, settings=replace(SETTINGS, k=8))) is None
+
+
+def _plant(model: torch.nn.Module, layers: list[int], *, position: int, scale: float, where: str) -> list:  # type: ignore[type-arg]
+    """Make `position` of every window an extreme outlier at `layers`: the MLP input ('mlp_in') or the residual."""
+    handles = []
+    for layer in layers:
+        norm = model.model.layers[layer].post_attention_layernorm
+        if where == "mlp_in":
+            def boost_out(_m, _a, out, position=position):  # type: ignore[no-untyped-def]
+                out = out.clone()
+                out[:, position] *= scale
+                return out
+            handles.append(norm.register_forward_hook(boost_out))
+        else:
+            def boost_in(_m, args, position=position):  # type: ignore[no-untyped-def]
+                x = args[0].clone()
+                x[:, position] *= scale
+                return (x, *args[1:])
+            handles.append(norm.register_forward_pre_hook(boost_in))
+    return handles
+
+
+@pytest.fixture(scope="module")
+def no_bos_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("nobos") / "model", bos=False)
+
+
+def test_position_zero_never_reaches_training_pairs(inputs: dict[str, Path], no_bos_model: Path) -> None:
+    """A tokenizer without BOS still has a sink at position 0: a huge activation planted there is left out."""
+    lm = load_model(str(no_bos_model), dtype="float32")
+    clean, _ = collect_pairs(lm, [1], corpus=str(inputs["corpus"]), train_tokens=1500, test_tokens=300,
+                             ctx_len=16, batch_size=8, progress=False)
+    handles = _plant(lm.model, [1], position=0, scale=1e4, where="mlp_in")
+    try:
+        pairs, summary = collect_pairs(lm, [1], corpus=str(inputs["corpus"]), train_tokens=1500, test_tokens=300,
+                                       ctx_len=16, batch_size=8, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert summary.sink_tokens > 0 and summary.train_tokens + summary.test_tokens == summary.sink_tokens * 15
+    planted = pairs[1].x_train.float().norm(dim=1).max()
+    assert planted < 10 * clean[1].x_train.float().norm(dim=1).max(), "a position-0 activation was kept"
+    assert torch.equal(pairs[1].x_train, clean[1].x_train) and torch.equal(pairs[1].y_test, clean[1].y_test)
+
+
+def test_residual_outliers_are_left_out_and_counted(inputs: dict[str, Path]) -> None:
+    lm = load_model(str(inputs["model"]), dtype="float32")
+    handles = _plant(lm.model, [0, 2], position=5, scale=1e3, where="resid_mid")
+    try:
+        pairs, summary = collect_pairs(lm, [0, 2], corpus=str(inputs["corpus"]), train_tokens=1500, test_tokens=300,
+                                       ctx_len=16, batch_size=8, progress=False)
+    finally:
+        for h in handles:
+            h.remove()
+    windows = summary.sink_tokens  # one sink per window
+    assert summary.outlier_tokens == windows, "position 5 of every window is an outlier"
+    assert summary.outliers_by_layer[0] == windows and summary.outliers_by_layer[2] >= windows
+    assert summary.train_tokens + summary.test_tokens == windows * 14
+    assert len(pairs[0].x_train) == len(pairs[2].x_train) == summary.train_tokens
+
+
+def test_a_layer_that_diverges_is_retrained(inputs: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from ingest.transcoder_training import SkipTranscoder
+
+    real = SkipTranscoder.loss
+
+    def nan_on_first_attempt(self, x, y):  # type: ignore[no-untyped-def]
+        loss, parts = real(self, x, y)
+        if self.s.lr == SETTINGS.lr:  # retries use a lower learning rate
+            parts["fvu"] = float("nan")
+        return loss, parts
+
+    monkeypatch.setattr(SkipTranscoder, "loss", nan_on_first_attempt)
+    summary = TrainRun(_cfg(inputs, tmp_path / "tc", layers=[1]), progress=False).run()
+    (r,) = summary.layers
+    assert r.attempts == 2 and r.fvu < r.skip_only_fvu
+    assert (tmp_path / "tc" / "layer_1.safetensors").exists()
+
+
+def test_a_layer_that_never_recovers_is_an_error_not_a_file(inputs: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from featuredb.errors import FeatureDBError
+    from ingest.transcoder_training import SkipTranscoder
+
+    real = SkipTranscoder.loss
+
+    def always_nan(self, x, y):  # type: ignore[no-untyped-def]
+        loss, parts = real(self, x, y)
+        parts["fvu"] = float("nan")
+        return loss, parts
+
+    monkeypatch.setattr(SkipTranscoder, "loss", always_nan)
+    with pytest.raises(FeatureDBError, match=r"^layer 1: training diverged after 3 attempts; layer 1 was not saved$"):
+        TrainRun(_cfg(inputs, tmp_path / "tc", layers=[1]), progress=False).run()
+    assert not (tmp_path / "tc" / "layer_1.safetensors").exists()
+    assert not (tmp_path / "tc" / "config.yaml").exists()
+
+
+def test_sparse_training_gradients_equal_dense_ones() -> None:
+    """The sparse BatchTopK path must compute exactly the gradients of the dense formulation it replaces."""
+    from ingest.transcoder_training import SkipTranscoder
+
+    torch.manual_seed(0)
+    x, y = torch.randn(600, 24), torch.randn(600, 24)
+    m = SkipTranscoder(24, replace(SETTINGS, aux_k=0))
+    m.initialise(x, y)
+    loss, _ = m.loss(x[:64], y[:64])
+    loss.backward()
+    sparse_grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    xn, yn = x[:64] / m.scale_in, y[:64] / m.scale_out
+    pre = m.pre_activations(xn)
+    with torch.no_grad():
+        sel = m.select(pre)
+        mask = torch.zeros_like(pre, dtype=torch.bool)
+        mask[sel.rows, sel.feats] = True
+    out = (pre * mask) @ m.W_dec + m.b_dec + xn @ m.W_skip.T
+    ((yn - out).pow(2).sum() / (yn - yn.mean(0)).pow(2).sum()).backward()
+    assert set(sparse_grads) == {"W_enc", "b_enc", "W_dec", "b_dec", "W_skip"}
+    for name, g in sparse_grads.items():
+        assert torch.allclose(g, dict(m.named_parameters())[name].grad, atol=1e-6), name
