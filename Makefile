@@ -1,19 +1,32 @@
 # The two commands of the README: `make demo` (main job) and `make test`.
-# Both create .venv on first use: torch 2.13.0 (the CPU wheel) first, then the project.
-VENV  := .venv
-PY    := $(VENV)/bin/python
-FDB   := $(VENV)/bin/featuredb
-STAMP := $(VENV)/.installed-stamp
+# .venv is the circuit-tracer environment: torch 2.13.0 (the CPU wheel) first, then the project with its
+# circuit-tracer extra (transformers 4.57.x, huggingface-hub < 1, nnsight 0.7). .venv-tf5 is a lean second
+# environment on the newest transformers 5, where the tests that do not need circuit-tracer run again.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+FDB    := $(VENV)/bin/featuredb
+STAMP  := $(VENV)/.installed-stamp
+VENV5  := .venv-tf5
+PY5    := $(VENV5)/bin/python
+STAMP5 := $(VENV5)/.installed-stamp
+PIP    := -m pip install -q --disable-pip-version-check
 
 .PHONY: demo test bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) $(PIP) torch==2.13.0
+	$(PY) $(PIP) -e '.[dev,circuit-tracer]'
 	touch $(STAMP)
 
-# The main job: default model -> offline corpus -> trained transcoders -> index -> labels -> searches -> exports.
+$(STAMP5): pyproject.toml
+	test -x $(PY5) || python3 -m venv $(VENV5)
+	$(PY5) $(PIP) torch==2.13.0
+	$(PY5) $(PIP) -e '.[dev]' 'transformers>=5'
+	touch $(STAMP5)
+
+# The main job: default model -> offline corpus -> transcoders for all 30 layers -> index -> labels -> searches
+# -> attribution graphs (circuit-tracer), labelled and grouped -> exports.
 demo: $(STAMP)
 	$(FDB) demo
 
@@ -25,11 +38,12 @@ browser:
 	@command -v npm >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null)
 
-test: $(STAMP) browser
+test: $(STAMP) $(STAMP5) browser
 	$(PY) -m pytest -q
+	$(PY5) -m pytest -q -m "not circuit_tracer"
 
 bench: $(STAMP)
 	$(PY) bench/bench_store.py
 
 clean:
-	rm -rf $(VENV) data/featuredb.duckdb data/corpus data/transcoders data/features
+	rm -rf $(VENV) $(VENV5) data/featuredb.duckdb data/corpus data/transcoders data/features

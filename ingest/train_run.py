@@ -209,7 +209,8 @@ class TrainRun:
             self._save_checkpoint(done, None, 0, {}, {}, excluded)
             del pairs
         done.sort(key=lambda d: d["layer"])
-        write_config(self.out, [d["layer"] for d in done], model_name=self.lm.path,
+        model_name = str(Path(self.lm.path).resolve()) if Path(self.lm.path).is_dir() else self.lm.path
+        write_config(self.out, [d["layer"] for d in done], model_name=model_name,
                      scan=f"{self.lm.model_id}/{self.set_name}", activation="jumprelu",
                      extra={"model_id": self.lm.model_id, "set_name": self.set_name,
                             "training": {**s.as_dict(), "train_tokens": cfg.train_tokens,
@@ -314,7 +315,7 @@ class TrainRun:
                     p = pairs[layer]
                     if step in resample_at:
                         g = torch.Generator().manual_seed(s.seed * 7919 + step)
-                        sample = torch.randint(n, (min(n, 8 * s.batch_tokens),), generator=g)
+                        sample = torch.randint(n, (min(n, 4 * s.batch_tokens),), generator=g)
                         m.resample(p.x_train[sample], p.y_train[sample], opt, seed=s.seed * 7919 + step)
                     for group in opt.param_groups:
                         group["lr"] = lr

@@ -105,6 +105,8 @@ def _load_circuit_tracer(folder: Path, cfg: dict[str, Any]) -> TranscoderSet:
                 raise TranscoderFormatError(
                     f"{folder / 'config.yaml'}: {p} is on the Hugging Face hub; download it and list the local file")
             paths[i] = (folder / p) if not Path(p).is_absolute() else Path(p)
+            if Path(p).is_absolute() and (folder / Path(p).name).is_file():
+                paths[i] = folder / Path(p).name  # the file beside config.yaml (the folder may have been moved)
     else:
         for f in folder.glob("layer_*.safetensors"):
             m = re.fullmatch(r"layer_(\d+)\.safetensors", f.name)

@@ -269,9 +269,8 @@ class SkipTranscoder(nn.Module):
         for i in range(0, len(x), chunk):
             pre = self.pre_activations(x[i:i + chunk].float() / self.scale_in)
             self.max_pre = torch.maximum(self.max_pre, pre.max(0).values)
-            if self.s.activation == "topk":
-                relu = torch.relu(pre).flatten()
-                tops.append(relu.topk(min(len(relu), 2 * self.s.k * chunk), sorted=False).values)
+            if self.s.activation == "topk":  # as in training: candidates are each token's 2k largest
+                tops.append(torch.relu(pre).topk(min(2 * self.s.k, pre.shape[1]), dim=1, sorted=False).values.flatten())
         if self.s.activation != "topk":
             return float(self.log_threshold.exp().mean())
         want = self.s.k * len(x)
@@ -362,8 +361,13 @@ class SkipTranscoder(nn.Module):
         if not len(redo):
             return counts
         xn, yn = x.float() / self.scale_in, y.float() / self.scale_out
-        err = yn - self.decode(self.inference_acts(self.pre_activations(xn)) if self.s.activation != "topk" else
-                               self._dense_topk(xn), xn)
+        if self.s.activation == "topk":
+            sel = self.select(self.pre_activations(xn))
+            recon = _SparseDecode.apply(sel.vals, self.W_enc, self.b_enc, self.W_dec, xn, sel.crow, sel.feats,
+                                        sel.rows) + self._skip(xn)
+        else:
+            recon = self.decode(self.inference_acts(self.pre_activations(xn)), xn)
+        err = yn - recon
         weight = err.pow(2).sum(1)
         g = torch.Generator().manual_seed(seed)
         pick = torch.multinomial(weight.cpu() + 1e-12, len(redo), replacement=len(redo) > len(weight), generator=g)

@@ -33,12 +33,13 @@ def write_layer(folder: Path, t: Transcoder) -> Path:
 
 def write_config(folder: Path, layers: list[int], *, model_name: str, scan: str, activation: str,
                  extra: dict[str, Any]) -> Path:
-    """config.yaml; the positional `transcoders:` list is written only when layers are 0..n-1, as circuit-tracer needs."""
+    """config.yaml; the positional `transcoders:` list (absolute paths) is written only when layers are 0..n-1."""
     cfg: dict[str, Any] = {"model_kind": "transcoder_set", "model_name": model_name, "scan": scan,
                            "feature_input_hook": FEATURE_INPUT_HOOK, "feature_output_hook": FEATURE_OUTPUT_HOOK,
                            "activation": activation}
     if sorted(layers) == list(range(len(layers))):
-        cfg["transcoders"] = [f"layer_{i}.safetensors" for i in sorted(layers)]
+        # Absolute, as circuit-tracer's loader needs; featuredb's loader falls back to the folder if it moves.
+        cfg["transcoders"] = [str((folder / f"layer_{i}.safetensors").resolve()) for i in sorted(layers)]
     else:
         cfg["layers"] = sorted(layers)
     cfg.update(extra)

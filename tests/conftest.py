@@ -56,3 +56,36 @@ def table_snapshot(con, table: str) -> list[tuple]:  # type: ignore[no-untyped-d
     cols = [r[0] for r in con.execute(f'DESCRIBE "{table}"').fetchall()]
     order = ", ".join(f'"{c}"::VARCHAR' for c in cols)
     return con.execute(f'SELECT * FROM "{table}" ORDER BY {order}').fetchall()
+
+
+# Transcoders for every layer of the real default model, small enough to train in about a minute: what the
+# default-model training tests check and what circuit-tracer's attribution needs (a transcoder per layer).
+DEFAULT_TRAIN = dict(train_tokens=6_000, test_tokens=1_000)
+
+
+@pytest.fixture(scope="session")
+def default_transcoders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 30 layers of SmolLM2-135M-Instruct, 256 features each, trained in the test session."""
+    from ingest.default_model import ensure_default_model
+    from ingest.train_run import TrainConfig, TrainRun
+    from ingest.transcoder_training import TrainSettings
+
+    out = tmp_path_factory.mktemp("default-transcoders") / "tc"
+    cfg = TrainConfig(out=str(out), model=str(ensure_default_model()), settings=TrainSettings(n_features=256, k=16,
+                      epochs=2), ce_tokens=256, **DEFAULT_TRAIN)
+    TrainRun(cfg, progress=False).run()
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_store(default_transcoders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Those transcoders' features indexed over 4,096 tokens, with baseline labels."""
+    from featuredb.labels.baseline import label_features
+    from ingest.run import IngestConfig, run_ingest
+
+    db = tmp_path_factory.mktemp("default-store") / "store.duckdb"
+    summary = run_ingest(IngestConfig(transcoders=[str(default_transcoders)], model="default", max_tokens=4096,
+                                      model_id="smollm2-135m-instruct"), str(db), checkpoint=None, progress=False)
+    with FeatureStore(db) as store:
+        label_features(store, model=summary.model_id)
+    return db

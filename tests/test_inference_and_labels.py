@@ -89,20 +89,21 @@ def test_baseline_labels_name_each_feature_peak_and_replace_old_ones(ingested: d
 
 @pytest.mark.slow
 def test_demo_runs_every_step_on_the_default_model(tmp_path: Path) -> None:
-    """The main job with a tiny profile: real SmolLM2, offline corpus, train, ingest, label, search, export."""
-    from ingest.demo import run_demo
+    """The main job with a tiny profile: real SmolLM2, offline corpus, train, ingest, label, search, extra steps."""
+    from ingest.demo import ExtraStep, run_demo
     from ingest.demo_profiles import Profile
     from ingest.transcoder_training import TrainSettings
 
     profile = Profile("smoke", [12], train_tokens=8192, test_tokens=1024, ingest_tokens=4096,
-                      settings=TrainSettings(n_features=512, k=16, epochs=4))
+                      settings=TrainSettings(n_features=512, k=16, epochs=4), ce_tokens=256)
     db = tmp_path / "demo.duckdb"
-    summary = run_demo(profile, db=str(db), data_dir=str(tmp_path / "data"), quiet=True)
-    assert list(summary.steps) == ["fetch_model", "build_corpus", "train", "ingest", "label", "search", "export"]
+    seen = []
+    extra = ExtraStep("graphs", "a step another package adds", lambda s: seen.append((s.db, s.model_id)) or "done")
+    summary = run_demo(profile, db=str(db), data_dir=str(tmp_path / "data"), quiet=True, extra_steps=(extra,))
+    assert list(summary.steps) == ["fetch_model", "build_corpus", "train", "ingest", "label", "search", "graphs"]
+    assert seen == [(str(db), "smollm2-135m-instruct")] and summary.extra == {"graphs": "done"}
     (layer,) = summary.training
-    assert layer["layer"] == 12 and layer["fvu"] < layer["skip_only_fvu"]
+    assert layer["layer"] == 12 and layer["fvu"] < layer["skip_only_fvu"] and layer["ce_recovered"] is not None
     assert all(len(hits) > 0 for hits in summary.searches.values())
-    files = list((tmp_path / "data" / "features" / "smollm2-135m-instruct").glob("*.json"))
-    assert len(files) == 512
     with FeatureStore(db, read_only=True) as store:
         assert store.sources("smollm2-135m-instruct") == [("smollm2-135m-instruct", "12-featuredb-skip-512")]

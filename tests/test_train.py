@@ -46,7 +46,8 @@ def trained(inputs: dict[str, Path]) -> Path:
 def test_writes_circuit_tracer_layout(trained: Path) -> None:
     cfg = yaml.safe_load((trained / "config.yaml").read_text())
     assert cfg["model_kind"] == "transcoder_set"
-    assert cfg["transcoders"] == [f"layer_{i}.safetensors" for i in range(N_LAYERS)]
+    assert cfg["transcoders"] == [str((trained / f"layer_{i}.safetensors").resolve()) for i in range(N_LAYERS)]
+    assert Path(cfg["model_name"]).is_absolute(), "circuit-tracer resolves nothing relative to the config"
     assert (cfg["feature_input_hook"], cfg["feature_output_hook"]) == ("mlp.hook_in", "mlp.hook_out")
     t = load_file(str(trained / "layer_1.safetensors"))
     assert t["W_enc"].shape == (64, D_MODEL) and t["W_dec"].shape == (64, D_MODEL)
@@ -132,8 +133,7 @@ def test_loads_with_circuit_tracer_own_loader(trained: Path) -> None:
     pytest.importorskip("circuit_tracer")
     from circuit_tracer.utils.hf_utils import load_transcoders as ct_load
 
-    cfg = yaml.safe_load((trained / "config.yaml").read_text())
-    cfg["transcoders"] = [str(trained / p) for p in cfg["transcoders"]]
+    cfg = yaml.safe_load((trained / "config.yaml").read_text())  # used as written: absolute paths
     ct_set = ct_load(cfg, device=torch.device("cpu"), lazy_decoder=False)
     ours = load_transcoders([trained])
     x = torch.randn(50, D_MODEL)
@@ -270,3 +270,13 @@ def test_sparse_training_gradients_equal_dense_ones() -> None:
     assert set(sparse_grads) == {"W_enc", "b_enc", "W_dec", "b_dec", "W_skip"}
     for name, g in sparse_grads.items():
         assert torch.allclose(g, dict(m.named_parameters())[name].grad, atol=1e-6), name
+
+
+def test_a_moved_transcoder_folder_still_loads(trained: Path, tmp_path: Path) -> None:
+    """config.yaml lists absolute paths (circuit-tracer needs them); featuredb's loader falls back to the folder."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(trained, moved)
+    tset = load_transcoders([moved])
+    assert tset.layers == [0, 1, 2] and all(Path(t.path).parent == moved for t in tset.transcoders)

@@ -1,4 +1,4 @@
-"""CLI: `featuredb trace label` (labels and supernodes for an attribution graph)."""
+"""CLI: `featuredb trace` (make, label, group and serve attribution graphs)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -14,9 +15,10 @@ from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_opti
 from featuredb.errors import BadInputError
 
 
-@click.group("trace", cls=FeatureDBGroup, short_help="Label attribution graphs and propose supernodes.")
+@click.group("trace", cls=FeatureDBGroup, short_help="Make (circuit-tracer), label, group and serve attribution graphs.")
 def trace_group() -> None:
-    """Attribution graphs: label their features from the store and propose supernodes."""
+    """Attribution graphs: make them with circuit-tracer, label their features from the store, propose
+    supernodes and serve them with circuit-tracer's frontend."""
 
 
 def write_json_atomically(path: str, data: object) -> None:
@@ -87,20 +89,115 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
     write_json_atomically(out, result.graph)
     seconds = time.perf_counter() - start
     if as_json:
-        emit_json({**result.as_dict(), "output": out, "seconds": round(seconds, 3)})
+        emit_json({**result.as_dict(), **graph_scores(result.graph), "output": out, "seconds": round(seconds, 3)})
         return
+    print_label_result(result)
+    click.echo(f"wrote {out} in {seconds:.2f}s")
+
+
+def graph_scores(graph: dict) -> dict[str, float]:  # type: ignore[type-arg]
+    """circuit-tracer's replacement and completeness scores from a graph's metadata, where present."""
+    meta = graph.get("metadata") or {}
+    return {k: float(meta[k]) for k in ("replacement_score", "completeness_score")
+            if isinstance(meta.get(k), (int, float))}
+
+
+def print_label_result(result: Any, echo: Any = click.echo) -> None:
+    """What `trace label` did: mapping, labels by type, unmapped nodes, scores and supernodes."""
     r = result.report
-    click.echo(f"{r.model} / {r.source_set}: {r.feature_nodes} feature nodes, {r.mapped} in the store, "
-               f"{r.labelled} labelled, {r.kept} kept, {len(r.unlabelled)} without a label")
+    echo(f"{r.model} / {r.source_set}: {r.feature_nodes} feature nodes, {r.mapped} in the store, "
+         f"{r.labelled} labelled, {r.kept} kept, {len(r.unlabelled)} without a label")
     if r.by_type:
-        click.echo("labels by type: " + ", ".join(f"{t} {n}" for t, n in r.by_type.items()))
+        echo("labels by type: " + ", ".join(f"{t} {n}" for t, n in r.by_type.items()))
     if r.unmapped:
         shown = ", ".join(f"{n} ({why})" for n, why in r.unmapped[:5])
-        click.echo(f"{len(r.unmapped)} node(s) map to no store feature: {shown}{' ...' if len(r.unmapped) > 5 else ''}")
-    click.echo(f"{len(result.supernodes)} supernode(s) proposed:")
+        echo(f"{len(r.unmapped)} node(s) map to no store feature: {shown}{' ...' if len(r.unmapped) > 5 else ''}")
+    scores = graph_scores(result.graph)
+    if scores:
+        echo("graph scores (circuit-tracer): " + ", ".join(f"{k.replace('_score', '')} {v:.3f}"
+                                                           for k, v in scores.items()))
+    echo(f"{len(result.supernodes)} supernode(s) proposed:")
     for s in result.supernodes[:10]:
-        click.echo(f"  {s.label!r}: {len(s.node_ids)} nodes ({', '.join(s.node_ids[:4])}{' ...' if len(s.node_ids) > 4 else ''})")
-    click.echo(f"wrote {out} in {seconds:.2f}s")
+        echo(f"  {s.label!r}: {len(s.node_ids)} nodes ({', '.join(s.node_ids[:4])}{' ...' if len(s.node_ids) > 4 else ''})")
+
+
+@trace_group.command("attribute", short_help="Make an attribution graph with circuit-tracer, offline.")
+@click.argument("prompt")
+@click.option("--transcoders", required=True, type=click.Path(file_okay=False),
+              help="A featuredb train folder (circuit-tracer per-layer set covering every layer).")
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Graph JSON to write.")
+@click.option("--model", help="Model folder, .gguf or 'default' (default: the one the transcoders were trained on).")
+@click.option("--slug", help="Graph slug (default: from the prompt).")
+@click.option("--max-feature-nodes", default=500, show_default=True, type=click.IntRange(1))
+@click.option("--max-n-logits", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--desired-logit-prob", default=0.95, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--node-threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--edge-threshold", default=0.98, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--label", "then_label", is_flag=True, help="Also label and group it from the store (as trace label).")
+@click.option("--device", help="cpu, cuda ... (default: cuda when present).")
+@db_option
+@json_option
+def attribute_command(prompt: str, transcoders: str, out: str, model: str | None, slug: str | None,
+                      max_feature_nodes: int, max_n_logits: int, desired_logit_prob: float, node_threshold: float,
+                      edge_threshold: float, batch_size: int, then_label: bool, device: str | None, db: str,
+                      as_json: bool) -> None:
+    """Run circuit-tracer's attribution for PROMPT on the transcoders, prune it and write the graph JSON.
+
+    The graph carries circuit-tracer's replacement and completeness scores and the metadata
+    (scan, feature_details.neuronpedia_source_set) that `trace label` and `trace serve` map with no
+    flags. Needs circuit-tracer (`pip install 'featuredb[circuit-tracer]'`; make demo/test install it).
+
+    \b
+    Example:
+      featuredb trace attribute "Fact: Dallas is in the state of" --transcoders data/transcoders/smollm2-demo \\
+          -o graphs/dallas.json --label
+    """
+    from tracer.attribution_bridge import AttributeOptions, CircuitTracerSession, model_for_transcoders, transcoder_config
+
+    start = time.perf_counter()
+    cfg = transcoder_config(transcoders)
+    model_path, model_id = model_for_transcoders(cfg, model)
+    set_name = str(cfg.get("set_name") or str(cfg.get("scan", "")).split("/")[-1] or Path(transcoders).name)
+    slug = slug or _slug(prompt)
+    options = AttributeOptions(max_feature_nodes=max_feature_nodes, max_n_logits=max_n_logits,
+                               desired_logit_prob=desired_logit_prob, batch_size=batch_size,
+                               node_threshold=node_threshold, edge_threshold=edge_threshold)
+    session = CircuitTracerSession(transcoders, model_path=model_path, model_id=model_id, set_name=set_name,
+                                   options=options, device=device)
+    made = session.attribute(prompt, slug)
+    made.timings["load"] = session.load_seconds
+    labelled = None
+    if then_label:
+        from tracer.trace_label import trace_label
+
+        t0 = time.perf_counter()
+        with open_store(db, read_only=True) as store:
+            labelled = trace_label(store, made.graph, where=out)
+        made.timings["label_and_group"] = time.perf_counter() - t0
+    write_json_atomically(out, made.graph)
+    made.timings["total"] = time.perf_counter() - start
+    if as_json:
+        emit_json({**made.summary(), "output": out, **({"labels": labelled.as_dict()} if labelled else {})})
+        return
+    s = made.summary()
+    click.echo(f"{s['slug']}: {s['nodes']} nodes ({s['feature_nodes']} features from {len(s['feature_layers'])} "
+               f"layers), {s['links']} links; attribution {made.timings['attribute']:.1f}s")
+    click.echo("top predictions: " + ", ".join(f"{t!r} {p:.2f}" for t, p in made.top_predictions[:5]))
+    click.echo(f"graph scores (circuit-tracer): replacement {made.replacement_score:.3f}, "
+               f"completeness {made.completeness_score:.3f}")
+    if labelled is not None:
+        print_label_result(labelled)
+    click.echo(f"wrote {out}; view it with: featuredb trace serve {Path(out).parent or '.'} "
+               f"(then open http://127.0.0.1:8032/index.html?slug={slug})")
+
+
+def _slug(prompt: str) -> str:
+    """A file-name-safe slug from a prompt."""
+    import re
+
+    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
+    return words[:60].rstrip("-") or "graph"
 
 
 @trace_group.command("serve", short_help="Serve a folder of graphs with circuit-tracer's frontend, offline.")

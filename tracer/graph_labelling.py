@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from featuredb.formats.graph_json import feature_node_dicts
 from tracer.feature_labels import best_explanation, store_labels
 from tracer.node_mapping import NodeMapping
 
@@ -54,7 +55,7 @@ def label_graph(store: Any, graph: dict[str, Any], mapping: NodeMapping, *, over
     report = LabelReport(mapping.model, mapping.source_set, unmapped=list(mapping.unmapped))
     report.feature_nodes = len(mapping.mapped) + len(mapping.unmapped)
     report.mapped = len(mapping.mapped)
-    by_id = {n["node_id"]: n for n in graph["nodes"]}
+    by_id = feature_node_dicts(graph)
     def needs(m: Any) -> bool:
         return overwrite or not str(by_id[m.node.node_id].get("clerp") or "").strip()
 

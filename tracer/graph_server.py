@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from featuredb.errors import NotFoundError
 from featuredb.formats.circuit_tracer_export import feature_file
 from featuredb.formats.graph_json import graph_model, graph_source_set
+from featuredb.graph_identity import resolve_model, resolve_source_set
 from featuredb.identity import cantor_unpair, source_id
 from featuredb.schema import feature_key
 from featuredb.store import FeatureStore
@@ -95,8 +96,15 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         return local.store
 
     def scans() -> dict[str, tuple[str, str | None]]:
-        """scan -> (model, source set) from the graphs' metadata."""
-        return {str(meta.get("scan")): (model, sset) for _, meta, model, sset in _graphs(folder).values()}
+        """scan -> (model, source set) from the graphs' metadata, resolved against the store when there is one."""
+        out = {}
+        for _, meta, model, sset in _graphs(folder).values():
+            if store is not None:
+                graph = {"metadata": meta}
+                model = resolve_model(view().con, graph)
+                sset = resolve_source_set(view().con, graph, model)
+            out[str(meta.get("scan"))] = (model, sset)
+        return out
 
     @app.exception_handler(NotFoundError)
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -118,7 +126,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     app.get("/data/{name}")(graph_file)
     app.get("/graph_data/{name}")(graph_file)
 
-    @app.get("/features/{scan}/{name}")
+    @app.get("/features/{scan:path}/{name}")
     def feature(scan: str, name: str) -> Response:
         """A circuit-tracer feature file, built from the store for the graph's model and source set."""
         known = scans()

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featuredb.errors import BadInputError
-from featuredb.formats.graph_json import FeatureNode, feature_nodes, graph_model, graph_source_set
+from featuredb.formats.graph_json import FeatureNode, feature_nodes
+from featuredb.graph_identity import resolve_model, resolve_source_set, source_sets
 from featuredb.identity import source_id
 from featuredb.schema import feature_key
 from tracer.key_tables import registered_values
@@ -32,28 +33,20 @@ class NodeMapping:
     absent: list[MappedNode] = field(default_factory=list)  # unmapped nodes' would-be features (for --online)
 
 
-def _store_source_sets(store: Any, model: str) -> list[str]:
-    rows = store.con.execute('SELECT DISTINCT "setName" FROM sources WHERE "modelId" = ? AND "setName" IS NOT NULL '
-                             "ORDER BY 1", [model]).fetchall()
-    return [r[0] for r in rows]
-
-
 def map_nodes(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
               source_set: str | None = None) -> NodeMapping:
     """Resolve model and source set, then look every feature node up in the store."""
-    model = graph_model(graph, model)
+    model = resolve_model(store.con, graph, model)
     models = [r[0] for r in store.con.execute('SELECT DISTINCT "modelId" FROM features ORDER BY 1').fetchall()]
     if model not in models:
         has = ", ".join(models) or "no features at all"
         raise BadInputError(f"{where}: the graph is for model {model!r}, which the store lacks (it has: {has}); "
                             "pass --model to map it to another")
-    sets = _store_source_sets(store, model)
-    source_set = graph_source_set(graph, source_set)
+    source_set = resolve_source_set(store.con, graph, model, source_set)
     if source_set is None:
-        if len(sets) != 1:
-            raise BadInputError(f"{where}: the graph names no source set and the store has {len(sets)} for {model} "
-                                f"({', '.join(sets)}); pass --source-set")
-        source_set = sets[0]
+        sets = source_sets(store.con, model)
+        raise BadInputError(f"{where}: the graph names no source set of the store's and the store has {len(sets)} "
+                            f"for {model} ({', '.join(sets)}); pass --source-set")
     try:
         nodes = feature_nodes(graph)
     except BadInputError as e:

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import csr_matrix
 
-from featuredb.formats.graph_json import is_feature_node
+from featuredb.formats.graph_json import feature_node_dicts, is_feature_node
 
 WEIGHTS = {"label": 0.45, "edges": 0.35, "decoder": 0.2}
 LABEL_CHARS = 40
@@ -46,7 +46,7 @@ def _edge_profiles(graph: dict[str, Any], ids: list[str]) -> csr_matrix:
     """Rows: each node's signed incoming then outgoing link weights over all graph nodes, L2-normalised."""
     col = {n["node_id"]: i for i, n in enumerate(graph["nodes"])}
     row = {nid: i for i, nid in enumerate(ids)}
-    n_all = len(col)
+    n_all = len(graph["nodes"])  # node ids may repeat (circuit-tracer repeats some); columns follow positions
     rows, cols, vals = [], [], []
     for link in graph["links"]:
         s, t, w = link.get("source"), link.get("target"), float(link.get("weight") or 0.0)
@@ -126,7 +126,7 @@ def propose_supernodes(graph: dict[str, Any], label_vectors: dict[str, np.ndarra
                        options: SupernodeOptions | None = None, node_ids: list[str] | None = None) -> list[Supernode]:
     """Supernodes over the graph's feature nodes (or `node_ids`), best first (by summed influence, then size)."""
     opt = options or SupernodeOptions()
-    by_id = {n["node_id"]: n for n in graph["nodes"]}
+    by_id = feature_node_dicts(graph)
     ids = node_ids if node_ids is not None else [n["node_id"] for n in graph["nodes"] if is_feature_node(n)]
     by_pos: dict[int, list[str]] = defaultdict(list)
     for i in ids:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from featuredb.formats.graph_json import feature_node_dicts
 from featuredb.neuronpedia.sync import subgraph_body
 from tracer.decoders import decoder_vectors
 from tracer.graph_labelling import LabelReport, label_graph
@@ -50,7 +51,7 @@ def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", mode
     qp = graph["qParams"]
     existing = [list(s) for s in (qp.get("supernodes") or [])]  # a person's supernodes stay; ours are added
     taken = {nid for s in existing for nid in s[1:]}
-    by_id = {n["node_id"]: n for n in graph["nodes"]}
+    by_id = feature_node_dicts(graph)
     ids = [m.node.node_id for m in mapping.mapped if m.node.node_id not in taken]
     ids += [m.node.node_id for m in mapping.absent if m.node.node_id not in taken]
     labels = {i: str(by_id[i].get("clerp") or "").strip() for i in ids}

@@ -20,8 +20,8 @@ LAZY_COMMANDS = {
     "ingest": ("ingest.cli", "ingest_command", "Index transcoder features of a model over a corpus."),
     "merge": ("ingest.cli", "merge_command", "Combine ingest shard states into the store."),
     "train": ("ingest.train_cli", "train_command", "Train skip-transcoders for a model (circuit-tracer format)."),
-    "demo": ("ingest.demo_cli", "demo_command", "The whole loop on the default model: train, index, label, search."),
-    "trace": ("tracer.cli", "trace_group", "Label attribution graphs and propose supernodes."),
+    "demo": ("tracer.demo_cli", "demo_command", "The whole loop on the default model: train, index, label, search, graphs."),
+    "trace": ("tracer.cli", "trace_group", "Make (circuit-tracer), label, group and serve attribution graphs."),
 }
 
 

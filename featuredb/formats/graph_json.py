@@ -68,6 +68,12 @@ def is_feature_node(node: dict[str, Any]) -> bool:
     return node.get("feature") is not None
 
 
+def feature_node_dicts(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """node_id -> node for feature nodes only: circuit-tracer's error ids `0_{layer}_{pos}` can equal a layer-0
+    feature's `{layer}_{feature}_{pos}`, so a lookup over all nodes would find the error node."""
+    return {n["node_id"]: n for n in graph["nodes"] if is_feature_node(n)}
+
+
 def feature_nodes(graph: dict[str, Any]) -> list[FeatureNode]:
     """Every feature node, from node_id "{layer}_{index}_{pos}" (else the Cantor-paired `feature`, schema v1)."""
     cantor = graph.get("metadata", {}).get("schema_version") == 1

@@ -1,0 +1,99 @@
+"""`featuredb trace attribute` with circuit-tracer on the real default model and transcoders trained in the test:
+the graph is valid for circuit-tracer's own models and Neuronpedia's schema, and `trace label` and `trace serve`
+find every feature node with no flags, also when circuit-tracer itself named the scan."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from conftest import SHARED
+from featuredb.cli.root import cli
+from loopback import serve_in_thread
+from tracer.graph_server import create_graph_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.circuit_tracer]
+PROMPT = "Fact: Dallas is in the state of"
+
+
+@pytest.fixture(scope="module")
+def attributed(default_transcoders: Path, default_store: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("graphs") / "dallas.json"
+    res = subprocess.run([sys.executable, "-m", "featuredb.cli", "trace", "attribute", PROMPT, "--transcoders",
+                          str(default_transcoders), "-o", str(out), "--max-feature-nodes", "120", "--node-threshold", "0.99", "--label",
+                          "--db", str(default_store), "--json"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, json.loads(res.stdout)
+
+
+def _feature_nodes(graph: dict[str, Any]) -> list[dict[str, Any]]:
+    return [n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"]
+
+
+def test_graph_is_valid_for_circuit_tracer_and_neuronpedia(attributed: tuple[Path, dict[str, Any]]) -> None:
+    from circuit_tracer.frontend.graph_models import Model
+
+    out, summary = attributed
+    graph = json.loads(out.read_text())
+    jsonschema.validate(graph, json.loads((SHARED / "formats/neuronpedia/graph-schema.json").read_text()))
+    model = Model.model_validate(graph)
+    assert model.metadata.scan == "smollm2-135m-instruct/featuredb-skip-256"
+    assert graph["metadata"]["feature_details"]["neuronpedia_source_set"] == "featuredb-skip-256"
+    assert 0 < summary["replacement_score"] <= 1 and 0 < summary["completeness_score"] <= 1
+    assert graph["metadata"]["completeness_score"] == pytest.approx(summary["completeness_score"], abs=1e-4)
+    assert summary["top_predictions"][0][0] == " Texas", "the default model answers ' Texas'"
+    assert graph["metadata"]["prompt_tokens"][0] == "<|im_start|>", "circuit-tracer puts a special token first"
+    assert summary["feature_nodes"] == len(_feature_nodes(graph)) > 0
+    assert all(n["ctx_idx"] > 0 for n in _feature_nodes(graph)), "position 0 is zeroed by circuit-tracer"
+
+
+def test_label_maps_every_feature_node_with_no_flags(attributed: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = attributed
+    labels = summary["labels"]
+    assert labels["unmapped"] == [] and labels["mapped"] == labels["feature_nodes"] == summary["feature_nodes"]
+    graph = json.loads(out.read_text())
+    # every feature node that has examples in the store carries its label (the rest never fired while indexing)
+    without = {n["node_id"] for n in _feature_nodes(graph) if not n["clerp"]}
+    assert without == set(labels["unlabelled"]) and len(without) < len(_feature_nodes(graph)) / 2
+    assert json.loads(graph["qParams"]["clerps"]), "labels go to qParams.clerps as circuit-tracer's page reads them"
+
+
+def test_serve_finds_every_feature_file(attributed: tuple[Path, dict[str, Any]], default_store: Path) -> None:
+    from circuit_tracer.frontend.feature_models import Model as FeatureModel
+
+    out, _ = attributed
+    graph = json.loads(out.read_text())
+    scan = graph["metadata"]["scan"]
+    with serve_in_thread(create_graph_app(out.parent, str(default_store))) as url:
+        with httpx.Client() as client:
+            for n in _feature_nodes(graph):
+                got = client.get(f"{url}/features/{scan}/{n['feature']}.json")
+                assert got.status_code == 200, (n["node_id"], got.text)
+                assert FeatureModel.model_validate(got.json()).examples_quantiles
+    assert len(graph["nodes"]) > 0
+
+
+@pytest.mark.parametrize("scan", ["featuredb-skip-256", "someone/smollm2-transcoders@main", "HuggingFaceTB/SmolLM2"])
+def test_a_graph_with_circuit_tracers_own_scan_naming_maps_without_flags(
+        attributed: tuple[Path, dict[str, Any]], default_store: Path, tmp_path: Path, scan: str) -> None:
+    """circuit-tracer names a graph by its transcoders' scan (often a hub path) and sets no source set."""
+    out, _ = attributed
+    graph = json.loads(out.read_text())
+    graph["metadata"]["scan"] = scan
+    graph["metadata"].pop("feature_details")
+    src, dst = tmp_path / "raw.json", tmp_path / "labelled.json"
+    src.write_text(json.dumps(graph))
+    res = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(dst), "--db", str(default_store), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["model"] == "smollm2-135m-instruct" and report["source_set"] == "featuredb-skip-256"
+    assert report["unmapped"] == [] and report["mapped"] == len(_feature_nodes(graph))

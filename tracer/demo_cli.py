@@ -1,0 +1,66 @@
+"""CLI: `featuredb demo`, the main job: ingest's steps (train, index, label, search) plus the circuit-tracing loop.
+
+This is the one place where the tracer drives the pipeline (the optional bridge of DESIGN.md): it hands ingest's
+demo an extra step that makes, labels and groups attribution graphs with circuit-tracer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from featuredb.cli.common import db_option, emit_json, json_option
+from ingest.demo import DemoSummary, ExtraStep, run_demo
+from ingest.demo_profiles import PROFILES
+from tracer.demo_graphs import DEMO_PROMPTS, make_demo_graphs
+
+
+@click.command("demo", short_help="The whole loop on the default model: train, index, label, search, graphs.")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="demo", show_default=True,
+              help="demo: all 30 layers in minutes on 2 CPU cores; full: more features and tokens (use a GPU).")
+@click.option("--data-dir", default="data", show_default=True, help="Where the corpus, transcoders and graphs go.")
+@click.option("--no-graphs", is_flag=True, help="Skip the attribution graphs (circuit-tracer).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@db_option
+@json_option
+def demo_command(profile: str, data_dir: str, no_graphs: bool, device: str | None, db: str, as_json: bool) -> None:
+    """Run the main job offline on the embedded defaults (SmolLM2-135M-Instruct, installed packages' docs).
+
+    Fetches the default model, builds the offline corpus, trains skip-transcoders for all 30 layers,
+    indexes their features, writes baseline labels, runs two concept searches, then makes attribution
+    graphs with circuit-tracer for two prompts, labels and groups them from the store, and prints their
+    top predictions, scores and supernodes. Each step says what it does and how long it took. Running it
+    again reuses the trained transcoders.
+
+    \b
+    Example:
+      featuredb demo                   # about 13 minutes on 2 CPU cores
+      featuredb demo --profile full --device cuda
+    """
+    def graphs(summary: DemoSummary) -> dict:  # type: ignore[type-arg]
+        return make_demo_graphs(summary.transcoders, summary.db, summary.graphs_dir, echo=click.echo,
+                                quiet=as_json, device=device)
+
+    extra = () if no_graphs else (ExtraStep("graphs", "attribution graphs with circuit-tracer for "
+                                            + " and ".join(f'"{p}"' for p in DEMO_PROMPTS.values())
+                                            + ", labelled and grouped from the store", graphs),)
+    summary = run_demo(PROFILES[profile], db=db, data_dir=data_dir, device=device, quiet=as_json, extra_steps=extra)
+    if as_json:
+        emit_json(summary.as_dict())
+        return
+    total = sum(summary.steps.values())
+    click.echo(f"\nDone in {total / 60:.1f} min. The store is {summary.db}; transcoders are in {summary.transcoders} "
+               f"(circuit-tracer format); graphs are in {summary.graphs_dir}.")
+    if not no_graphs:
+        slug = next(iter(DEMO_PROMPTS))
+        click.echo("Open the graphs in circuit-tracer's frontend, with feature panels from the store:\n"
+                   f"  featuredb trace frontend && featuredb trace serve {summary.graphs_dir} --db {summary.db}\n"
+                   f"  then http://127.0.0.1:8032/index.html?slug={slug}")
+    click.echo("Try next:\n"
+               f"  featuredb info --db {summary.db}\n"
+               f'  featuredb search "numbers and versions" --db {summary.db}\n'
+               f'  featuredb search "pip install torch" --mode inference --db {summary.db}\n'
+               f'  featuredb trace attribute "The capital of Texas is" --transcoders {summary.transcoders} '
+               f"-o {Path(summary.graphs_dir) / 'texas.json'} --label --db {summary.db}\n"
+               f"  featuredb serve --db {summary.db}        # Neuronpedia-compatible API on 127.0.0.1:3000")
