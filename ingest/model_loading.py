@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from featuredb.errors import FeatureDBError
-from ingest.portable_model_folder import make_portable
+from ingest.portable_model_folder import canonical_gguf_tokenizer, make_portable
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -60,6 +60,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
+    canonical_gguf_tokenizer(gguf, tmp)
     make_portable(tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)

@@ -61,3 +61,49 @@ def make_portable(folder: str | Path) -> bool:
     if (folder / "tokenizer_config.json").is_file() and (folder / "tokenizer.json").is_file():
         changed |= _rewrite(folder / "tokenizer_config.json", _portable_tokenizer)
     return changed
+
+
+def _gguf_field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return None
+    return field.parts[field.data[0]].tolist()[0]
+
+
+def canonical_gguf_tokenizer(gguf_file: str | Path, folder: str | Path) -> None:
+    """Rewrite a GGUF-converted tokenizer from the GGUF's own metadata, the same whatever transformers converted it.
+
+    transformers 4.57's GGUF converter writes a LlamaTokenizer that adds BOS and calls BOS the EOS token, where
+    the GGUF says `add_bos_token: false` and EOS is another id; 5.x follows the GGUF. Here the special tokens and
+    BOS handling come from the GGUF, the post-processor adds nothing unless the GGUF asks for BOS, and the class is
+    PreTrainedTokenizerFast (known to both lines).
+    """
+    import gguf
+    from tokenizers import Tokenizer, processors
+
+    folder = Path(folder)
+    reader = gguf.GGUFReader(str(gguf_file))
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    ids = {name: _gguf_field(reader, f"tokenizer.ggml.{key}") for name, key in
+           (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("unk_token", "unknown_token_id"),
+            ("pad_token", "padding_token_id"))}
+    specials = {name: tok.id_to_token(int(i)) for name, i in ids.items() if i is not None}
+    add_bos = bool(_gguf_field(reader, "tokenizer.ggml.add_bos_token"))
+    if add_bos and "bos_token" in specials:
+        bos = specials["bos_token"]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, int(ids["bos_token"]))])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg_path = folder / "tokenizer_config.json"
+    old = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    cfg = {"tokenizer_class": PORTABLE_TOKENIZER_CLASS, **specials, "add_bos_token": add_bos,
+           "add_eos_token": False, "clean_up_tokenization_spaces": False,
+           "model_max_length": old.get("model_max_length", int(1e30))}
+    if "chat_template" in old:
+        cfg["chat_template"] = old["chat_template"]
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, sort_keys=True) + "\n",
+                                                    encoding="utf-8")
+    (folder / "tokenizer.model").unlink(missing_ok=True)  # a 4.57 leftover no fast tokenizer needs
