@@ -3,8 +3,9 @@
 A graph names its features by `metadata.scan` (circuit-tracer writes the transcoders' scan, e.g.
 `smollm2-135m-instruct/featuredb-skip-2k`, or a hub path such as `mntss/transcoder-Llama-3.2-1B`),
 `metadata.feature_details.neuronpedia_source_set` and `metadata.transcoder_list`. Each of these is matched
-against what the store holds; where nothing matches and the store has exactly one model (or source set), that
-one is meant.
+against what the store holds. A path-like scan that matches nothing (a transcoder repo) means the store's only
+model, and a graph naming no set of the store's means the model's only set; a plain scan is Neuronpedia's model id
+and is never silently swapped for another model.
 """
 
 from __future__ import annotations
