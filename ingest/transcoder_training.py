@@ -362,9 +362,7 @@ class SkipTranscoder(nn.Module):
             return counts
         xn, yn = x.float() / self.scale_in, y.float() / self.scale_out
         if self.s.activation == "topk":
-            sel = self.select(self.pre_activations(xn))
-            recon = _SparseDecode.apply(sel.vals, self.W_enc, self.b_enc, self.W_dec, xn, sel.crow, sel.feats,
-                                        sel.rows) + self._skip(xn)
+            recon = self._decode_selection(self.select(self.pre_activations(xn)), xn) + self._skip(xn)
         else:
             recon = self.decode(self.inference_acts(self.pre_activations(xn)), xn)
         err = yn - recon
