@@ -95,16 +95,15 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
             local.store = store.thread_view()
         return local.store
 
-    def scans() -> dict[str, tuple[str, str | None]]:
-        """scan -> (model, source set) from the graphs' metadata, resolved against the store when there is one."""
-        out = {}
+    def scan_identity(scan: str) -> tuple[str, str | None] | None:
+        """(model, source set) of the graphs named `scan`, resolved against the store when there is one."""
         for _, meta, model, sset in _graphs(folder).values():
-            if store is not None:
-                graph = {"metadata": meta}
-                model = resolve_model(view().con, graph)
-                sset = resolve_source_set(view().con, graph, model)
-            out[str(meta.get("scan"))] = (model, sset)
-        return out
+            if str(meta.get("scan")) == scan:
+                if store is not None:
+                    model = resolve_model(view().con, {"metadata": meta})
+                    sset = resolve_source_set(view().con, {"metadata": meta}, model)
+                return model, sset
+        return None
 
     @app.exception_handler(NotFoundError)
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
@@ -129,10 +128,10 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     @app.get("/features/{scan:path}/{name}")
     def feature(scan: str, name: str) -> Response:
         """A circuit-tracer feature file, built from the store for the graph's model and source set."""
-        known = scans()
-        if scan not in known or not name.endswith(".json") or not name[:-5].isdigit():
+        identity = scan_identity(scan)
+        if identity is None or not name.endswith(".json") or not name[:-5].isdigit():
             raise NotFoundError(f"no feature file {scan}/{name}")
-        model, source_set = known[scan]
+        model, source_set = identity
         layer, index = cantor_unpair(int(name[:-5]))
         source = source_id(layer, source_set or "")
         con = view().con
