@@ -34,7 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--transcoders", default=str(ROOT / "data" / "transcoders" / "smollm2-demo"))
     ap.add_argument("--db", default=str(ROOT / "data" / "featuredb.duckdb"))
-    ap.add_argument("--max-feature-nodes", type=int, default=500)
+    ap.add_argument("--max-feature-nodes", type=int, default=2000, help="0: every active feature")
     ap.add_argument("--device")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "graph"))
     args = ap.parse_args()
@@ -45,7 +45,7 @@ def main() -> None:
     t0 = time.perf_counter()
     session = CircuitTracerSession(args.transcoders, model_path=model_path, model_id=model_id,
                                    set_name=str(cfg["set_name"]),
-                                   options=AttributeOptions(max_feature_nodes=args.max_feature_nodes), device=args.device)
+                                   options=AttributeOptions(max_feature_nodes=args.max_feature_nodes or None), device=args.device)
     load = time.perf_counter() - t0
     rows = []
     out = Path(args.out)

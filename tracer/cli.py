@@ -128,7 +128,8 @@ def print_label_result(result: Any, echo: Any = click.echo) -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Graph JSON to write.")
 @click.option("--model", help="Model folder, .gguf or 'default' (default: the one the transcoders were trained on).")
 @click.option("--slug", help="Graph slug (default: from the prompt).")
-@click.option("--max-feature-nodes", default=500, show_default=True, type=click.IntRange(1))
+@click.option("--max-feature-nodes", default=2000, show_default=True, type=click.IntRange(0),
+              help="Most feature nodes attributed (0: every active feature, circuit-tracer's own default).")
 @click.option("--max-n-logits", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--desired-logit-prob", default=0.95, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--node-threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1))
@@ -160,7 +161,7 @@ def attribute_command(prompt: str, transcoders: str, out: str, model: str | None
     model_path, model_id = model_for_transcoders(cfg, model)
     set_name = str(cfg.get("set_name") or str(cfg.get("scan", "")).split("/")[-1] or Path(transcoders).name)
     slug = slug or _slug(prompt)
-    options = AttributeOptions(max_feature_nodes=max_feature_nodes, max_n_logits=max_n_logits,
+    options = AttributeOptions(max_feature_nodes=max_feature_nodes or None, max_n_logits=max_n_logits,
                                desired_logit_prob=desired_logit_prob, batch_size=batch_size,
                                node_threshold=node_threshold, edge_threshold=edge_threshold)
     session = CircuitTracerSession(transcoders, model_path=model_path, model_id=model_id, set_name=set_name,

@@ -20,14 +20,19 @@ from tracer.demo_graphs import DEMO_PROMPTS, make_demo_graphs
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default="demo", show_default=True,
               help="demo: all 30 layers in minutes on 2 CPU cores; full: more features and tokens (use a GPU).")
 @click.option("--data-dir", default="data", show_default=True, help="Where the corpus, transcoders and graphs go.")
+@click.option("--corpus", default="auto", show_default=True,
+              help="auto: WikiText-2 from ../shared/corpus/wikitext-2 (or $FEATUREDB_WIKITEXT) when present, else "
+                   "installed-docs; or wikitext, installed-docs, or any corpus spec `featuredb ingest` takes.")
 @click.option("--no-graphs", is_flag=True, help="Skip the attribution graphs (circuit-tracer).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
 @db_option
 @json_option
-def demo_command(profile: str, data_dir: str, no_graphs: bool, device: str | None, db: str, as_json: bool) -> None:
-    """Run the main job offline on the embedded defaults (SmolLM2-135M-Instruct, installed packages' docs).
+def demo_command(profile: str, data_dir: str, corpus: str, no_graphs: bool, device: str | None, db: str,
+                 as_json: bool) -> None:
+    """Run the main job offline on the embedded defaults (SmolLM2-135M-Instruct; WikiText-2 or installed docs).
 
-    Fetches the default model, builds the offline corpus, trains skip-transcoders for all 30 layers,
+    Fetches the default model, picks the corpus (natural WikiText-2 articles where a copy is at hand, else
+    the installed packages' docs), trains skip-transcoders for all 30 layers,
     indexes their features, writes baseline labels, runs two concept searches, then makes attribution
     graphs with circuit-tracer for two prompts, labels and groups them from the store, and prints their
     top predictions, scores and supernodes. Each step says what it does and how long it took. Running it
@@ -35,7 +40,7 @@ def demo_command(profile: str, data_dir: str, no_graphs: bool, device: str | Non
 
     \b
     Example:
-      featuredb demo                   # about 13 minutes on 2 CPU cores
+      featuredb demo                   # about 25 minutes on 2 CPU cores
       featuredb demo --profile full --device cuda
     """
     def graphs(summary: DemoSummary) -> dict:  # type: ignore[type-arg]
@@ -45,7 +50,8 @@ def demo_command(profile: str, data_dir: str, no_graphs: bool, device: str | Non
     extra = () if no_graphs else (ExtraStep("graphs", "attribution graphs with circuit-tracer for "
                                             + " and ".join(f'"{p}"' for p in DEMO_PROMPTS.values())
                                             + ", labelled and grouped from the store", graphs),)
-    summary = run_demo(PROFILES[profile], db=db, data_dir=data_dir, device=device, quiet=as_json, extra_steps=extra)
+    summary = run_demo(PROFILES[profile], db=db, data_dir=data_dir, device=device, quiet=as_json, extra_steps=extra,
+                       corpus_choice=corpus)
     if as_json:
         emit_json(summary.as_dict())
         return
@@ -59,8 +65,8 @@ def demo_command(profile: str, data_dir: str, no_graphs: bool, device: str | Non
                    f"  then http://127.0.0.1:8032/index.html?slug={slug}")
     click.echo("Try next:\n"
                f"  featuredb info --db {summary.db}\n"
-               f'  featuredb search "numbers and versions" --db {summary.db}\n'
-               f'  featuredb search "pip install torch" --mode inference --db {summary.db}\n'
+               f'  featuredb search "capital city" --db {summary.db}\n'
+               f'  featuredb search "The hurricane hit Florida" --mode inference --db {summary.db}\n'
                f'  featuredb trace attribute "The capital of Texas is" --transcoders {summary.transcoders} '
                f"-o {Path(summary.graphs_dir) / 'texas.json'} --label --db {summary.db}\n"
                f"  featuredb serve --db {summary.db}        # Neuronpedia-compatible API on 127.0.0.1:3000")
