@@ -32,11 +32,12 @@ def logit_stats(W_dec: torch.Tensor, W_U: torch.Tensor, n: int = 10, chunk: int 
         bottom = logits.topk(n, dim=1, largest=False)
         lo, hi = logits.amin(dim=1, keepdim=True), logits.amax(dim=1, keepdim=True)
         width = (hi - lo).clamp_min(1e-12) / LOGIT_HIST_BINS
-        idx = ((logits - lo) / width).floor().clamp_(0, LOGIT_HIST_BINS - 1).long()
-        rows = torch.arange(logits.shape[0], device=logits.device)[:, None] * LOGIT_HIST_BINS
-        heights = torch.bincount((idx + rows).flatten(), minlength=logits.shape[0] * LOGIT_HIST_BINS)
-        heights = heights.view(-1, LOGIT_HIST_BINS).float()
         centres = lo + width * (torch.arange(LOGIT_HIST_BINS, device=logits.device) + 0.5)
+        # bin = floor((x - lo) / width) clamped; x >= lo, so truncating to int32 floors (in place, no int64 copy)
+        idx = logits.sub_(lo).div_(width).clamp_(0, LOGIT_HIST_BINS - 1).to(torch.int32)
+        idx += torch.arange(logits.shape[0], device=logits.device, dtype=torch.int32)[:, None] * LOGIT_HIST_BINS
+        heights = torch.bincount(idx.view(-1), minlength=logits.shape[0] * LOGIT_HIST_BINS)
+        heights = heights.view(-1, LOGIT_HIST_BINS).float()
         for key, value in (("top_ids", top.indices), ("top_values", top.values), ("bottom_ids", bottom.indices),
                            ("bottom_values", bottom.values), ("hist_heights", heights), ("hist_values", centres)):
             parts[key].append(value.cpu())

@@ -155,3 +155,24 @@ def test_cli_refreshes_a_stale_store_before_searching(store_path: Path) -> None:
     res = CliRunner().invoke(cli, ["search", "glaciers", "--mode", "text", "--db", str(store_path), "--json"])
     assert res.exit_code == 0, res.output
     assert [h["index"] for h in json.loads(res.stdout)["hits"]] == ["3"]
+
+
+def test_embeddings_read_labels_without_their_punctuation() -> None:
+    """A baseline label embeds as its words: same vector as the plain words, and half the word pieces."""
+    from featuredb.search.embedder import embed, embedding_text
+
+    label = '"Texas"/"Dallas"/"Houston" → says "Austin", "state"'
+    assert embedding_text(label) == "Texas Dallas Houston says Austin state"
+    assert embedding_text('" "') == '" "', "a label of only punctuation keeps its text"
+    a, b, c = embed([label, "Texas Dallas Houston says Austin state", "rainfall and weather"])
+    assert float(a @ b) == pytest.approx(1.0, abs=1e-5) and float(a @ c) < 0.5
+
+
+def test_a_store_embedded_by_an_older_format_is_embedded_again(store_path: Path) -> None:
+    with FeatureStore(store_path) as store:
+        store.con.execute("UPDATE search_texts SET embedding = embedding.list_transform(x -> 0.0)::FLOAT[384]")
+        store.con.execute("UPDATE search_state SET value = '2' WHERE key = 'format'")
+        store.refresh_search()
+        norms = store.con.execute("SELECT min(list_sum(list_transform(embedding, x -> x * x))) FROM search_texts")
+        assert norms.fetchone()[0] == pytest.approx(1.0, abs=1e-4)
+        assert _keys(search(store, "precipitation forecast", mode="semantic", limit=1)) == ["8-tc/3"]

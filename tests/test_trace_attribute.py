@@ -4,7 +4,10 @@ find every feature node with no flags, also when circuit-tracer itself named the
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +21,7 @@ from click.testing import CliRunner
 from conftest import SHARED
 from featuredb.cli.root import cli
 from loopback import serve_in_thread
+from test_circuit_tracer_frontend import ct_frontend  # noqa: F401 (the session fixture)
 from tracer.graph_server import create_graph_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.circuit_tracer]
@@ -97,3 +101,29 @@ def test_a_graph_with_circuit_tracers_own_scan_naming_maps_without_flags(
     report = json.loads(res.output)
     assert report["model"] == "smollm2-135m-instruct" and report["source_set"] == "featuredb-skip-256"
     assert report["unmapped"] == [] and report["mapped"] == len(_feature_nodes(graph))
+
+
+def test_circuit_tracers_frontend_shows_a_real_graphs_feature_panel(
+        attributed: tuple[Path, dict[str, Any]], default_store: Path, ct_frontend: Path) -> None:  # noqa: F811
+    """In Chromium, circuit-tracer's own page opens the attributed graph; clicking a labelled feature node shows
+    its label and the top activations that `trace serve` reads from the store."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is missing: `make test` installs it (Debian package chromium)"
+    out, _ = attributed
+    graph = json.loads(out.read_text())
+    node = max((n for n in _feature_nodes(graph) if n["clerp"]), key=lambda n: n["influence"] or 0)
+    scan = graph["metadata"]["scan"]
+    with serve_in_thread(create_graph_app(out.parent, str(default_store), frontend=ct_frontend)) as url:
+        feature = httpx.get(f"{url}/features/{scan}/{node['feature']}.json").json()
+        page = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                               "--enable-logging=stderr", "--virtual-time-budget=20000",
+                               f"{url}/index.html?slug={graph['metadata']['slug']}&clickedId={node['node_id']}"],
+                              capture_output=True, text=True, timeout=180)
+    errors = [line for line in page.stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
+    assert not errors, errors
+    dom = html.unescape(page.stdout)
+    text = " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", dom, flags=re.S)).split())
+    assert node["clerp"] in dom, "the clicked node's label from the store"
+    panel = text[text.index("Token Predictions"):]
+    top = " ".join(t.strip() for t in feature["examples_quantiles"][0]["examples"][0]["tokens"] if t.strip())
+    assert f"Top activations {top}" in panel, panel[:2000]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 from typing import Any
@@ -10,6 +11,19 @@ import numpy as np
 
 DIM = 384
 _lock = threading.Lock()
+
+
+_LIST_SEPARATOR = re.compile(r'"\s*[/,]\s*"')
+
+
+def embedding_text(text: str) -> str:
+    """What MiniLM reads for a text: quote marks, `"a"/"b"` list separators and arrows dropped, words kept.
+
+    Baseline labels (`"Texas"/"Dallas" → says "Austin"`) spend more than half their word pieces on that
+    punctuation; without it they embed twice as fast and mean the same. Queries go through it too.
+    """
+    cleaned = " ".join(_LIST_SEPARATOR.sub(" ", text.replace("→", " ")).replace('"', " ").split())
+    return cleaned or text
 
 
 @lru_cache(maxsize=1)
@@ -32,11 +46,22 @@ def _model() -> tuple[Any, Any]:
 
 
 def embed(texts: list[str], batch_size: int = 128, progress: Any = None) -> np.ndarray:
-    """L2-normalised float32 embeddings (n, 384): mean pooling over tokens, as sentence-transformers does."""
-    import torch
-
+    """L2-normalised float32 embeddings (n, 384) of embedding_text(t): mean pooling over tokens, as
+    sentence-transformers does; texts that read the same are embedded once."""
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
+    cleaned = [embedding_text(t) for t in texts]
+    distinct = sorted(set(cleaned))
+    if progress is not None and len(distinct) < len(texts):
+        progress.update(len(texts) - len(distinct))
+    vecs = _embed_distinct(distinct, batch_size, progress)
+    row = {t: i for i, t in enumerate(distinct)}
+    return vecs[[row[t] for t in cleaned]]
+
+
+def _embed_distinct(texts: list[str], batch_size: int, progress: Any) -> np.ndarray:
+    import torch
+
     tok, model = _model()
     out = np.empty((len(texts), DIM), dtype=np.float32)
     order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding

@@ -18,7 +18,8 @@ from tqdm import tqdm
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.extensions import load_extension
 
-SEARCH_FORMAT = "2"  # layout of the derived search tables; a store built by another layout is rebuilt
+SEARCH_FORMAT = "3"  # layout of the derived search tables; a store built by another layout is rebuilt
+# (3: embeddings of embedding_text(), so texts embedded under an older format are embedded again)
 HNSW_MIN_TEXTS = 10_000  # below this, semantic search scans every embedding exactly
 HNSW_INDEX = "search_texts_hnsw"
 FTS_SCHEMA = "fts_main_explanations"
@@ -96,6 +97,9 @@ def _postings(con: Any) -> None:
 def _embeddings(con: Any, progress: bool | None) -> int:
     load_extension(con, "vss")
     con.execute("SET hnsw_enable_experimental_persistence = true")
+    old = con.execute("SELECT value FROM search_state WHERE key = 'format'").fetchone()
+    if old is not None and old[0] != SEARCH_FORMAT:
+        con.execute("DROP TABLE IF EXISTS search_texts")
     # Texts only ever get appended, in text_id order, so lookups by text_id prune by zone maps.
     con.execute(f"CREATE TABLE IF NOT EXISTS search_texts (text_id BIGINT, description VARCHAR, "
                 f"embedding FLOAT[{DIM}])")
