@@ -69,3 +69,20 @@ def test_real_wikitext_2_reads_clean() -> None:
     assert len(articles) > 100
     text = "\n".join(articles)
     assert "<unk>" not in text and " @-@ " not in text and " , " not in text
+
+
+def test_the_demo_reads_wikitext_where_a_copy_is_at_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ingest.demo as demo
+    from featuredb.errors import FeatureDBError
+
+    monkeypatch.delenv("FEATUREDB_WIKITEXT", raising=False)
+    monkeypatch.setattr(demo, "SHARED_WIKITEXT", tmp_path / "absent")
+    assert demo.demo_corpus() == "installed-docs"
+    with pytest.raises(FeatureDBError, match="no WikiText-2 copy"):
+        demo.demo_corpus("wikitext")
+    (tmp_path / "wt").mkdir()
+    (tmp_path / "wt" / "valid.txt").write_text(SAMPLE, encoding="utf-8")
+    monkeypatch.setenv("FEATUREDB_WIKITEXT", str(tmp_path / "wt"))
+    assert demo.demo_corpus() == f"wikitext:{tmp_path / 'wt'}" == demo.demo_corpus("wikitext")
+    assert demo.demo_corpus("installed-docs") == "installed-docs"
+    assert demo.demo_corpus("my/corpus.jsonl") == "my/corpus.jsonl"
