@@ -62,42 +62,53 @@ def _example_table(model_id: str, source: str, feats: np.ndarray, wins: np.ndarr
 
 def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptions
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per feature and interval, the examples with the smallest priority among reservoir and top windows."""
-    F = state.n_features
-    top_pri = pair_priority(state.top_win, torch.arange(F)[:, None])
-    pri = torch.cat([torch.where(state.top_win >= 0, top_pri, float("inf")), state.res_pri], dim=1).numpy()
-    val = torch.cat([state.top_val, state.res_val], dim=1).numpy()
-    win = torch.cat([state.top_win, state.res_win], dim=1).numpy()
-    acts = torch.cat([state.top_acts, state.res_acts], dim=1).numpy()
-    hist = state.hist.numpy()
-    centres = hist_centres()
-    out_f, out_w, out_a, out_b = [], [], [], []
-    n_bins = opts.intervals
-    for f in np.nonzero(max_act > 0)[0]:
-        edges = max_act[f] * np.arange(n_bins + 1) / n_bins
-        ok = np.isfinite(pri[f]) & (win[f] >= 0)
-        order = np.argsort(pri[f], kind="stable")
-        seen: set[int] = set()
-        taken = [0] * n_bins
-        total = max(int(hist[f].sum()), 1)
-        for j in order:
-            if not ok[j] or int(win[f, j]) in seen:
-                continue
-            b = min(int(np.searchsorted(edges, val[f, j], side="left")) - 1, n_bins - 1)
-            if b < 0 or taken[b] >= opts.per_interval:
-                continue
-            seen.add(int(win[f, j]))
-            taken[b] += 1
-            lo, hi = edges[b], edges[b + 1]
-            contains = float(hist[f][(centres > lo) & (centres <= hi)].sum()) / total
-            out_f.append(f)
-            out_w.append(win[f, j])
-            out_a.append(acts[f, j])
-            out_b.append((lo, hi, contains))
+    """Per feature and interval, the examples with the smallest priority among reservoir and top windows.
+
+    For each live feature, candidates (top and reservoir windows) are taken in priority order; a window is
+    taken once; interval b of (0, maxAct] keeps its first `per_interval` candidates. Vectorised over features.
+    """
+    F, k = state.n_features, state.top_win.shape[1]
     width = state.top_acts.shape[2]
-    return (np.array(out_f, dtype=np.int64), np.array(out_w, dtype=np.int64),
-            np.stack(out_a) if out_a else np.zeros((0, width), np.float32),
-            np.array(out_b, dtype=np.float64).reshape(-1, 3))
+    live = np.nonzero(max_act > 0)[0]
+    if not len(live):
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, width), np.float32), np.zeros((0, 3)))
+    top_pri = pair_priority(state.top_win, torch.arange(F)[:, None])
+    pri = torch.cat([torch.where(state.top_win >= 0, top_pri, float("inf")), state.res_pri], dim=1).numpy()[live]
+    val = torch.cat([state.top_val, state.res_val], dim=1).numpy()[live]
+    win = torch.cat([state.top_win, state.res_win], dim=1).numpy()[live]
+    order = np.argsort(pri, axis=1, kind="stable")  # candidates in priority order
+    pri, val, win = (np.take_along_axis(a, order, axis=1) for a in (pri, val, win))
+    ok = np.isfinite(pri) & (win >= 0)
+    # a window is taken once: drop later copies of a window (copies share peak and priority, so the same fate)
+    key = np.where(ok, win, -1 - np.arange(win.shape[1])[None, :])
+    by_win = np.argsort(key, axis=1, kind="stable")
+    sorted_key = np.take_along_axis(key, by_win, axis=1)
+    repeat_sorted = np.zeros_like(ok)
+    repeat_sorted[:, 1:] = sorted_key[:, 1:] == sorted_key[:, :-1]
+    repeat = np.zeros_like(ok)
+    np.put_along_axis(repeat, by_win, repeat_sorted, axis=1)
+    n_bins = opts.intervals
+    edges = max_act[live][:, None] * np.arange(n_bins + 1)[None, :] / n_bins  # (L, n_bins + 1)
+    below = (edges[:, None, :] < val.astype(np.float64)[:, :, None]).sum(axis=2)  # searchsorted(side="left")
+    b = np.minimum(below - 1, n_bins - 1)
+    cand = ok & ~repeat & (b >= 0)
+    in_bin = cand[:, :, None] & (b[:, :, None] == np.arange(n_bins)[None, None, :])
+    rank = np.take_along_axis(np.cumsum(in_bin, axis=1), np.clip(b, 0, None)[:, :, None], axis=2)[:, :, 0]
+    take = cand & (rank <= opts.per_interval)
+    rows, cols = np.nonzero(take)  # by feature, then priority: the order rows are written in
+    feats, chosen, bins = live[rows], order[rows, cols], b[rows, cols]
+    acts = np.where((chosen < k)[:, None],
+                    state.top_acts.numpy()[feats, np.minimum(chosen, k - 1)],
+                    state.res_acts.numpy()[feats, np.maximum(chosen - k, 0)])
+    # binContains: share of the feature's nonzero activations whose histogram centre lies in (lo, hi]
+    hist = state.hist.numpy()[feats]
+    cum = np.concatenate([np.zeros((len(feats), 1), np.int64), np.cumsum(hist, axis=1)], axis=1)
+    lo, hi = edges[rows, bins], edges[rows, bins + 1]
+    centres = hist_centres()
+    upto = lambda x: np.take_along_axis(cum, np.searchsorted(centres, x, side="right")[:, None], axis=1)[:, 0]  # noqa: E731
+    contains = (upto(hi) - upto(lo)).astype(np.float64) / np.maximum(hist.sum(axis=1), 1)
+    return (feats.astype(np.int64), win[rows, cols].astype(np.int64), acts.astype(np.float32),
+            np.stack([lo, hi, contains], axis=1).astype(np.float64))
 
 
 def layer_records(model_id: str, source: str, set_name: str, state: LayerState, tokens_counted: int,
