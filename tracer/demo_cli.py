@@ -40,7 +40,7 @@ def demo_command(profile: str, data_dir: str, corpus: str, no_graphs: bool, devi
 
     \b
     Example:
-      featuredb demo                   # about 25 minutes on 2 CPU cores
+      featuredb demo                   # about 20 minutes on 2 CPU cores
       featuredb demo --profile full --device cuda
     """
     def graphs(summary: DemoSummary) -> dict:  # type: ignore[type-arg]
