@@ -56,6 +56,7 @@ def test_graph_is_valid_for_circuit_tracer_and_neuronpedia(attributed: tuple[Pat
     assert graph["metadata"]["completeness_score"] == pytest.approx(summary["completeness_score"], abs=1e-4)
     assert summary["top_predictions"][0][0] == " Texas", "the default model answers ' Texas'"
     assert graph["metadata"]["prompt_tokens"][0] == "<|im_start|>", "circuit-tracer puts a special token first"
+    assert graph["metadata"]["slug"] == out.stem == "dallas", "the slug trace serve lists the file by"
     assert summary["feature_nodes"] == len(_feature_nodes(graph)) > 0
     assert all(n["ctx_idx"] > 0 for n in _feature_nodes(graph)), "position 0 is zeroed by circuit-tracer"
 

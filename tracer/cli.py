@@ -127,7 +127,7 @@ def print_label_result(result: Any, echo: Any = click.echo) -> None:
               help="A featuredb train folder (circuit-tracer per-layer set covering every layer).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Graph JSON to write.")
 @click.option("--model", help="Model folder, .gguf or 'default' (default: the one the transcoders were trained on).")
-@click.option("--slug", help="Graph slug (default: from the prompt).")
+@click.option("--slug", help="Graph slug (default: the output file's name, which trace serve lists it by).")
 @click.option("--max-feature-nodes", default=2000, show_default=True, type=click.IntRange(0),
               help="Most feature nodes attributed (0: every active feature, circuit-tracer's own default).")
 @click.option("--max-n-logits", default=10, show_default=True, type=click.IntRange(1))
@@ -160,7 +160,7 @@ def attribute_command(prompt: str, transcoders: str, out: str, model: str | None
     cfg = transcoder_config(transcoders)
     model_path, model_id = model_for_transcoders(cfg, model)
     set_name = str(cfg.get("set_name") or str(cfg.get("scan", "")).split("/")[-1] or Path(transcoders).name)
-    slug = slug or _slug(prompt)
+    slug = slug or Path(out).stem  # circuit-tracer's {slug}.json: trace serve lists a graph by its file name
     options = AttributeOptions(max_feature_nodes=max_feature_nodes or None, max_n_logits=max_n_logits,
                                desired_logit_prob=desired_logit_prob, batch_size=batch_size,
                                node_threshold=node_threshold, edge_threshold=edge_threshold)
@@ -191,14 +191,6 @@ def attribute_command(prompt: str, transcoders: str, out: str, model: str | None
         print_label_result(labelled)
     click.echo(f"wrote {out}; view it with: featuredb trace serve {Path(out).parent or '.'} "
                f"(then open http://127.0.0.1:8032/index.html?slug={slug})")
-
-
-def _slug(prompt: str) -> str:
-    """A file-name-safe slug from a prompt."""
-    import re
-
-    words = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")
-    return words[:60].rstrip("-") or "graph"
 
 
 @trace_group.command("serve", short_help="Serve a folder of graphs with circuit-tracer's frontend, offline.")
