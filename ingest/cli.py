@@ -53,7 +53,8 @@ def _print_summary(s: IngestSummary) -> None:
 @click.option("--model", help="Hugging Face folder or id, a .gguf file, or 'default' (SmolLM2-135M-Instruct).")
 @click.option("--transcoders", "transcoders", multiple=True, required=True,
               help="Transcoder folder/file (circuit-tracer, SAELens, GemmaScope npz, sparsify); repeatable.")
-@click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, detokenised), or 'installed-docs' (default).")
+@click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, detokenised), "
+                                "or 'installed-docs' (default).")
 @click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
 @click.option("--text-column", default="text", show_default=True, help="Parquet column holding the text.")
 @click.option("--split", default="train", show_default=True, help="Split of an hf: dataset.")

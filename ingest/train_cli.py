@@ -23,7 +23,8 @@ def _print_summary(s: TrainSummary) -> None:
 @click.option("--model", help="Hugging Face folder or id, a .gguf file, or 'default' (SmolLM2-135M-Instruct).")
 @click.option("--layers", help="Layers to train, e.g. 10,15,20 or 0-29 (default: all).")
 @click.option("--out", default="data/transcoders/smollm2", show_default=True, help="Output folder.")
-@click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, detokenised), or 'installed-docs' (default).")
+@click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, detokenised), "
+                                "or 'installed-docs' (default).")
 @click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
 @click.option("--train-tokens", default=40_000, show_default=True, type=click.IntRange(128))
 @click.option("--test-tokens", default=8_000, show_default=True, type=click.IntRange(128),

@@ -40,6 +40,10 @@ def _without_unk(paragraph: str) -> str:
     return " ".join(s for s in _SENTENCE_END.split(paragraph) if "<unk>" not in s)
 
 
+def _heading(title: str) -> str:
+    return "" if "<unk>" in title else detokenize(title)
+
+
 def _files(path: Path) -> list[Path]:
     if not path.exists():
         raise BadInputError(f"{path}: no such WikiText file or folder")
@@ -61,12 +65,9 @@ def wikitext_articles(path: str | Path) -> Iterator[str]:
                 if m and m.group(1) == "= ":  # " = Title = " starts a new article
                     if parts:
                         yield "\n\n".join(parts)
-                    parts = [] if "<unk>" in m.group(2) else [detokenize(m.group(2))]
+                    parts = [t for t in (_heading(m.group(2)),) if t]
                     continue
-                if m:
-                    text = "" if "<unk>" in m.group(2) else detokenize(m.group(2))
-                else:
-                    text = _without_unk(detokenize(line))
+                text = _heading(m.group(2)) if m else _without_unk(detokenize(line))
                 if text:
                     parts.append(text)
         if parts:
