@@ -65,7 +65,8 @@ def wikitext_articles(path: str | Path) -> Iterator[str]:
                 if m and m.group(1) == "= ":  # " = Title = " starts a new article
                     if parts:
                         yield "\n\n".join(parts)
-                    parts = [t for t in (_heading(m.group(2)),) if t]
+                    title = _heading(m.group(2))
+                    parts = [title] if title else []
                     continue
                 text = _heading(m.group(2)) if m else _without_unk(detokenize(line))
                 if text:
