@@ -16,7 +16,7 @@ from conftest import MODEL, SOURCE
 from featuredb import FeatureStore
 from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.neuronpedia import (AsyncNeuronpediaClient, InvalidResponseError, NeuronpediaClient,
-                                   NeuronpediaNotFoundError, ServerError, UnauthorizedError)
+                                   NeuronpediaError, NeuronpediaNotFoundError, ServerError, UnauthorizedError)
 from featuredb.neuronpedia.client import RetryPolicy
 from featuredb.server.app import create_app
 
@@ -163,6 +163,60 @@ def test_api_key_goes_only_to_the_configured_host() -> None:
     client.get_feature("gpt2-small", "8-res-jb", 100)
     assert seen == [("www.neuronpedia.org", "secret"), ("evil.example.com", None)]
     assert "secret" not in repr(client)
+
+
+@pytest.mark.parametrize("location", [
+    "http://www.neuronpedia.org/api/feature/a/b/1",        # same host, plain http
+    "https://www.neuronpedia.org:8443/api/feature/a/b/1",  # same host, another port
+    "https://neuronpedia.org/api/feature/a/b/1",           # another host
+])
+def test_api_key_is_not_resent_on_a_redirect_to_another_origin(location: str) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("x-api-key")))
+        if len(seen) == 1:
+            return httpx.Response(302, headers={"location": location})
+        return httpx.Response(200, json=NP_FEATURE)
+
+    _client(handler).get_feature("gpt2-small", "8-res-jb", 100)
+    assert seen[0][1] == "secret" and seen[1] == (location, None)
+
+
+def test_api_key_follows_a_redirect_within_the_same_origin() -> None:
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-api-key"))
+        if len(seen) == 1:
+            return httpx.Response(307, headers={"location": "https://www.neuronpedia.org:443/api/feature/a/b/1"})
+        return httpx.Response(200, json=NP_FEATURE)
+
+    _client(handler).get_feature("gpt2-small", "8-res-jb", 100)
+    assert seen == ["secret", "secret"]
+
+
+@pytest.mark.parametrize("header", ["-1", "nan", "inf", "-inf", "soon", "", "1e999",
+                                    "Wed, 21 Oct 2015 07:28:00 GMT"])
+def test_odd_retry_after_values_retry_instead_of_raising(header: str) -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"retry-after": header})
+        return httpx.Response(200, json=NP_FEATURE)
+
+    assert _client(handler).get_feature("gpt2-small", "8-res-jb", 100).index == "100"
+    assert len(calls) == 2 and calls[1] - calls[0] < 1.0  # capped by the policy's max_delay (0.2 s)
+
+
+@pytest.mark.parametrize("location", ["http://[::1", "ftp://www.neuronpedia.org/x", "javascript:alert(1)"])
+def test_a_malformed_or_non_http_redirect_is_a_one_line_error(location: str) -> None:
+    client = _client(lambda r: httpx.Response(302, headers={"location": location}))
+    with pytest.raises(NeuronpediaError) as e:  # httpx refuses some locations itself: still one typed line
+        client.get_feature("gpt2-small", "8-res-jb", 100)
+    assert "\n" not in str(e.value)
 
 
 def test_uploads_are_chunked_to_128_features() -> None:

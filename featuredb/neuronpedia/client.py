@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import math
 import os
 import random
 import time
@@ -42,19 +44,53 @@ class RetryPolicy:
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
         """Seconds to wait before retry number `attempt` (1-based)."""
         if response is not None:
-            after = response.headers.get("retry-after")
-            if after:
-                try:
-                    return min(float(after), self.max_delay)
-                except ValueError:
-                    pass
-            if response.headers.get("x-limit-remaining") == "0" and response.headers.get("x-limit-reset"):
-                try:
-                    return min(max(float(response.headers["x-limit-reset"]) - time.time(), 0.0), self.max_delay)
-                except ValueError:
-                    pass
+            after = _retry_after_seconds(response.headers.get("retry-after"))
+            if after is not None:
+                return min(after, self.max_delay)
+            if response.headers.get("x-limit-remaining") == "0":
+                reset = _finite(response.headers.get("x-limit-reset"))
+                if reset is not None:
+                    return min(max(reset - time.time(), 0.0), self.max_delay)
         base = min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
         return base * (0.5 + random.random() / 2)
+
+
+def _finite(text: str | None) -> float | None:
+    """A header's number, or None when it is absent, not a number, NaN or infinite."""
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _retry_after_seconds(text: str | None) -> float | None:
+    """Retry-After as seconds to wait (delta-seconds or an HTTP date; negative means now), None when unusable."""
+    seconds = _finite(text)
+    if seconds is None and text:
+        try:
+            seconds = email.utils.parsedate_to_datetime(text).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return None if seconds is None else max(seconds, 0.0)
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    """True when both URLs have the same scheme, host and port (default ports filled in)."""
+    def origin(u: httpx.URL) -> tuple[str, str, int | None]:
+        return (u.scheme, u.host, u.port or {"http": 80, "https": 443}.get(u.scheme))
+    return origin(a) == origin(b)
+
+
+def _redirect_target(url: httpx.URL, response: httpx.Response, what: str) -> httpx.URL:
+    """Where a redirect points, resolved against the request URL; a malformed Location is a clear error."""
+    try:
+        target = httpx.URL(urljoin(str(url), response.headers["location"]))
+    except (httpx.InvalidURL, ValueError):
+        raise InvalidResponseError(f"{what}: the server redirected to a malformed location") from None
+    if target.scheme not in ("http", "https"):
+        raise InvalidResponseError(f"{what}: the server redirected to a non-HTTP location ({target.scheme}:)")
+    return target
 
 
 @dataclass
@@ -107,7 +143,8 @@ class _Base:
                  retry: RetryPolicy | None = None, concurrency: int = 8) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        self.host = httpx.URL(self.base_url).host
+        self._origin = httpx.URL(self.base_url)
+        self.host = self._origin.host
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.concurrency = max(1, concurrency)
@@ -117,7 +154,7 @@ class _Base:
 
     def _headers_for(self, url: httpx.URL, extra: dict[str, str]) -> dict[str, str]:
         headers = {"accept": "application/json", **extra}
-        if self._api_key and url.host == self.host:
+        if self._api_key and same_origin(url, self._origin):
             headers["x-api-key"] = self._api_key
         return headers
 
@@ -258,9 +295,11 @@ class NeuronpediaClient(_Base):
                 continue
             except httpx.TransportError as e:
                 raise NeuronpediaError(f"{what}: cannot reach {url.host} ({e.__class__.__name__})") from None
+            except httpx.InvalidURL:  # httpx resolves a redirect's Location even when not following it
+                raise InvalidResponseError(f"{what}: the server redirected to a malformed location") from None
             if response.is_redirect and redirects < MAX_REDIRECTS:
                 redirects += 1
-                url = httpx.URL(urljoin(str(url), response.headers["location"]))  # key dropped if host changes
+                url = _redirect_target(url, response, what)  # the key is dropped unless the origin is ours
                 continue
             if response.status_code in RETRY_STATUS and attempt < self.retry.max_retries:
                 attempt += 1
@@ -408,9 +447,11 @@ class AsyncNeuronpediaClient(_Base):
                     continue
                 except httpx.TransportError as e:
                     raise NeuronpediaError(f"{what}: cannot reach {url.host} ({e.__class__.__name__})") from None
+                except httpx.InvalidURL:  # httpx resolves a redirect's Location even when not following it
+                    raise InvalidResponseError(f"{what}: the server redirected to a malformed location") from None
                 if response.is_redirect and redirects < MAX_REDIRECTS:
                     redirects += 1
-                    url = httpx.URL(urljoin(str(url), response.headers["location"]))
+                    url = _redirect_target(url, response, what)
                     continue
                 if response.status_code in RETRY_STATUS and attempt < self.retry.max_retries:
                     attempt += 1
