@@ -16,9 +16,12 @@ SUBGRAPH_COLUMNS = ("id", '"modelId"', "slug", '"displayName"', '"pinnedIds"', "
 
 
 def save_graph(store: Any, graph: dict[str, Any], *, slug: str | None = None, user: str | None = None,
-               overwrite: bool = True) -> dict[str, Any]:
-    """Store a graph under (model from metadata.scan, slug); returns its record (Neuronpedia's graph metadata)."""
-    check_graph(graph, slug or "graph")
+               overwrite: bool = True, where: str | None = None) -> dict[str, Any]:
+    """Store a graph under (model from metadata.scan, slug); returns its record (Neuronpedia's graph metadata).
+
+    The graph is checked first (graph_json.check_graph): a malformed one is a BadInputError naming `where` (the
+    file it came from; default: the slug) and the field, and nothing is stored."""
+    check_graph(graph, where or slug or "graph")
     store._require_writable()
     model = graph_model(graph)
     slug = slug or str(graph["metadata"]["slug"])

@@ -208,3 +208,282 @@ def test_trace_serve_shows_the_labels_in_headless_chromium(store_db: Path, tmp_p
     dom = html.unescape(page.stdout)
     for label in ("max-act-logits label", "other at 0.8", '"Texas" → says "Austin"'):
         assert label in dom, page.stdout[:2000] + page.stderr[-2000:]
+
+
+# --- graph JSON at the door (issue 17): one-line errors naming the field, and outputs written whole ---
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 40-feature export in a store, built once for the tests below."""
+    from featuredb.formats.neuronpedia_import import import_neuronpedia
+    from featuredb.synthetic_export import generate_export
+
+    work = tmp_path_factory.mktemp("trace-label-input")
+    export = generate_export(work / "export", model=MODEL, source=f"6-{SET}", n_features=40, n_activations=4,
+                             ctx_len=8, n_top=3, progress=False)
+    with FeatureStore(work / "store.duckdb") as store:
+        import_neuronpedia(store, export, progress=False)
+    return work / "store.duckdb"
+
+
+def base_graph() -> dict[str, Any]:
+    """An embedding, three layer-6 features and a logit at position 1, linked in a chain."""
+    nodes = [node("E_1_1", 1, "E", 1, "embedding"), feat(1), feat(2), feat(3), node("31_5_1", 5, "31", 1, "logit")]
+    links = [{"source": "E_1_1", "target": f"6_{i}_1", "weight": 1.0} for i in (1, 2, 3)]
+    links += [{"source": f"6_{i}_1", "target": "31_5_1", "weight": 0.5} for i in (1, 2, 3)]
+    return graph_of(nodes, links)
+
+
+def changed(path: tuple[Any, ...], value: Any) -> str:
+    """base_graph() as JSON with the value at `path` replaced (KeyError: deleted)."""
+    g = base_graph()
+    target: Any = g
+    for k in path[:-1]:
+        target = target[k]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return json.dumps(g)
+
+
+def deep(levels: int) -> str:
+    """base_graph() as JSON with a key holding `levels` nested lists."""
+    return json.dumps(base_graph())[:-1] + ', "extra": ' + "[" * levels + "]" * levels + "}"
+
+
+def huge_legacy_id() -> str:
+    """Without schema_version 1 the node id is the feature's only name; 5,000 digits cannot be one."""
+    g = base_graph()
+    del g["metadata"]["schema_version"]
+    g["nodes"][1]["node_id"] = "9" * 5000 + "_1_1"
+    return json.dumps(g)
+
+
+def duplicated() -> str:
+    """base_graph() as JSON with its first feature node twice."""
+    g = base_graph()
+    g["nodes"].append(dict(g["nodes"][1]))
+    return json.dumps(g)
+
+
+REPORTED = [  # (the graph file's text, what the one-line error must say)
+    (changed(("qParams",), json.dumps({"pinnedIds": []})), "qParams: expected an object"),
+    (changed(("qParams",), None), "qParams: expected an object"),
+    (changed(("qParams",), []), "qParams: expected an object"),
+    (changed(("links", 0, "weight"), float("nan")), "links[0].weight: expected a finite number"),
+    (changed(("links", 4, "weight"), float("-inf")), "links[4].weight: expected a finite number"),
+    (changed(("nodes", 2, "influence"), float("nan")), "nodes[2].influence: expected a finite number"),
+    (changed(("nodes", 1, "activation"), float("inf")), "nodes[1].activation: expected a finite number"),
+    (duplicated(), 'nodes[5].node_id: "6_1_1" repeats nodes[1]'),
+    (changed(("nodes", 1, "node_id"), KeyError), "nodes[1].node_id: missing"),
+    (changed(("nodes", 1, "node_id"), 611), "nodes[1].node_id: expected a non-empty string"),
+    (changed(("nodes", 1, "feature"), "abc"), "nodes[1].feature: expected an integer or null"),
+    (changed(("nodes",), {"0": {}}), "nodes: expected a list"),
+    (changed(("nodes",), "[]"), "nodes: expected a list"),
+    (changed(("links",), {}), "links: expected a list"),
+    (changed(("links",), None), "links: expected a list"),
+    (changed(("qParams", "supernodes"), 5), "qParams.supernodes: expected a list or a JSON string of one"),
+    (changed(("qParams", "supernodes"), ["a", "b"]), "qParams.supernodes[0]: expected [label, node_id, ...]"),
+    (changed(("qParams", "supernodes"), [["label", 7]]), "qParams.supernodes[0]: expected [label, node_id, ...]"),
+    (changed(("qParams", "supernodes"), '[["a", '), "qParams.supernodes: expected a list or a JSON string of one"),
+    (deep(100_000), "graph.json: nested too deeply to be a graph"),
+    (deep(200), "extra[0][0]: nested more than 64 levels deep"),
+    (changed(("links", 0, "target"), "6_39_9"), 'links[0].target: no node has the id "6_39_9"'),
+    (changed(("nodes", 0, "clerp"), "\ud800"), "nodes[0].clerp: not valid Unicode (a lone surrogate)"),
+    (huge_legacy_id(), "nodes[1].node_id: a feature node needs node_id '{layer}_{feature}_{pos}'"),
+]
+
+
+@pytest.mark.parametrize("text,message", REPORTED, ids=[m.split(":")[0] + f"-{i}" for i, (_, m) in
+                                                           enumerate(REPORTED)])
+def test_each_reported_bad_graph_is_one_line_naming_file_and_field(module_store: Path, tmp_path: Path, text: str,
+                                                                    message: str) -> None:
+    src, out = tmp_path / "graph.json", tmp_path / "out.json"
+    src.write_text(text)
+    out.write_text("old")
+    res = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(out), "--db", str(module_store)])
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exc_info
+    assert res.exit_code == 1 and res.stderr.startswith(f"featuredb: error: {src}") and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert out.read_text() == "old" and not list(tmp_path.glob(".out.json.tmp-*"))
+
+
+def test_import_graph_refuses_a_bad_graph_with_the_field(module_store: Path, tmp_path: Path) -> None:
+    src = tmp_path / "graph.json"
+    src.write_text(changed(("links", 0, "weight"), float("nan")))
+    db = tmp_path / "copy.duckdb"
+    db.write_bytes(module_store.read_bytes())
+    res = CliRunner().invoke(cli, ["import", "graph", str(src), "--db", str(db)])
+    assert res.exit_code == 1 and f"{src}: links[0].weight: expected a finite number" in res.stderr
+
+
+def test_a_graph_saved_by_circuit_tracers_frontend_is_labelled(module_store: Path, tmp_path: Path) -> None:
+    g = base_graph()
+    # its save posts URL parameters: pinnedIds comma-joined, supernodes and clerps JSON, absent ones null
+    g["qParams"] = {"pinnedIds": "6_1_1,6_2_1", "supernodes": json.dumps([["mine", "6_1_1", "6_2_1"]]),
+                    "clerps": None, "linkType": "both", "clickedId": None, "sg_pos": None, "pruningThreshold": "0.8"}
+    g["metadata"]["node_threshold"] = None  # circuit-tracer's Metadata default
+    g["nodes"].append(node("0_1_1", -1, "1", 1, "mlp reconstruction error"))  # an old error id ...
+    g["nodes"].append(node("0_1_1", cantor_pair(0, 1), "0", 1, "cross layer transcoder"))  # ... = a feature's
+    src, out = tmp_path / "graph.json", tmp_path / "out.json"
+    src.write_text(json.dumps(g))
+    res = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(out), "--db", str(module_store)])
+    assert res.exit_code == 0, res.output
+    qp = json.loads(out.read_text())["qParams"]
+    assert qp["supernodes"][0] == ["mine", "6_1_1", "6_2_1"] and qp["pinnedIds"][:2] == ["6_1_1", "6_2_1"]
+    assert "sg_pos" not in qp and "clickedId" not in qp  # nulls go, as the frontend drops them
+    jsonschema.validate(qp, SCHEMA["properties"]["qParams"])
+
+
+def _label(store: Path, tmp_path: Path, out: Path) -> Any:
+    """`trace label` of base_graph() into `out`."""
+    src = tmp_path / "graph.json"
+    src.write_text(json.dumps(base_graph()))
+    return CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(out), "--db", str(store)])
+
+
+def test_output_mode_follows_the_umask_or_the_replaced_file(module_store: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        assert _label(module_store, tmp_path, tmp_path / "new.json").exit_code == 0
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+        os.umask(0o002)
+        assert _label(module_store, tmp_path, tmp_path / "group.json").exit_code == 0
+        assert stat.S_IMODE((tmp_path / "group.json").stat().st_mode) == 0o664
+        (tmp_path / "kept.json").write_text("old")
+        (tmp_path / "kept.json").chmod(0o640)
+        assert _label(module_store, tmp_path, tmp_path / "kept.json").exit_code == 0
+        assert stat.S_IMODE((tmp_path / "kept.json").stat().st_mode) == 0o640
+        assert json.loads((tmp_path / "kept.json").read_text())["nodes"]
+    finally:
+        os.umask(old)
+
+
+def _failing_in(folder: Path, real: Any, error: BaseException) -> Any:
+    """`real` (os.write or os.fsync) that raises `error` for files in `folder` (after writing half, for write)."""
+    import os
+
+    def fake(fd: int, *args: Any) -> Any:
+        if not os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)):
+            return real(fd, *args)
+        if args and len(args[0]) > 1:
+            return real(fd, bytes(args[0])[: len(args[0]) // 2])
+        raise error
+    return fake
+
+
+@pytest.mark.parametrize("call", ["write", "fsync"])
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_it_untouched(module_store: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          call: str) -> None:
+    import errno
+    import os
+
+    out = tmp_path / "out" / "labelled.json"
+    out.parent.mkdir()
+    out.write_text("old")
+    monkeypatch.setattr(os, call, _failing_in(out.parent, getattr(os, call),
+                                              OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    res = _label(module_store, tmp_path, out)
+    assert res.exit_code == 1 and res.stderr.strip() == (f"featuredb: error: {out}: cannot write the output file "
+                                                         "(No space left on device)")
+    assert out.read_text() == "old" and [p.name for p in out.parent.iterdir()] == ["labelled.json"]
+
+
+def test_a_read_only_output_folder_is_one_line_and_leaves_the_output_untouched(module_store: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    out = tmp_path / "ro" / "labelled.json"
+    out.parent.mkdir()
+    out.write_text("old")
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if str(path).startswith(str(out.parent)) and flags & os.O_CREAT:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kw)
+    monkeypatch.setattr(os, "open", read_only)
+    res = _label(module_store, tmp_path, out)
+    assert res.exit_code == 1 and res.stderr.strip() == (f"featuredb: error: {out}: cannot write the output file "
+                                                         "(Read-only file system)")
+    assert out.read_text() == "old" and [p.name for p in out.parent.iterdir()] == ["labelled.json"]
+
+
+def test_a_chmod_read_only_output_folder_is_one_line(module_store: Path, tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a chmod 555 folder; the monkeypatched test above covers this")
+    out = tmp_path / "ro" / "labelled.json"
+    out.parent.mkdir()
+    out.write_text("old")
+    out.parent.chmod(0o555)
+    try:
+        res = _label(module_store, tmp_path, out)
+    finally:
+        out.parent.chmod(0o755)
+    assert res.exit_code == 1 and "cannot write the output file (Permission denied)" in res.stderr
+    assert out.read_text() == "old"
+
+
+def test_ctrl_c_while_writing_leaves_no_temp_and_the_old_output(module_store: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    out = tmp_path / "out" / "labelled.json"
+    out.parent.mkdir()
+    out.write_text("old")
+    monkeypatch.setattr(os, "fsync", _failing_in(out.parent, os.fsync, KeyboardInterrupt()))
+    res = _label(module_store, tmp_path, out)
+    assert res.exit_code == 130
+    assert out.read_text() == "old" and [p.name for p in out.parent.iterdir()] == ["labelled.json"]
+
+
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+real = os.replace
+os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL) if ".tmp-" in str(src) else real(src, dst)
+sys.argv = ["featuredb", *sys.argv[1:]]
+from featuredb.cli.root import main
+main()
+"""
+
+
+def test_a_temp_left_by_sigkill_is_removed_by_the_next_run(module_store: Path, tmp_path: Path) -> None:
+    import sys
+
+    out = tmp_path / "labelled.json"
+    out.write_text("old")
+    src = tmp_path / "graph.json"
+    src.write_text(json.dumps(base_graph()))
+    args = ["trace", "label", str(src), "-o", str(out), "--db", str(module_store)]
+    killed = subprocess.run([sys.executable, "-c", KILL_BEFORE_RENAME, *args], capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    orphans = list(tmp_path.glob(".labelled.json.tmp-*"))
+    assert len(orphans) == 1 and out.read_text() == "old"
+    with subprocess.Popen(["sleep", "60"]) as live:  # a temp of a process still running is not touched
+        busy = tmp_path / f".labelled.json.tmp-{live.pid}-0000"
+        busy.write_text("being written")
+        res = CliRunner().invoke(cli, args)
+        live.kill()
+    assert res.exit_code == 0, res.output
+    assert sorted(tmp_path.glob(".labelled.json.tmp-*")) == [busy]
+    assert json.loads(out.read_text())["qParams"]["clerps"]
+
+
+def test_nan_is_never_written(tmp_path: Path) -> None:
+    from featuredb.atomic_write import write_json_atomically
+    from featuredb.errors import FeatureDBError
+
+    out = tmp_path / "out.json"
+    out.write_text("old")
+    with pytest.raises(FeatureDBError, match="NaN or Infinity"):
+        write_json_atomically(out, {"weight": float("nan")})
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 
+from featuredb.atomic_write import write_json_atomically
 from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
 from featuredb.errors import BadInputError
 
@@ -19,20 +17,6 @@ from featuredb.errors import BadInputError
 def trace_group() -> None:
     """Attribution graphs: make them with circuit-tracer, label their features from the store, propose
     supernodes and serve them with circuit-tracer's frontend."""
-
-
-def write_json_atomically(path: str, data: object) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it into place (never half-written)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @trace_group.command("label", short_help="Fill clerps from the store and propose supernodes.")
@@ -66,13 +50,14 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
       featuredb trace label graphs/dallas-austin.json -o graphs/dallas-austin.labelled.json
     """
     from featuredb.formats.graph_json import load_graph
-    from tracer.supernodes import SupernodeOptions
-    from tracer.trace_label import trace_label
 
     if Path(out).resolve() == Path(graph_file).resolve():
         raise BadInputError(f"{out}: write the labelled graph to another file than its input")
     start = time.perf_counter()
-    graph = load_graph(graph_file)
+    graph = load_graph(graph_file)  # a malformed graph is refused before the labelling machinery loads
+    from tracer.supernodes import SupernodeOptions
+    from tracer.trace_label import trace_label
+
     client = None
     if online:
         from featuredb.neuronpedia import NeuronpediaClient

@@ -58,11 +58,16 @@ def _edge_profiles(graph: dict[str, Any], ids: list[str]) -> csr_matrix:
             rows.append(row[s])
             cols.append(n_all + col[t])
             vals.append(w)
-    m = csr_matrix((np.asarray(vals, dtype=np.float32), (rows, cols)), shape=(len(ids), 2 * n_all))
+    m = csr_matrix((np.asarray(vals, dtype=np.float64), (rows, cols)), shape=(len(ids), 2 * n_all))
     m.sum_duplicates()
+    m.data[~np.isfinite(m.data)] = 0.0  # finite weights near float max can sum to infinity
+    # divide by each row's largest |weight| first, so squaring weights near the float limit cannot overflow
+    scale = np.asarray(abs(m).max(axis=1).todense()).ravel()
+    scale[scale == 0] = 1.0
+    m = csr_matrix(m.multiply(1.0 / scale[:, None]))
     norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
     norms[norms == 0] = 1.0
-    return csr_matrix(m.multiply(1.0 / norms[:, None]))
+    return csr_matrix(m.multiply(1.0 / norms[:, None]), dtype=np.float32)
 
 
 def _unit_rows(vectors: dict[str, np.ndarray], ids: list[str]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from featuredb.formats.graph_json import feature_node_dicts
+from featuredb.formats.graph_json import check_graph, decode_qparams, feature_node_dicts
 from featuredb.neuronpedia.sync import subgraph_body
 from tracer.decoders import decoder_vectors
 from tracer.graph_labelling import LabelReport, label_graph
@@ -26,7 +27,8 @@ class TraceLabelResult:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the graph)."""
         return {**self.report.as_dict(),
-                "supernodes": [{"label": s.label, "node_ids": s.node_ids, "score": round(s.score, 4)}
+                "supernodes": [{"label": s.label, "node_ids": s.node_ids,
+                                "score": round(s.score, 4) if math.isfinite(s.score) else None}
                                for s in self.supernodes]}
 
 
@@ -45,7 +47,11 @@ def existing_clerps(value: Any) -> list[list[str]]:
 def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
                 source_set: str | None = None, overwrite: bool = False, online: Any = None,
                 options: SupernodeOptions | None = None, use_decoders: bool = True) -> TraceLabelResult:
-    """Label `graph` from `store` and propose supernodes into its qParams (supernodes, pinnedIds, clerps)."""
+    """Label `graph` from `store` and propose supernodes into its qParams (supernodes, pinnedIds, clerps).
+
+    The graph is checked first (featuredb.formats.graph_json.check_graph): a malformed one is a BadInputError
+    naming `where` and the field, before anything is changed."""
+    decode_qparams(check_graph(graph, where), where)
     mapping = map_nodes(store, graph, where=where, model=model, source_set=source_set)
     report = label_graph(store, graph, mapping, overwrite=overwrite, online=online)
     qp = graph["qParams"]
