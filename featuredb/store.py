@@ -91,6 +91,19 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
         raise FeatureDBError(f"{path}: cannot open: {str(e).splitlines()[0]}") from None
 
 
+def _connect_reader(path: str) -> duckdb.DuckDBPyConnection:
+    """Open read-only; a WAL left by a killed writer is replayed by one short writable open first."""
+    try:
+        return duckdb.connect(path, read_only=True)
+    except duckdb.Error as e:
+        if "replaying WAL" not in str(e):
+            return _connect(path, read_only=True)  # the same error again, as one line
+    # A read-only connection cannot replay a WAL into the file; a writer can (committed work is kept,
+    # an unfinished transaction is dropped). If a live writer holds the file this says it is locked.
+    _connect(path, read_only=False).close()
+    return _connect(path, read_only=True)
+
+
 class MissingKeyError(FeatureDBError):
     """Rows arrived without a key field (modelId, layer, index or id)."""
 
@@ -105,7 +118,7 @@ class FeatureStore:
         if read_only:
             if not Path(self.path).exists():
                 raise NotFoundError(f"{self.path}: no featuredb store here (import or ingest into it first)")
-            self.con = _connect(self.path, read_only=True)
+            self.con = _connect_reader(self.path)
             version = self._checked_version()
             if version < CURRENT_VERSION:
                 # Migrate in place once, then continue as a reader.
@@ -173,6 +186,13 @@ class FeatureStore:
             self.con.execute("ROLLBACK")
             raise
         self.con.execute("COMMIT")
+
+    def seal(self) -> None:
+        """Forbid files, network, extensions and settings changes on this connection: only the store is reachable."""
+        if not self.read_only:
+            raise FeatureDBError(f"{self.path}: only a read-only store can be sealed")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
 
     def _require_writable(self) -> None:
         if self.read_only:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from conftest import MODEL, SOURCE
@@ -67,3 +68,33 @@ def test_export_commands_write_files(small_export: Path, tmp_path: Path) -> None
     assert np_["rows"]["features"] == 40
     pq = json.loads(_run("export", "parquet", str(tmp_path / "pq"), "--db", db, "--json").output)
     assert pq["rows"]["explanations"] == 40
+
+
+QUERY_ESCAPES = [
+    "COPY (SELECT 1) TO '{db}'",                         # overwrite the store itself
+    "COPY features TO '{dir}/leak.csv'",
+    "EXPORT DATABASE '{dir}/dump'",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM glob('/*')",
+    "ATTACH '{dir}/other.duckdb' AS other",
+    "INSTALL httpfs",
+    "LOAD fts",
+    "SET enable_external_access = true",
+    "SET lock_configuration = false; COPY (SELECT 1) TO '{dir}/x.csv'",
+    "SELECT 1; COPY (SELECT 1) TO '{dir}/y.csv'",
+]
+
+
+@pytest.mark.parametrize("sql", QUERY_ESCAPES)
+def test_query_cannot_write_read_files_or_change_settings(small_export: Path, tmp_path: Path, sql: str) -> None:
+    db = tmp_path / "q.duckdb"
+    assert _run("import", "neuronpedia", str(small_export), "--db", str(db)).exit_code == 0
+    before = db.read_bytes()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    res = subprocess.run([sys.executable, "-m", "featuredb.cli", "query", sql.format(db=db, dir=out_dir), "--db", str(db)],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert db.read_bytes() == before and list(out_dir.iterdir()) == []
+    assert json.loads(_run("query", "SELECT count(*) AS n FROM features", "--db", str(db), "--json").output) == [{"n": 40}]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Callable
 
@@ -28,9 +29,20 @@ def open_store(db: str, read_only: bool) -> FeatureStore:
     return FeatureStore(db, read_only=read_only)
 
 
+def json_safe(data: Any) -> Any:
+    """`data` with NaN and infinite floats as null: JSON has no such numbers and strict parsers refuse them."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def emit_json(data: Any) -> None:
-    """Print `data` as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Print `data` as indented, strictly valid JSON on stdout."""
+    click.echo(json.dumps(json_safe(data), indent=2, default=str, allow_nan=False))
 
 
 class FeatureDBGroup(click.Group):

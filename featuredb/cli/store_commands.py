@@ -62,19 +62,23 @@ def feature(model: str, source: str, index: str, db: str) -> None:
 def query(sql: str, db: str, as_json: bool) -> None:
     """Run a read-only SQL query against the store (Neuronpedia field names).
 
+    The query sees only the store: it cannot write, read or list files (COPY, EXPORT DATABASE, read_csv,
+    read_text, ATTACH), reach the network, load extensions or change settings.
+
     \b
     Example:
       featuredb query "SELECT \\"index\\", description FROM explanations WHERE description ILIKE '%texas%' LIMIT 5"
     """
     with open_store(db, read_only=True) as store:
+        store.seal()
         try:
             cur = store.con.execute(sql)
+            if cur is None or cur.description is None:  # an empty query, or a statement without rows
+                return
+            names = [d[0] for d in cur.description]
+            rows = [tuple(r.values()) for r in cur.to_arrow_table().to_pylist()]  # time zones without pytz
         except duckdb.Error as e:
             raise FeatureDBError(f"query failed: {str(e).splitlines()[0]}") from None
-        if cur.description is None:
-            return
-        names = [d[0] for d in cur.description]
-        rows = cur.fetchall()
     if as_json:
         emit_json([dict(zip(names, r)) for r in rows])
         return
