@@ -204,7 +204,9 @@ def serve_command(directory: str, host: str, port: int, frontend: str | None, db
     page, which = (Path(frontend), f"the page in {frontend}") if frontend else default_frontend()
     app = create_graph_app(directory, db if Path(db).exists() else None, frontend=page)
     click.echo(f"serving graphs in {directory} with {which} on http://{host}:{port}/index.html", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    from featuredb.server.limits import SHUTDOWN_GRACE_S
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 @trace_group.command("frontend", short_help="Fetch circuit-tracer's frontend and its libraries for offline use.")

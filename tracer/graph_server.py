@@ -4,31 +4,148 @@ The routes are circuit-tracer's local server's: /data/graph-metadata.json, /data
 /graph_data/), /features/{scan}/{cantor}.json and POST /save_graph/{slug}; the frontend is the offline
 copy of circuit-tracer's that `trace frontend` builds, else circuit-tracer's installed assets, else
 featuredb's small viewer.
+
+Saving rewrites a file, so POST /save_graph/{slug} takes only same-origin requests (Host a loopback name
+or an IP address, Origin and Sec-Fetch-Site, when sent, naming this server) that carry the per-server
+token the served page sends (`x-featuredb-token`, added by a script put into the page), with a JSON body
+of at most MAX_SAVE_BYTES holding a `qParams` object. The page is served with `frame-ancestors 'none'`.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import os
+import re
+import secrets
 import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+from starlette.types import Scope
 
-from featuredb.errors import NotFoundError
+from featuredb.atomic_write import write_json_atomically
+from featuredb.errors import BadInputError, FeatureDBError, NotFoundError
 from featuredb.formats.circuit_tracer_export import feature_file
 from featuredb.formats.graph_json import graph_model, graph_source_set
 from featuredb.graph_identity import resolve_model, resolve_source_set
 from featuredb.identity import cantor_unpair, source_id
 from featuredb.schema import feature_key
+from featuredb.server.errors import hidden_paths, install_error_handlers
+from featuredb.server.limits import MAX_NAME_CHARS, MAX_SAVE_BYTES, BodyLimit
 from featuredb.store import FeatureStore
-from tracer.offline_frontend import offline_frontend
+from tracer.offline_frontend import ESCAPED_FILES, escaped_asset, offline_frontend
 
 VIEWER = Path(__file__).resolve().parent / "viewer"
 METADATA_KEYS = ("slug", "scan", "prompt_tokens", "prompt", "title_prefix", "node_threshold", "schema_version")
+TOKEN_HEADER = "x-featuredb-token"
+FEATURE_FILE = re.compile(r"[0-9]{1,30}\.json", re.ASCII)
+PAGE_HEADERS = {"cache-control": "no-store", "content-security-policy": "frame-ancestors 'none'",
+                "x-frame-options": "DENY", "x-content-type-options": "nosniff"}
+# Put into the served page: the page's own save requests (circuit-tracer's fetch of /save_graph/...) carry the token.
+SAVE_TOKEN_SCRIPT = """<script>
+(() => {
+  const token = %s, send = window.fetch.bind(window);
+  window.fetch = (input, init) => {
+    const url = new URL(input instanceof Request ? input.url : String(input), location.href);
+    if (token && url.origin === location.origin && url.pathname.startsWith('/save_graph/')) {
+      init = {...(init || {}), headers: new Headers((init && init.headers) || {})};
+      init.headers.set('%s', token);
+    }
+    return send(input, init);
+  };
+})();
+</script>
+"""
+
+
+class SaveRefused(FeatureDBError):
+    """A save from another origin, a foreign Host, or without the page's token (403), or not JSON (415)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def trusted_host(host: str) -> bool:
+    """True for a Host header naming localhost or an IP address (a DNS-rebinding page has another name)."""
+    try:
+        name = urlsplit("//" + host).hostname or ""
+    except ValueError:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def check_same_origin(request: Request, token: str) -> None:
+    """Refuse a save that is not from this server's own page (SaveRefused)."""
+    host = request.headers.get("host", "")
+    if not trusted_host(host):
+        raise SaveRefused("saving needs the server's address (localhost or an IP) as Host")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{host}":
+        raise SaveRefused("cross-origin save refused")
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        raise SaveRefused("cross-site save refused")
+    if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, "").encode(), token.encode()):
+        raise SaveRefused(f"missing or wrong {TOKEN_HEADER} (saves come from the page this server serves)")
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise SaveRefused("a save body must be application/json", 415)
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` when it can name a graph or scan (short, printable); otherwise NotFoundError without echoing it."""
+    if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise NotFoundError(f"no such {what}")
+    return name
+
+
+def page_with_token(page: str, token: str) -> str:
+    """The HTML page with SAVE_TOKEN_SCRIPT before its first script (an empty token: the page cannot save)."""
+    script = SAVE_TOKEN_SCRIPT % (json.dumps(token), TOKEN_HEADER)
+    at = page.find("<script")
+    return page + script if at < 0 else page[:at] + script + page[at:]
+
+
+class PageFiles(StaticFiles):
+    """The frontend's files; index pages carry the save token (for a trusted Host), circuit-tracer's HTML escaped."""
+
+    def __init__(self, directory: Path, token: str) -> None:
+        super().__init__(directory=str(directory), html=True)
+        self.folder, self.token = directory, token
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        """A file's answer; an odd path (too long, NUL, a loop) is a 404, never a 500."""
+        rel = path.replace(os.sep, "/")
+        try:
+            if scope["method"] in ("GET", "HEAD") and (rel in (".", "index.html") or rel in ESCAPED_FILES):
+                return self.changed(rel, scope)
+            return await super().get_response(path, scope)
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise HTTPException(404) from None
+
+    def changed(self, rel: str, scope: Scope) -> Response:
+        """The index page with the token (for a trusted Host), or one of circuit-tracer's files escaped."""
+        if rel in ESCAPED_FILES:
+            text = (self.folder / rel).read_text(encoding="utf-8")
+            return Response(escaped_asset(text, rel), media_type="text/javascript")
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        page = (self.folder / "index.html").read_text(encoding="utf-8")
+        body = page_with_token(page, self.token if trusted_host(host) else "")
+        return Response(body, media_type="text/html", headers=PAGE_HEADERS)
 
 
 def circuit_tracer_frontend() -> Path | None:
@@ -86,7 +203,12 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         raise NotFoundError(f"{folder}: no such folder of graphs")
     store = FeatureStore(db, read_only=True) if db else None
     local = threading.local()
+    save_lock = threading.Lock()
+    token = secrets.token_urlsafe(24)
     app = FastAPI(title="featuredb trace serve")
+    app.state.save_token = token
+    install_error_handlers(app, hidden_paths(the_graph_folder=folder, the_store=db))
+    app.add_middleware(BodyLimit, limit_for=lambda _path: MAX_SAVE_BYTES)
 
     def view() -> FeatureStore:
         if store is None:
@@ -105,10 +227,6 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
                 return model, sset
         return None
 
-    @app.exception_handler(NotFoundError)
-    async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=404)
-
     @app.get("/data/graph-metadata.json")
     def graph_metadata() -> dict[str, Any]:
         """Every graph in the folder, as circuit-tracer's graph-metadata.json lists them."""
@@ -116,10 +234,10 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
                            for slug, (_, meta, _, _) in _graphs(folder).items()]}
 
     def graph_file(name: str) -> Response:
-        slug = name[:-5] if name.endswith(".json") else name
+        slug = check_name(name[:-5] if name.endswith(".json") else name, "graph")
         graphs = _graphs(folder)
         if slug not in graphs:
-            raise NotFoundError(f"no graph {slug} in {folder}")
+            raise NotFoundError(f"no graph {slug} in the graph folder")
         return FileResponse(graphs[slug][0], media_type="application/json")
 
     app.get("/data/{name}")(graph_file)
@@ -128,9 +246,9 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     @app.get("/features/{scan:path}/{name}")
     def feature(scan: str, name: str) -> Response:
         """A circuit-tracer feature file, built from the store for the graph's model and source set."""
-        identity = scan_identity(scan)
-        if identity is None or not name.endswith(".json") or not name[:-5].isdigit():
-            raise NotFoundError(f"no feature file {scan}/{name}")
+        identity = scan_identity(check_name(scan, "scan"))
+        if identity is None or not FEATURE_FILE.fullmatch(name):
+            raise NotFoundError(f"no feature file {scan}/{check_name(name, 'feature file')}")
         model, source_set = identity
         layer, index = cantor_unpair(int(name[:-5]))
         source = source_id(layer, source_set or "")
@@ -149,17 +267,32 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     @app.post("/save_graph/{slug}")
     async def save_graph(slug: str, request: Request) -> dict[str, Any]:
         """Save the frontend's qParams (pinned nodes, supernodes) into the graph file, as circuit-tracer does."""
+        check_same_origin(request, token)
+        check_name(slug, "graph")
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise BadInputError("the save body is not JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("qParams"), dict):
+            raise BadInputError("the save body must be a JSON object with a qParams object")
         graphs = _graphs(folder)
         if slug not in graphs:
-            raise NotFoundError(f"no graph {slug} in {folder}")
-        body = json.loads(await request.body())
-        path = graphs[slug][0]
-        graph = json.loads(path.read_text(encoding="utf-8"))
-        graph["qParams"] = body["qParams"]
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(graph), encoding="utf-8")
-        tmp.replace(path)
+            raise NotFoundError(f"no graph {slug} in the graph folder")
+        write_qparams(graphs[slug][0], body["qParams"], save_lock)
         return {"success": True}
 
-    app.mount("/", StaticFiles(directory=str(frontend or default_frontend()[0]), html=True), name="frontend")
+    app.mount("/", PageFiles(frontend or default_frontend()[0], token), name="frontend")
     return app
+
+
+def write_qparams(path: Path, qparams: dict[str, Any], lock: threading.Lock) -> None:
+    """Replace the graph file's qParams, atomically (a temporary file renamed over it) and keeping its mode."""
+    with lock:
+        try:
+            graph = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise BadInputError(f"{path.name}: not a graph (malformed JSON)") from None
+        if not isinstance(graph, dict):
+            raise BadInputError(f"{path.name}: not a graph (a JSON object)")
+        graph["qParams"] = qparams
+        write_json_atomically(path, graph)  # NaN in qParams: a FeatureDBError (400), the file untouched

@@ -54,6 +54,40 @@ PATCHES = (
 )
 
 
+# What `trace serve` changes as it serves circuit-tracer's page (any copy: offline, installed or built before this
+# table existed): the page puts graph fields (labels, node fields in tooltips, `vis_link`, layer names) into HTML
+# unescaped. (file under the assets, text circuit-tracer has, escaped text); a text not there is left alone.
+ESCAPE_HELPERS = (
+    "window.featuredbEscape = window.featuredbEscape || (s => String(s ?? '').replace(/[&<>\"'`]/g,\n"
+    "  c => '&#' + c.charCodeAt(0) + ';'));\n"
+    "window.featuredbUrl = window.featuredbUrl || (u => /^(https?:\\/\\/|\\.{0,2}\\/|#)/i.test(String(u ?? ''))\n"
+    "  ? featuredbEscape(u) : '#');\n")
+ESCAPES = (
+    ("attribution_graph/util-cg.js", "(d.ppClerp || `F#${d.feature}`)",
+     "featuredbEscape(d.ppClerp || `F#${d.feature}`)"),
+    ("attribution_graph/util-cg.js", "!ev.metaKey ? d.ppClerp :", "!ev.metaKey ? featuredbEscape(d.ppClerp) :"),
+    ("attribution_graph/util-cg.js", "`<div>${str}: <b>${val}</b></div>`",
+     "`<div>${featuredbEscape(str)}: <b>${featuredbEscape(val)}</b></div>`"),
+    ("attribution_graph/init-cg-feature-detail.js", 'href="${d.url}" target="_blank">${label}</a>',
+     'href="${featuredbUrl(d.url)}" target="_blank">${featuredbEscape(label)}</a>'),
+    ("attribution_graph/init-cg-feature-detail.js", "headerSel.html(`<b>${label}</b>`)",
+     "headerSel.html(`<b>${featuredbEscape(label)}</b>`)"),
+    ("feature_examples/init-feature-examples-list.js", "sel.html(`Feature ${visState.feature.featureIndex} failed",
+     "sel.text(`Feature ${visState.feature.featureIndex} failed"),
+)
+ESCAPED_FILES = frozenset(rel for rel, _, _ in ESCAPES)
+
+
+def escaped_asset(text: str, rel: str) -> str:
+    """`text` of the page's file `rel` with every ESCAPES change for it made (each occurrence) and the helpers first."""
+    changes = [(old, new) for f, old, new in ESCAPES if f == rel]
+    if not changes:
+        return text
+    for old, new in changes:
+        text = text.replace(old, new)
+    return ESCAPE_HELPERS + text
+
+
 def _run(cmd: list[str], cwd: Path, what: str) -> None:
     try:
         done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)

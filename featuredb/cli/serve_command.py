@@ -23,6 +23,9 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
     upload (signed-put, PUT, save-to-db) and /api/graph/subgraph/*. Point Neuronpedia tools at
     http://127.0.0.1:3000 instead of https://www.neuronpedia.org. OpenAPI is at /openapi.json.
 
+    Requests over the limits (1 MiB bodies, 256 features per POST /api/features, ...: see the README)
+    get a 4xx with a JSON message; SIGTERM stops the server within a few seconds even when it is busy.
+
     \b
     Example:
       featuredb serve --port 3000 &
@@ -34,6 +37,7 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
 
     from featuredb.errors import BadInputError
     from featuredb.server.app import DB_ENV_FOR_WORKERS, create_app
+    from featuredb.server.limits import SHUTDOWN_GRACE_S
     from featuredb.store import FeatureStore
 
     mode = "read-only" if not write_token else "writes with the token"
@@ -44,8 +48,8 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
         os.environ[DB_ENV_FOR_WORKERS] = os.path.abspath(db)
         click.echo(f"serving {db} on http://{host}:{port} ({mode}, {workers} workers)", err=True)
         uvicorn.run("featuredb.server.app:app_from_env", factory=True, workers=workers, host=host, port=port,
-                    log_level="warning")
+                    log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         return
     app = create_app(db, write_token=write_token)
     click.echo(f"serving {db} on http://{host}:{port} ({mode})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)

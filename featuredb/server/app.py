@@ -4,70 +4,90 @@ from __future__ import annotations
 
 import gzip
 import threading
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.explanation_search import search_explanations
 from featuredb.feature_docs import FeatureDocs
 from featuredb.identity import parse_index
+from featuredb.models import Feature
 from featuredb.search.inference import InferenceBackend
-from featuredb.server.graph_routes import WriteDenied, graph_router
+from featuredb.server.errors import hidden_paths, install_error_handlers
+from featuredb.server.fields import Index, Name, int_in
+from featuredb.server.graph_routes import UPLOAD_PREFIX, graph_router
 from featuredb.server.inference_routes import inference_router
+from featuredb.server.limits import (MAX_ACTS_TO_RETURN, MAX_BODY_BYTES, MAX_FEATURES_PER_REQUEST, MAX_GRAPH_BYTES,
+                                     MAX_INDEX, MAX_NAME_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, MAX_SOURCES, BodyLimit,
+                                     openapi_error_responses)
 from featuredb.store import FeatureStore
 
 MAX_SEARCH_RESULTS = 20  # Neuronpedia's MAX_EXPLANATION_SEARCH_RESULTS
 SEARCH_ACTS = 3  # activations attached to each search result's neuron, as on Neuronpedia
+CHUNK = 32  # features of POST /api/features looked up between checks that the client is still there
+
+Query = Annotated[str, Field(min_length=3, max_length=MAX_QUERY_CHARS)]
+Offset = int_in(0, MAX_OFFSET)
 
 
 class FeatureRequest(BaseModel):
     """One entry of POST /api/features."""
 
-    modelId: str
-    layer: str
-    index: int
-    maxActsToReturn: int | None = None
+    modelId: Name
+    layer: Name
+    index: Index
+    maxActsToReturn: int_in(0, MAX_ACTS_TO_RETURN) | None = None  # type: ignore[valid-type]
 
 
 class ExplanationSearch(BaseModel):
     """POST /api/explanation/search: features of some sources of one model."""
 
-    modelId: str
-    layers: list[str]
-    query: str = Field(min_length=3)
-    offset: int = 0
+    modelId: Name
+    layers: list[Name] = Field(max_length=MAX_SOURCES)
+    query: Query
+    offset: Offset = 0
 
 
 class ExplanationSearchModel(BaseModel):
     """POST /api/explanation/search-model."""
 
-    modelId: str
-    query: str = Field(min_length=3)
-    offset: int = 0
+    modelId: Name
+    query: Query
+    offset: Offset = 0
 
 
 class ExplanationSearchRelease(BaseModel):
     """POST /api/explanation/search-release."""
 
-    releaseName: str
-    query: str = Field(min_length=3)
-    offset: int = 0
+    releaseName: Name
+    query: Query
+    offset: Offset = 0
 
 
 class ExplanationSearchAll(BaseModel):
     """POST /api/explanation/search-all."""
 
-    query: str = Field(min_length=3)
-    offset: int = 0
+    query: Query
+    offset: Offset = 0
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "message": message}, status_code=status)
+class SearchResults(BaseModel):
+    """The answer of the explanation searches: explanation rows, each with its feature as `neuron`."""
+
+    request: dict[str, Any]
+    results: list[dict[str, Any]]
+    resultsCount: int
+    hasMore: bool
+    nextOffset: int | None = None
+
+
+def body_limit(path: str) -> int:
+    """The largest body a route takes: graph files on the upload route, 1 MiB anywhere else."""
+    return MAX_GRAPH_BYTES if path.startswith(UPLOAD_PREFIX) else MAX_BODY_BYTES
 
 
 DB_ENV_FOR_WORKERS = "FEATUREDB_SERVE_DB"
@@ -96,31 +116,11 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
         return local.docs
 
     app = FastAPI(title="featuredb (Neuronpedia-compatible API)", version="1.0",
-                  description="Neuronpedia's API routes over a local featuredb store.")
+                  description="Neuronpedia's API routes over a local featuredb store. Limits: see the README.")
     app.state.store = store
     app.state.write_token = write_token
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
-
-    @app.exception_handler(WriteDenied)
-    async def denied(_request: Request, exc: WriteDenied) -> JSONResponse:
-        return _error(exc.status, str(exc))
-
-    @app.exception_handler(NotFoundError)
-    async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(FeatureDBError)
-    async def bad(_request: Request, exc: FeatureDBError) -> JSONResponse:
-        return _error(400, str(exc))
+    install_error_handlers(app, hidden_paths(the_store=db))
+    app.add_middleware(BodyLimit, limit_for=body_limit)
 
     def feature_json(model: str, layer: str, index: int | str, max_acts: int | None = None) -> dict[str, Any]:
         return view().get_feature(model, layer, index, max_acts=max_acts).model_dump(mode="json")
@@ -129,13 +129,18 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
         # pydantic serialises; FastAPI's generic encoder would walk every token of every example again
         return Response(content=body, media_type="application/json")
 
-    @app.get("/api/feature/{modelId}/{layer}/{index}", tags=["Features"], summary="Get Feature")
-    def get_feature(modelId: str, layer: str, index: str, request: Request) -> Response:
+    @app.get("/api/feature/{modelId}/{layer}/{index}", tags=["Features"], summary="Get Feature",
+             responses={200: {"model": Feature}})
+    def get_feature(modelId: Annotated[str, Path(max_length=MAX_NAME_CHARS)],
+                    layer: Annotated[str, Path(max_length=MAX_NAME_CHARS)],
+                    index: Annotated[str, Path(pattern=r"^-?[0-9]{1,19}$")], request: Request) -> Response:
         """One feature: its columns, activations (by maxValue, descending) and explanations."""
         try:
             idx = parse_index(index)
         except ValueError as e:
             raise FeatureDBError(str(e)) from None
+        if not 0 <= idx <= MAX_INDEX:
+            raise NotFoundError(f"feature {modelId}/{layer}/{idx} is not in the store")
         doc = docs().gzipped(modelId, layer, idx)  # pre-serialised by `featuredb reindex --feature-docs`
         if doc is not None:
             if "gzip" in request.headers.get("accept-encoding", ""):
@@ -144,16 +149,25 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
             return Response(gzip.decompress(doc), media_type="application/json", headers={"vary": "accept-encoding"})
         return json_response(view().get_feature(modelId, layer, idx).model_dump_json())
 
-    @app.post("/api/features", tags=["Features"], summary="Get Features")
-    def get_features(body: list[FeatureRequest]) -> Response:
-        """Many features at once, in request order; features not in the store are left out."""
+    def features_json(batch: list[FeatureRequest]) -> list[str]:
         out = []
-        for f in body:
+        for f in batch:
             try:
                 out.append(view().get_feature(f.modelId, f.layer, f.index, max_acts=f.maxActsToReturn)
                            .model_dump_json())
             except NotFoundError:
                 continue
+        return out
+
+    @app.post("/api/features", tags=["Features"], summary="Get Features", responses={200: {"model": list[Feature]}})
+    async def get_features(body: Annotated[list[FeatureRequest], Field(max_length=MAX_FEATURES_PER_REQUEST)],
+                           request: Request) -> Response:
+        """Many features at once, in request order; features not in the store are left out."""
+        out: list[str] = []
+        for start in range(0, len(body), CHUNK):
+            if start and await request.is_disconnected():
+                return Response(status_code=499)  # nobody is listening: stop working
+            out += await run_in_threadpool(features_json, body[start:start + CHUNK])
         return json_response("[" + ",".join(out) + "]")
 
     def search_response(request: dict[str, Any], rows: list[dict[str, Any]], offset: int) -> dict[str, Any]:
@@ -168,28 +182,32 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
             resp["nextOffset"] = offset + len(rows)
         return resp
 
-    @app.post("/api/explanation/search", tags=["Explanations"], summary="Search by SAEs/Sources")
+    @app.post("/api/explanation/search", tags=["Explanations"], summary="Search by SAEs/Sources",
+              response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search(body: ExplanationSearch) -> dict[str, Any]:
         """Explanations of features in some sources of a model matching the query, 20 at a time."""
         rows = search_explanations(view(), body.query, model=body.modelId, sources=body.layers, offset=body.offset,
                                    limit=MAX_SEARCH_RESULTS)
         return search_response(body.model_dump(), rows, body.offset)
 
-    @app.post("/api/explanation/search-model", tags=["Explanations"], summary="Search by Model")
+    @app.post("/api/explanation/search-model", tags=["Explanations"], summary="Search by Model",
+              response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search_model(body: ExplanationSearchModel) -> dict[str, Any]:
         """Explanations of any feature of a model matching the query."""
         rows = search_explanations(view(), body.query, model=body.modelId, offset=body.offset,
                                    limit=MAX_SEARCH_RESULTS)
         return search_response(body.model_dump(), rows, body.offset)
 
-    @app.post("/api/explanation/search-release", tags=["Explanations"], summary="Search by Release")
+    @app.post("/api/explanation/search-release", tags=["Explanations"], summary="Search by Release",
+              response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search_release(body: ExplanationSearchRelease) -> dict[str, Any]:
         """Explanations of features in a release's source sets matching the query."""
         rows = search_explanations(view(), body.query, release=body.releaseName, offset=body.offset,
                                    limit=MAX_SEARCH_RESULTS)
         return search_response(body.model_dump(), rows, body.offset)
 
-    @app.post("/api/explanation/search-all", tags=["Explanations"], summary="Search All Features")
+    @app.post("/api/explanation/search-all", tags=["Explanations"], summary="Search All Features",
+              response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search_all(body: ExplanationSearchAll) -> dict[str, Any]:
         """Explanations of any feature in the store matching the query."""
         rows = search_explanations(view(), body.query, offset=body.offset, limit=MAX_SEARCH_RESULTS)
@@ -197,4 +215,9 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
 
     app.include_router(inference_router(view, store, backend))
     app.include_router(graph_router(view, write_token))
+
+    def openapi() -> dict[str, Any]:
+        return openapi_error_responses(FastAPI.openapi(app))
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

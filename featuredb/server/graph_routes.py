@@ -6,19 +6,28 @@ import hmac
 import json
 import threading
 import uuid
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from featuredb.errors import BadInputError, FeatureDBError, NotFoundError
 from featuredb.graph_store import (delete_subgraph, graph_data, graph_record, list_graphs, list_subgraphs,
                                    save_graph, save_subgraph)
+from featuredb.server.fields import Name, Number, int_in
+from featuredb.server.limits import MAX_GRAPH_BYTES, MAX_GRAPH_ITEMS, MAX_NAME_CHARS
 from featuredb.store import FeatureStore
 
-MAX_GRAPH_BYTES = 209_715_200  # Neuronpedia's MAX_GRAPH_UPLOAD_SIZE_BYTES
 LOCAL_USER = "local"
+UPLOAD_PREFIX = "/api/graph/upload/"
+MAX_PENDING_UPLOADS = 16  # signed-put URLs waiting for their file; the oldest is dropped beyond this
+PathName = Annotated[str, Path(max_length=MAX_NAME_CHARS)]
+Ids = Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], Field(max_length=MAX_GRAPH_ITEMS)]
+Groups = Annotated[list[Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS * 4)]],
+                                  Field(max_length=MAX_GRAPH_ITEMS)]], Field(max_length=MAX_GRAPH_ITEMS)]
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or wrong x-api-key"}, 403: {"description": "The server is read-only"}}
 
 
 class WriteDenied(FeatureDBError):
@@ -32,42 +41,42 @@ class WriteDenied(FeatureDBError):
 class SignedPutRequest(BaseModel):
     """POST /api/graph/signed-put."""
 
-    filename: str
-    contentLength: int = Field(ge=1, le=MAX_GRAPH_BYTES)
-    contentType: str = "application/json"
+    filename: Name
+    contentLength: int_in(1, MAX_GRAPH_BYTES)  # type: ignore[valid-type]
+    contentType: Name = "application/json"
 
 
 class SaveToDbRequest(BaseModel):
     """POST /api/graph/save-to-db (after the PUT)."""
 
-    putRequestId: str
+    putRequestId: Name
 
 
 class SubgraphSaveRequest(BaseModel):
     """POST /api/graph/subgraph/save."""
 
-    modelId: str
-    slug: str
-    displayName: str | None = None
-    pinnedIds: list[str]
-    supernodes: list[list[str]] = Field(default_factory=list)
-    clerps: list[list[str]] = Field(default_factory=list)
-    pruningThreshold: float | None = None
-    densityThreshold: float | None = None
-    overwriteId: str | None = None
+    modelId: Name
+    slug: Name
+    displayName: Name | None = None
+    pinnedIds: Ids
+    supernodes: Groups = Field(default_factory=list)
+    clerps: Groups = Field(default_factory=list)
+    pruningThreshold: Number | None = None
+    densityThreshold: Number | None = None
+    overwriteId: Name | None = None
 
 
 class SubgraphListRequest(BaseModel):
     """POST /api/graph/subgraph/list."""
 
-    modelId: str
-    slug: str
+    modelId: Name
+    slug: Name
 
 
 class SubgraphDeleteRequest(BaseModel):
     """POST /api/graph/subgraph/delete."""
 
-    subgraphId: str
+    subgraphId: Name
 
 
 def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> APIRouter:
@@ -88,22 +97,22 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
         return rec
 
     @router.get("/api/graph/{modelId}/{slug}", summary="Get Graph Metadata")
-    def get_graph(modelId: str, slug: str, request: Request) -> dict[str, Any]:
+    def get_graph(modelId: PathName, slug: PathName, request: Request) -> dict[str, Any]:
         """A stored graph's record; its `url` serves the graph JSON."""
         return with_url(request, graph_record(view(), modelId, slug))
 
     @router.get("/graphs/{modelId}/{slug}.json", name="graph_file", summary="Graph JSON")
-    def graph_file(modelId: str, slug: str) -> Response:
+    def graph_file(modelId: PathName, slug: PathName) -> Response:
         """The stored attribution graph itself."""
         return Response(content=graph_data(view(), modelId, slug), media_type="application/json")
 
-    @router.post("/api/graph/list-owned", summary="List Graphs")
+    @router.post("/api/graph/list-owned", summary="List Graphs", responses=WRITE_ERRORS)
     def list_owned(request: Request) -> list[dict[str, Any]]:
         """Every stored graph (the local server has one owner: whoever holds the write token)."""
         require_writer(request)
         return [with_url(request, r) for r in list_graphs(view())]
 
-    @router.post("/api/graph/signed-put", summary="Upload Graph 1/2 - Get Upload URL")
+    @router.post("/api/graph/signed-put", summary="Upload Graph 1/2 - Get Upload URL", responses=WRITE_ERRORS)
     def signed_put(body: SignedPutRequest, request: Request) -> dict[str, Any]:
         """A URL on this server to PUT the graph file to, and the putRequestId for save-to-db."""
         require_writer(request)
@@ -111,17 +120,18 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
             raise BadInputError("Invalid file extension - must be .json")
         put_id, key = uuid.uuid4().hex, uuid.uuid4().hex
         with lock:
+            while len(pending) >= MAX_PENDING_UPLOADS:
+                pending.pop(next(iter(pending)))
             pending[put_id] = {"key": key, "filename": body.filename, "data": None}
         url = str(request.url_for("graph_put", key=key))
         return {"url": url, "key": key, "putRequestId": put_id}
 
-    @router.put("/api/graph/upload/{key}", name="graph_put", summary="Upload Graph - PUT the file")
-    async def graph_put(key: str, request: Request) -> dict[str, Any]:
-        """Receive the graph file for an earlier signed-put."""
+    @router.put(UPLOAD_PREFIX + "{key}", name="graph_put", summary="Upload Graph - PUT the file",
+                responses=WRITE_ERRORS)
+    async def graph_put(key: PathName, request: Request) -> dict[str, Any]:
+        """Receive the graph file for an earlier signed-put (at most MAX_GRAPH_BYTES; the server checks as it reads)."""
         require_writer(request)
         data = await request.body()
-        if len(data) > MAX_GRAPH_BYTES:
-            raise BadInputError(f"graph file is larger than {MAX_GRAPH_BYTES} bytes")
         with lock:
             entry = next((p for p in pending.values() if p["key"] == key), None)
             if entry is None:
@@ -129,7 +139,7 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
             entry["data"] = data
         return {"success": True}
 
-    @router.post("/api/graph/save-to-db", summary="Upload Graph 2/2 - Save")
+    @router.post("/api/graph/save-to-db", summary="Upload Graph 2/2 - Save", responses=WRITE_ERRORS)
     def save_to_db(body: SaveToDbRequest, request: Request) -> dict[str, Any]:
         """Parse the uploaded file and store the graph under its model (metadata.scan) and slug."""
         require_writer(request)
@@ -139,14 +149,16 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
             raise NotFoundError(f"putRequestId {body.putRequestId}: nothing was uploaded for it")
         try:
             graph = json.loads(entry["data"])
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise BadInputError(f"{entry['filename']}: malformed JSON ({e})") from None
+        if not isinstance(graph, dict):
+            raise BadInputError(f"{entry['filename']}: expected a JSON object (a graph), got {type(graph).__name__}")
         rec = save_graph(view(), graph, user=LOCAL_USER)
         with lock:
             pending.pop(body.putRequestId, None)
         return with_url(request, rec)
 
-    @router.post("/api/graph/subgraph/save", summary="Save Subgraph")
+    @router.post("/api/graph/subgraph/save", summary="Save Subgraph", responses=WRITE_ERRORS)
     def subgraph_save(body: SubgraphSaveRequest, request: Request) -> dict[str, Any]:
         """Pinned nodes, supernodes and clerps of a stored graph."""
         require_writer(request)
@@ -160,7 +172,7 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
         """Every subgraph saved for a graph."""
         return list_subgraphs(view(), body.modelId, body.slug)
 
-    @router.post("/api/graph/subgraph/delete", summary="Delete Subgraph")
+    @router.post("/api/graph/subgraph/delete", summary="Delete Subgraph", responses=WRITE_ERRORS)
     def subgraph_delete(body: SubgraphDeleteRequest, request: Request) -> dict[str, Any]:
         """Delete one subgraph."""
         require_writer(request)

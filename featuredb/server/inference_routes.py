@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
@@ -11,10 +11,13 @@ from pydantic import BaseModel, Field, field_validator
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.schema import feature_key
 from featuredb.search.inference import InferenceBackend, load_backend
+from featuredb.server.fields import Bool, Index, Name, Number, int_in
+from featuredb.server.limits import MAX_INDEX, MAX_SORT_INDEXES, MAX_SOURCES, MAX_TEXT_CHARS, MAX_TEXTS
 from featuredb.store import FeatureStore
 
 TOPK_DEFAULT_DENSITY = 0.01  # Neuronpedia's DEFAULT_DENSITY_THRESHOLD for search-topk-by-token
 SEARCH_ALL_RESULTS = 50
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
 def _density(value: float | None, default: float) -> float:
@@ -29,19 +32,19 @@ class TopKByTokenRequest(BaseModel):
 
     modelId: str = Field(max_length=50)
     source: str = Field(max_length=50)
-    text: str = Field(min_length=1, max_length=1000)
-    numResults: int = Field(10, ge=1, le=20)
-    ignoreBos: bool = True
-    densityThreshold: float | None = TOPK_DEFAULT_DENSITY
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    numResults: int_in(1, 20) = 10  # type: ignore[valid-type]
+    ignoreBos: Bool = True
+    densityThreshold: Number | None = TOPK_DEFAULT_DENSITY
 
 
 class FeatureRef(BaseModel):
     """The feature of POST /api/activation/new (`source` or `layer` name the source)."""
 
-    modelId: str
-    source: str | None = None
-    layer: str | None = None
-    index: str | int
+    modelId: Name
+    source: Name | None = None
+    layer: Name | None = None
+    index: Index
 
     @field_validator("index")
     @classmethod
@@ -54,21 +57,22 @@ class ActivationNewRequest(BaseModel):
 
     feature: FeatureRef | None = None
     neuron: FeatureRef | None = None
-    customText: str | list[str]
-    ignoreBos: bool = False
+    customText: Text | Annotated[list[Text], Field(max_length=MAX_TEXTS)]
+    ignoreBos: Bool = False
 
 
 class SearchAllRequest(BaseModel):
     """POST /api/search-all: the top features of a source set over a whole text."""
 
-    modelId: str
-    sourceSet: str
-    text: str
-    selectedLayers: list[str] = Field(default_factory=list)
-    sortIndexes: list[int] = Field(default_factory=list)
-    ignoreBos: bool = True
-    densityThreshold: float | None = -1
-    numResults: int = Field(SEARCH_ALL_RESULTS, ge=1, le=100)
+    modelId: Name
+    sourceSet: Name
+    text: Text
+    selectedLayers: list[Name] = Field(default_factory=list, max_length=MAX_SOURCES)
+    sortIndexes: list[int_in(0, MAX_TEXT_CHARS)] = Field(  # type: ignore[valid-type]
+        default_factory=list, max_length=MAX_SORT_INDEXES)
+    ignoreBos: Bool = True
+    densityThreshold: Number | None = -1
+    numResults: int_in(1, 100) = SEARCH_ALL_RESULTS  # type: ignore[valid-type]
 
 
 def _explanation_neurons(store: FeatureStore, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], dict]:
@@ -136,6 +140,8 @@ def inference_router(view: Callable[[], FeatureStore], store: FeatureStore,
             index = int(ref.index)
         except ValueError:
             raise FeatureDBError(f"feature.index: {ref.index!r} is not an integer") from None
+        if not 0 <= index <= MAX_INDEX:
+            raise FeatureDBError(f"feature.index: {index} is out of range")
         texts = [body.customText] if isinstance(body.customText, str) else body.customText
         if not texts or not all(t.strip() for t in texts):
             raise FeatureDBError("Missing custom text.")
