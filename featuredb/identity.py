@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 
 def cantor_pair(layer: int, index: int) -> int:
@@ -37,12 +38,26 @@ def set_of_source(source: str) -> str:
     return parts[1] if len(parts) == 2 else ""
 
 
+INDEX_MAX = 2**63 - 1  # a feature index is stored as BIGINT
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def parse_index(value: object) -> int:
-    """A feature index given as int or as Neuronpedia's string form."""
-    if isinstance(value, bool):
-        raise ValueError(f"feature index {value!r} is not an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise ValueError(f"feature index {value!r} is not an integer")
+    """A feature index: a non-negative integer, or Neuronpedia's string of decimal digits, at most 2**63 - 1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        index = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+        digits = value.lstrip("0") or "0"
+        index = int(digits) if len(digits) <= 19 else INDEX_MAX + 1
+    else:
+        raise ValueError(f"feature index {_shown(value)} is not a non-negative integer")
+    if not 0 <= index <= INDEX_MAX:
+        raise ValueError(f"feature index {_shown(value)} is out of range (0 to 2**63 - 1)")
+    return index
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and abs(value) > 10**40:
+        return "(a very long integer)"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -259,9 +259,13 @@ class FeatureStore:
                 f'SELECT 1 FROM "{table.name}" WHERE "modelId" = ? AND "layer" = ? LIMIT 1', list(scope)).fetchone():
             before = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0]
             con.execute(f'INSERT INTO "{table.name}" ({quoted}) {cast_sql}')
-            n = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0] - before
-            self._check_keys(table, '"modelId" = ? AND "layer" = ?', list(scope))
-            self._drop_duplicates_in_scope(table, scope)
+            inserted = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0] - before
+            in_scope = '"modelId" = ? AND "layer" = ?'
+            self._check_keys(table, in_scope, list(scope))
+            if con.execute(f'SELECT count(*) FROM "{table.name}" WHERE {in_scope}', list(scope)).fetchone()[0] != inserted:
+                # such rows could duplicate rows of another source, which this one-pass write does not look at
+                raise FeatureDBError(f"{table.name}: rows written for {scope[0]}/{scope[1]} name another source")
+            n = inserted - self._drop_duplicates_in_scope(table, scope)
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {cast_sql}")
             try:
@@ -291,22 +295,29 @@ class FeatureStore:
         if bad:
             raise MissingKeyError(f"{table.name}: {bad} row(s) lack a key field ({', '.join(table.key)})")
 
-    def _drop_duplicates_in_scope(self, table: Table, scope: tuple[str, str]) -> None:
+    def _drop_duplicates_in_scope(self, table: Table, scope: tuple[str, str]) -> int:
+        """Keep the last copy of each key among the scope's rows, as a replace would; returns rows dropped."""
         key = ", ".join(f'"{k}"' for k in table.key)
         where = '"modelId" = ? AND "layer" = ?'
         dup = self.con.execute(
             f'SELECT count(*) - count(DISTINCT ({key})) FROM "{table.name}" WHERE {where}', list(scope)).fetchone()[0]
-        if dup:  # keep the last copy of each key, as a replace would
+        if dup:
             self.con.execute(
                 f'DELETE FROM "{table.name}" WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number() OVER '
                 f'(PARTITION BY {key} ORDER BY rowid DESC) AS rn FROM "{table.name}" WHERE {where}) WHERE rn > 1)',
                 list(scope))
+        return int(dup)
 
     def _merge_stage(self, table: Table) -> int:
-        """Replace rows of `table` whose key is in _stage by the staged rows (last copy wins)."""
+        """Replace rows of `table` whose key is in _stage by the staged rows (last copy wins).
+
+        A row's key is the table's key within its source: two sources may hold the same activation or
+        explanation id (as the one-pass write in write_select also allows).
+        """
         cols = columns_of(table, CURRENT_VERSION)
-        key = ", ".join(f'"{k}"' for k in table.key)
-        join = " AND ".join(f't."{k}" = s."{k}"' for k in table.key)
+        key_cols = [*table.key, *(c for c in ("modelId", "layer") if "layer" in cols and c not in table.key)]
+        key = ", ".join(f'"{k}"' for k in key_cols)
+        join = " AND ".join(f't."{k}" = s."{k}"' for k in key_cols)
         con = self.con
         dup = con.execute(f"SELECT count(*) - count(DISTINCT ({key})) FROM _stage").fetchone()[0]
         if dup:

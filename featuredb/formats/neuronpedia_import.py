@@ -5,19 +5,23 @@ from __future__ import annotations
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 from tqdm import tqdm
 
 from featuredb.errors import BadInputError, FeatureDBError
-from featuredb.formats.jsonl_lines import scan_file
+from featuredb.formats.import_rules import LineRules
+from featuredb.formats.jsonl_lines import gzip_problem, scan_file
 from featuredb.identity import set_of_source
 from featuredb.schema import (
     ACTIVATIONS,
     CURRENT_VERSION,
     EXPLANATIONS,
+    FEATURE_KEY_COLUMN,
     FEATURES,
     MODELS,
     RELEASES,
@@ -61,7 +65,9 @@ def _batch_number(path: Path) -> tuple[int, str]:
 
 
 def _jsonl_files(folder: Path) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.is_file() and (p.name.endswith(".jsonl") or p.name.endswith(".jsonl.gz"))]
+    """The folder's .jsonl(.gz) files in batch order; empty files hold no records and are left out."""
+    files = [p for p in folder.iterdir()
+             if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz")) and p.stat().st_size]
     return sorted(files, key=_batch_number)
 
 
@@ -86,50 +92,128 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _read_sql(files: list[Path], columns: dict[str, str]) -> str:
-    spec = ", ".join(f"{_sql_str(c)}: {_sql_str('VARCHAR' if c == 'index' else t)}" for c, t in columns.items())
-    flist = ", ".join(_sql_str(str(f)) for f in files)
-    return f"SELECT * FROM read_json([{flist}], format='newline_delimited', columns={{{spec}}})"
+@dataclass
+class _Group:
+    """The files of one table of one source, read by one statement under one set of line rules."""
+
+    table: Table
+    files: list[Path]
+    model: str
+    source: str
+    rules: LineRules
 
 
-def _defaults(table: Table, model: str, source: str) -> dict[str, str]:
-    m, s = _sql_str(model), _sql_str(source)
+def _folder_fields(table: Table, model: str, source: str) -> dict[str, str]:
+    """Fields the folder names: a line may leave them out, but may not contradict them."""
     if table in BATCH_DIRS:
-        return {"modelId": m, "layer": s}
+        return {"modelId": model, "layer": source}
     if table is MODELS:
-        return {"id": m}
+        return {"id": model}
     if table is SOURCES:
-        return {"id": s, "modelId": m, "setName": _sql_str(set_of_source(source))}
+        return {"id": source, "modelId": model}
     if table is SOURCE_SETS:
-        return {"modelId": m, "name": _sql_str(set_of_source(source))}
+        return {"modelId": model}
     return {}
 
 
-def _required(table: Table) -> tuple[str, ...]:
-    """Fields a line must carry (the folder names supply modelId and layer; ids are derived when absent)."""
-    return ("index",) if table in BATCH_DIRS else ()
+def _rules(table: Table, model: str, source: str) -> LineRules:
+    """The line rules of one table's files in one source folder (ids are derived when absent)."""
+    columns = {c: t for c, t in columns_of(table, CURRENT_VERSION).items() if c != FEATURE_KEY_COLUMN[0]}
+    required = ("index",) if table in BATCH_DIRS else ("name",) if table is RELEASES else ()
+    return LineRules(columns, required, _folder_fields(table, model, source))
 
 
-def _load(store: FeatureStore, table: Table, files: list[Path], model: str, source: str) -> int:
-    columns = columns_of(table, CURRENT_VERSION)
-    scope = (model, source) if table in BATCH_DIRS else None
-    return store.write_select(table, _read_sql(files, columns), list(columns),
-                              defaults=_defaults(table, model, source), scope=scope)
+def _defaults(group: _Group) -> dict[str, str]:
+    found = {c: _sql_str(v) for c, v in group.rules.fixed.items()}
+    if group.table is SOURCES:
+        found["setName"] = _sql_str(set_of_source(group.source))
+    if group.table is SOURCE_SETS:
+        found["name"] = _sql_str(set_of_source(group.source))
+    return found
 
 
-def _clean_group(table: Table, files: list[Path], err: Exception, skip: bool, tmp: Path,
-                 replaced: dict[Path, Path | None], report: ImportReport) -> None:
-    """DuckDB refused a group of files: find its bad lines in Python; raise naming one, or write cleaned copies."""
-    columns = columns_of(table, CURRENT_VERSION)
-    found = False
+def _read_sql(files: list[Path], rules: LineRules) -> str:
+    flist = ", ".join(_sql_str(str(f)) for f in files)
+    return rules.select_sql(
+        f"SELECT * FROM read_json([{flist}], format='newline_delimited', columns={rules.read_spec()}, filename=true)",
+        file_column="filename")
+
+
+def _load(store: FeatureStore, group: _Group, files: list[Path]) -> int:
+    scope = (group.model, group.source) if group.table in BATCH_DIRS else None
+    return store.write_select(group.table, _read_sql(files, group.rules), list(group.rules.columns),
+                              defaults=_defaults(group), scope=scope)
+
+
+class _CorruptGzip(Exception):
+    """DuckDB read these .gz files, but their checksums say the data is not what was written."""
+
+    def __init__(self, files: list[Path]) -> None:
+        super().__init__(f"corrupt gzip data in {files[0]}")
+        self.files = files
+
+
+class _GzipChecks:
+    """Checksums of the .gz files, verified in a background thread while DuckDB reads them (DuckDB does not)."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuredb-gzip")
+        self._problems = {f: self._pool.submit(_gzip_problem, f) for f in files}
+
+    def corrupt(self, files: list[Path]) -> list[Path]:
+        """Those of `files` whose gzip data is cut off or corrupt."""
+        return [f for f in files if f in self._problems and self._problems[f].result()]
+
+    def __enter__(self) -> "_GzipChecks":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+def _gzip_problem(path: Path) -> str | None:
+    try:
+        return gzip_problem(path)
+    except OSError as e:
+        return f"cannot read ({e.strerror})"
+
+
+def _suspects(store: FeatureStore, group: _Group, err: Exception, files: list[Path],
+              checks: _GzipChecks) -> Iterator[Path]:
+    """The files of a refused group that hold bad lines: the one the error names first, then each file that
+    DuckDB or the gzip check refuses on its own (far cheaper than scanning every file in Python)."""
+    named = {str(f) for f in err.files} if isinstance(err, _CorruptGzip) else set(
+        re.findall(r'(?:file "|in file: )([^"\n]+?)(?:"|$)', str(err)))
+    first = [f for f in files if str(f) in named]
+    yield from first
     for f in files:
-        scan = scan_file(f, columns, required=_required(table))
+        if f not in first and (checks.corrupt([f]) or _refused_by_duckdb(store, group, f)):
+            yield f
+
+
+def _refused_by_duckdb(store: FeatureStore, group: _Group, f: Path) -> bool:
+    try:  # count(COLUMNS(*)) makes DuckDB check every column (count(*) would skip them)
+        store.con.execute(f"SELECT count(COLUMNS(*)) FROM ({_read_sql([f], group.rules)})")
+        return False
+    except duckdb.Error:
+        return True
+
+
+def _clean_group(store: FeatureStore, group: _Group, err: Exception, skip: bool, tmp: Path,
+                 replaced: dict[Path, Path | None], report: ImportReport, checks: _GzipChecks) -> None:
+    """A group was refused: find its bad lines in Python; raise naming the first, or write cleaned copies."""
+    found = False
+    for f in _suspects(store, group, err, [f for f in group.files if f not in replaced], checks):
+        try:
+            scan = scan_file(f, group.rules)
+        except OSError as e:
+            raise BadInputError(f"{f}: cannot read ({e.strerror}) (nothing from this import was committed)") from None
         if not scan.bad:
             continue
         found = True
         if not skip:
             raise BadInputError(f"{scan.bad[0]} (nothing from this import was committed)")
-        report.skipped_lines += len(scan.bad)
+        report.skipped_lines += sum(b.lines for b in scan.bad)
         report.skipped_examples.extend(str(b) for b in scan.bad[: max(0, 5 - len(report.skipped_examples))])
         cleaned = None
         if scan.good:
@@ -137,8 +221,8 @@ def _clean_group(table: Table, files: list[Path], err: Exception, skip: bool, tm
             cleaned.write_text("".join(scan.good), encoding="utf-8")
         replaced[f] = cleaned
     if not found:
-        first = str(err).splitlines()[0]
-        raise BadInputError(f"{files[0].parent}: {first} (nothing from this import was committed)")
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BadInputError(f"{group.files[0].parent}: {first} (nothing from this import was committed)")
 
 
 def import_neuronpedia(store: FeatureStore, path: str | Path, *, skip_bad_lines: bool = False,
@@ -152,43 +236,49 @@ def import_neuronpedia(store: FeatureStore, path: str | Path, *, skip_bad_lines:
         raise BadInputError(
             f"{root}: no Neuronpedia export found (expected {{modelId}}/{{sourceId}}/features/batch-N.jsonl.gz)"
         )
-    plan: list[tuple[Table, list[Path], str, str]] = []
+    plan: list[_Group] = []
     for d in source_dirs:
         model, source = d.parent.name, d.name
         for t in META_FILES:
             f = d / f"{t.export_file}.jsonl"
-            if f.is_file():
-                plan.append((t, [f], model, source))
+            if f.is_file() and f.stat().st_size:
+                plan.append(_Group(t, [f], model, source, _rules(t, model, source)))
         for t in BATCH_DIRS:
             sub = d / t.export_file
             files = _jsonl_files(sub) if sub.is_dir() else []
             if files:
-                plan.append((t, files, model, source))
+                plan.append(_Group(t, files, model, source, _rules(t, model, source)))
     started = time.perf_counter()
-    total_files = sum(len(files) for _, files, _, _ in plan)
+    total_files = sum(len(g.files) for g in plan)
     report = ImportReport(sources=[f"{d.parent.name}/{d.name}" for d in source_dirs], files=total_files)
     replaced: dict[Path, Path | None] = {}  # bad file -> cleaned copy (None: nothing usable left)
-    with tempfile.TemporaryDirectory(prefix="featuredb-import-") as tmp:
-        while True:  # a refused batch rolls everything back; clean it (or fail) and start again
+    gz_files = [f for g in plan for f in g.files if f.name.endswith(".gz")]
+    with tempfile.TemporaryDirectory(prefix="featuredb-import-") as tmp, _GzipChecks(gz_files) as checks:
+        while True:  # a refused group rolls everything back; clean it (or fail) and start again
             rows: dict[str, int] = {}
             bar = tqdm(total=total_files, unit="file", desc="import",
                        disable=None if progress is None else not progress, leave=False)
-            current: tuple[Table, list[Path]] | None = None
+            current: _Group | None = None
             try:
                 with store.transaction():
-                    for table, files, model, source in plan:
-                        bar.set_postfix_str(f"{source}/{table.export_file}")
-                        use = [replaced.get(f, f) for f in files]
+                    for group in plan:
+                        current = group
+                        bar.set_postfix_str(f"{group.source}/{group.table.export_file}")
+                        use = [replaced.get(f, f) for f in group.files]
                         use = [f for f in use if f is not None]
-                        current = (table, [f for f in files if f not in replaced])
                         if use:
-                            rows[table.name] = rows.get(table.name, 0) + _load(store, table, use, model, source)
-                        bar.update(len(files))
+                            n = _load(store, group, use)
+                            rows[group.table.name] = rows.get(group.table.name, 0) + n
+                        corrupt = checks.corrupt([f for f in group.files if f not in replaced])
+                        if corrupt:
+                            raise _CorruptGzip(corrupt)
+                        bar.update(len(group.files))
+                    current = None
                 break
-            except (duckdb.Error, MissingKeyError) as err:
-                if current is None or not current[1]:
+            except (duckdb.Error, MissingKeyError, _CorruptGzip) as err:
+                if current is None:
                     raise BadInputError(f"{root}: {str(err).splitlines()[0]}") from None
-                _clean_group(current[0], current[1], err, skip_bad_lines, Path(tmp), replaced, report)
+                _clean_group(store, current, err, skip_bad_lines, Path(tmp), replaced, report, checks)
             finally:
                 bar.close()
     report.rows = rows
