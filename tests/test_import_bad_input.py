@@ -280,3 +280,31 @@ def test_the_cli_refuses_bad_input_with_one_line_and_a_non_zero_exit(tmp_path: P
     assert res.exit_code != 0 and res.exception is None or isinstance(res.exception, SystemExit)
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert f"{f}:4: field 'frac_nonzero': expected a finite number, got NaN" in res.stderr
+
+
+@pytest.mark.parametrize("name, data", [("batch-0.jsonl", b"{"), ("batch-0.jsonl.gz", gzip.compress(b"x"))])
+def test_a_file_of_one_bad_byte_is_refused_though_duckdb_reads_it_as_empty(tmp_path: Path, db_path: Path,
+                                                                           name: str, data: bytes) -> None:
+    _write_lines(tmp_path / "exp" / M / S / "features" / "batch-0.jsonl.gz", [_feature(0)])
+    f = tmp_path / "exp" / M / S / "activations" / name
+    f.parent.mkdir()
+    f.write_bytes(data)
+    with pytest.raises(BadInputError, match=rf"^{f}:1: malformed JSON"):
+        _import(db_path, tmp_path / "exp")
+
+
+def test_a_duckdb_message_cut_inside_a_utf8_character_is_still_a_clear_error(tmp_path: Path, db_path: Path) -> None:
+    con, f = duckdb.connect(), tmp_path / "exp" / M / S / "activations" / "batch-0.jsonl"
+    for pad in range(3):  # DuckDB quotes the start of a line with a repeated field, cut at a byte count
+        line = '{"index": 0, "tokens": ["' + "x" * pad + "€" * 40 + '"], "index": 1}'
+        _write_lines(f, [line])
+        try:
+            con.execute(f"SELECT * FROM read_json('{f}', format='newline_delimited', columns={{'index': 'JSON'}})")
+        except UnicodeDecodeError:
+            break
+        except duckdb.Error:
+            continue
+    else:
+        pytest.fail("DuckDB no longer cuts its message inside a character")
+    with pytest.raises(BadInputError, match=rf"^{f}:1: field 'index' appears twice"):
+        _import(db_path, tmp_path / "exp")

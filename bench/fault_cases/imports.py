@@ -204,6 +204,12 @@ def _release_without_name(c: Case) -> None:
     (c.root / M / S / "release.jsonl").write_text(json.dumps({"description": "no name"}) + "\n")
 
 
+def _one_byte_file(c: Case) -> None:
+    c.features([feature(i) for i in range(5)])
+    (c.root / M / S / "activations").mkdir()
+    (c.root / M / S / "activations" / "batch-0.jsonl").write_bytes(b"{")  # DuckDB alone reads this as empty
+
+
 def _no_records(c: Case) -> None:
     c.features([(b"", None), (b"  ", None)], name="batch-0.jsonl")
 
@@ -267,6 +273,7 @@ CASES: list[tuple[str, bool, tuple[str, ...], Callable[[Case], None]]] = [
     ("bad/gzip bit flip DuckDB reads silently", True, (), _gzip_flip),
     ("bad/bytes after the gzip stream", True, (), _gzip_tail),
     ("bad/plain text named .gz", True, (), _not_gzip),
+    ("bad/file of one byte", True, (), _one_byte_file),
     ("bad/export without records", True, (), _no_records),
     ("bad/folder without an export", True, (), _no_export),
     ("skip/bad byte on line 21 skips one line", False, ("--skip-bad-lines",), _bad_byte_skipped),

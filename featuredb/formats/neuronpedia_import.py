@@ -145,49 +145,56 @@ def _load(store: FeatureStore, group: _Group, files: list[Path]) -> int:
                               defaults=_defaults(group), scope=scope)
 
 
-class _CorruptGzip(Exception):
-    """DuckDB read these .gz files, but their checksums say the data is not what was written."""
+class _FileRefused(Exception):
+    """DuckDB read these files, but a check it does not make says they hold bad data."""
 
     def __init__(self, files: list[Path]) -> None:
-        super().__init__(f"corrupt gzip data in {files[0]}")
+        super().__init__(f"bad data in {files[0]}")
         self.files = files
 
 
-class _GzipChecks:
-    """Checksums of the .gz files, verified in a background thread while DuckDB reads them (DuckDB does not)."""
+_TINY = 64  # bytes: DuckDB reads a file of one non-blank byte as empty, so files this small are scanned in Python
 
-    def __init__(self, files: list[Path]) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuredb-gzip")
-        self._problems = {f: self._pool.submit(_gzip_problem, f) for f in files}
 
-    def corrupt(self, files: list[Path]) -> list[Path]:
-        """Those of `files` whose gzip data is cut off or corrupt."""
+class _FileChecks:
+    """What DuckDB does not check, done in a background thread while DuckDB reads: gzip checksums (DuckDB reads
+    altered gzip data without a word) and tiny files."""
+
+    def __init__(self, plan: list[_Group]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featuredb-checks")
+        self._problems = {f: self._pool.submit(_file_problem, f, g.rules) for g in plan for f in g.files
+                          if f.name.endswith(".gz") or f.stat().st_size <= _TINY}
+
+    def refused(self, files: list[Path]) -> list[Path]:
+        """Those of `files` whose gzip data is cut off or corrupt, or that are tiny and hold a bad line."""
         return [f for f in files if f in self._problems and self._problems[f].result()]
 
-    def __enter__(self) -> "_GzipChecks":
+    def __enter__(self) -> "_FileChecks":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._pool.shutdown(cancel_futures=True)
 
 
-def _gzip_problem(path: Path) -> str | None:
+def _file_problem(path: Path, rules: LineRules) -> bool:
     try:
-        return gzip_problem(path)
-    except OSError as e:
-        return f"cannot read ({e.strerror})"
+        if path.stat().st_size <= _TINY:
+            return bool(scan_file(path, rules).bad)
+        return gzip_problem(path) is not None
+    except OSError:
+        return True  # the scan that follows says why
 
 
 def _suspects(store: FeatureStore, group: _Group, err: Exception, files: list[Path],
-              checks: _GzipChecks) -> Iterator[Path]:
+              checks: _FileChecks) -> Iterator[Path]:
     """The files of a refused group that hold bad lines: the one the error names first, then each file that
     DuckDB or the gzip check refuses on its own (far cheaper than scanning every file in Python)."""
-    named = {str(f) for f in err.files} if isinstance(err, _CorruptGzip) else set(
+    named = {str(f) for f in err.files} if isinstance(err, _FileRefused) else set(
         re.findall(r'(?:file "|in file: )([^"\n]+?)(?:"|$)', str(err)))
     first = [f for f in files if str(f) in named]
     yield from first
     for f in files:
-        if f not in first and (checks.corrupt([f]) or _refused_by_duckdb(store, group, f)):
+        if f not in first and (checks.refused([f]) or _refused_by_duckdb(store, group, f)):
             yield f
 
 
@@ -195,12 +202,12 @@ def _refused_by_duckdb(store: FeatureStore, group: _Group, f: Path) -> bool:
     try:  # count(COLUMNS(*)) makes DuckDB check every column (count(*) would skip them)
         store.con.execute(f"SELECT count(COLUMNS(*)) FROM ({_read_sql([f], group.rules)})")
         return False
-    except duckdb.Error:
+    except (duckdb.Error, UnicodeDecodeError):
         return True
 
 
 def _clean_group(store: FeatureStore, group: _Group, err: Exception, skip: bool, tmp: Path,
-                 replaced: dict[Path, Path | None], report: ImportReport, checks: _GzipChecks) -> None:
+                 replaced: dict[Path, Path | None], report: ImportReport, checks: _FileChecks) -> None:
     """A group was refused: find its bad lines in Python; raise naming the first, or write cleaned copies."""
     found = False
     for f in _suspects(store, group, err, [f for f in group.files if f not in replaced], checks):
@@ -252,8 +259,7 @@ def import_neuronpedia(store: FeatureStore, path: str | Path, *, skip_bad_lines:
     total_files = sum(len(g.files) for g in plan)
     report = ImportReport(sources=[f"{d.parent.name}/{d.name}" for d in source_dirs], files=total_files)
     replaced: dict[Path, Path | None] = {}  # bad file -> cleaned copy (None: nothing usable left)
-    gz_files = [f for g in plan for f in g.files if f.name.endswith(".gz")]
-    with tempfile.TemporaryDirectory(prefix="featuredb-import-") as tmp, _GzipChecks(gz_files) as checks:
+    with tempfile.TemporaryDirectory(prefix="featuredb-import-") as tmp, _FileChecks(plan) as checks:
         while True:  # a refused group rolls everything back; clean it (or fail) and start again
             rows: dict[str, int] = {}
             bar = tqdm(total=total_files, unit="file", desc="import",
@@ -269,13 +275,14 @@ def import_neuronpedia(store: FeatureStore, path: str | Path, *, skip_bad_lines:
                         if use:
                             n = _load(store, group, use)
                             rows[group.table.name] = rows.get(group.table.name, 0) + n
-                        corrupt = checks.corrupt([f for f in group.files if f not in replaced])
-                        if corrupt:
-                            raise _CorruptGzip(corrupt)
+                        refused = checks.refused([f for f in group.files if f not in replaced])
+                        if refused:
+                            raise _FileRefused(refused)
                         bar.update(len(group.files))
                     current = None
                 break
-            except (duckdb.Error, MissingKeyError, _CorruptGzip) as err:
+            except (duckdb.Error, UnicodeDecodeError, MissingKeyError, _FileRefused) as err:
+                # (a DuckDB message quoting the line can be cut inside a UTF-8 character: UnicodeDecodeError)
                 if current is None:
                     raise BadInputError(f"{root}: {str(err).splitlines()[0]}") from None
                 _clean_group(store, current, err, skip_bad_lines, Path(tmp), replaced, report, checks)
