@@ -25,6 +25,15 @@ SOURCE = "6-demo-transcoder"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
+def imported_store(work: Path, **sizes: int) -> Path:
+    """work/store.duckdb holding a synthetic export of MODEL/SOURCE (sizes as generate_export takes them)."""
+    export = generate_export(work / "export", model=MODEL, source=SOURCE, progress=False, **sizes)
+    db = work / "store.duckdb"
+    with FeatureStore(db) as store:
+        import_neuronpedia(store, export, progress=False)
+    return db
+
+
 @pytest.fixture
 def small_export(tmp_path: Path) -> Path:
     """A 40-feature export with 6 examples (4 top, 2 interval) of 8 tokens each."""

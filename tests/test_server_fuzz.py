@@ -21,10 +21,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, checks
 from schemathesis.core.failures import Failure, FailureGroup
 
-from featuredb import FeatureStore
-from featuredb.formats.neuronpedia_import import import_neuronpedia
+from conftest import imported_store
 from featuredb.server.app import create_app
-from featuredb.synthetic_export import generate_export
 from loopback import serve_in_thread
 
 TOKEN = "fuzz-token"
@@ -41,13 +39,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 @pytest.fixture(scope="module")
 def fuzz_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 20-feature imported store."""
-    work = tmp_path_factory.mktemp("fuzz")
-    export = generate_export(work / "export", model=MODEL, source=SOURCE, n_features=20, n_activations=4, ctx_len=8,
-                             n_top=3, progress=False)
-    db = work / "store.duckdb"
-    with FeatureStore(db) as store:
-        import_neuronpedia(store, export, progress=False)
-    return db
+    return imported_store(tmp_path_factory.mktemp("fuzz"), n_features=20, n_activations=4, ctx_len=8, n_top=3)
 
 
 @pytest.fixture(scope="module")

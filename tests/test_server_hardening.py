@@ -22,13 +22,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from conftest import MODEL, SOURCE
+from conftest import MODEL, SOURCE, imported_store
 from featuredb import FeatureStore
-from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.server.app import create_app
 from featuredb.server.errors import INTERNAL
 from featuredb.server.limits import MAX_BODY_BYTES, MAX_FEATURES_PER_REQUEST
-from featuredb.synthetic_export import generate_export
 from loopback import serve_in_thread
 from test_tracer import feat, graph_of, node
 from tracer.graph_server import TOKEN_HEADER, VIEWER, create_graph_app
@@ -73,13 +71,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def hard_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 features with 40 examples of 64 tokens each (heavy enough to keep a server busy)."""
-    work = tmp_path_factory.mktemp("hardening")
-    export = generate_export(work / "export", model=MODEL, source=SOURCE, n_features=40, n_activations=40,
-                             ctx_len=64, n_top=30, progress=False)
-    db = work / "store.duckdb"
-    with FeatureStore(db) as store:
-        import_neuronpedia(store, export, progress=False)
-    return db
+    return imported_store(tmp_path_factory.mktemp("hardening"), n_features=40, n_activations=40, ctx_len=64,
+                          n_top=30)
 
 
 @pytest.fixture(scope="module")
