@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from featuredb.schema import FEATURE_KEY_COLUMN, feature_key
-from featuredb.store import ACTIVATION_ORDER, EXPLANATION_ORDER, FeatureStore, feature_from_rows
+from featuredb.store import ACTIVATION_ORDER, EXPLANATION_ORDER, FeatureStore, feature_from_rows, feature_relations
 
 TABLE = "feature_docs"
 KEY = FEATURE_KEY_COLUMN[0]
@@ -54,10 +54,11 @@ def _chunk_docs(store: FeatureStore, model: str, source: str, lo: int, hi: int) 
     exps = {k: list(g) for k, g in groupby(
         _dicts(con.execute(f'SELECT * FROM explanations WHERE {scope} ORDER BY {KEY}, {EXPLANATION_ORDER}', params)),
         key=lambda r: r[KEY])}
+    relations = feature_relations(con, model, source)
     out = []
     for f in feats:
         key = f[KEY]
-        doc = feature_from_rows(f, acts.get(key, []), exps.get(key, [])).model_dump_json()
+        doc = feature_from_rows(f, acts.get(key, []), exps.get(key, []), relations).model_dump_json()
         out.append((key, gzip.compress(doc.encode(), GZIP_LEVEL, mtime=0)))
     return out
 

@@ -45,8 +45,8 @@ def _record(row: tuple[Any, ...], prompt_tokens: list[str] | None = None) -> dic
     for k in ("createdAt", "updatedAt"):
         rec[k] = rec[k].isoformat() + "Z" if rec[k] is not None else None
     rec["id"] = f"{rec['modelId']}/{rec['slug']}"
-    if prompt_tokens is not None:
-        rec["promptTokens"] = prompt_tokens
+    rec["titlePrefix"] = rec["titlePrefix"] or ""  # a required string on Neuronpedia
+    rec["promptTokens"] = prompt_tokens or []
     return rec
 
 
@@ -70,12 +70,13 @@ def graph_data(store: Any, model: str, slug: str) -> str:
 
 def list_graphs(store: Any, model: str | None = None) -> list[dict[str, Any]]:
     """Records of every stored graph (of one model), newest first."""
-    sql = f"SELECT {', '.join(RECORD_COLUMNS)} FROM graphs"
+    sql = f"SELECT {', '.join(RECORD_COLUMNS)}, json_extract(data, '$.metadata.prompt_tokens') FROM graphs"
     params = []
     if model:
         sql += ' WHERE "modelId" = ?'
         params.append(model)
-    return [_record(r) for r in store.con.execute(sql + ' ORDER BY "updatedAt" DESC, slug', params).fetchall()]
+    rows = store.con.execute(sql + ' ORDER BY "updatedAt" DESC, slug', params).fetchall()
+    return [_record(r[:-1], json.loads(r[-1]) if r[-1] else []) for r in rows]
 
 
 def save_subgraph(store: Any, model: str, slug: str, *, pinned_ids: list[str], supernodes: list[list[str]],
@@ -122,3 +123,12 @@ def delete_subgraph(store: Any, subgraph_id: str) -> dict[str, Any]:
         raise NotFoundError(f"subgraph {subgraph_id} is not in {store.path}")
     store.con.execute("DELETE FROM subgraphs WHERE id = ?", [subgraph_id])
     return {"success": True}
+
+
+def delete_graph(store: Any, model: str, slug: str) -> None:
+    """Delete a stored graph and its subgraphs (NotFoundError when there is none)."""
+    store._require_writable()
+    graph_record(store, model, slug)
+    with store.transaction() as con:
+        con.execute('DELETE FROM subgraphs WHERE "modelId" = ? AND slug = ?', [model, slug])
+        con.execute('DELETE FROM graphs WHERE "modelId" = ? AND slug = ?', [model, slug])

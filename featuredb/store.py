@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError, NotFoundError, SchemaVersionError, StoreLockedError
-from featuredb.identity import parse_index
+from featuredb.identity import parse_index, set_of_source
 from featuredb.models import Feature
 from featuredb.schema import (
     ACTIVATIONS,
@@ -55,9 +55,12 @@ ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of 
 EXPLANATION_ORDER = '"scoreV1" DESC NULLS LAST, "id"'
 
 
-def feature_from_rows(feature: dict[str, Any], acts: list[dict[str, Any]], exps: list[dict[str, Any]]) -> Feature:
-    """Neuronpedia's feature from its row and its activation and explanation rows (in GET feature's order)."""
+def feature_from_rows(feature: dict[str, Any], acts: list[dict[str, Any]], exps: list[dict[str, Any]],
+                      relations: dict[str, Any] | None = None) -> Feature:
+    """Neuronpedia's feature from its row, its activation and explanation rows (in GET feature's order) and the
+    rows it belongs to (`relations`: model, source, sourceSet, as `feature_relations` reads them)."""
     feature = {k: v for k, v in feature.items() if k not in INTERNAL_COLUMNS}
+    feature.update(relations or {})
     feature["index"] = str(feature["index"])
     feature["activations"] = [_child(a) for a in acts]
     feature["explanations"] = [_child(e) for e in exps]
@@ -67,6 +70,32 @@ def feature_from_rows(feature: dict[str, Any], acts: list[dict[str, Any]], exps:
 def _child(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k != FEATURE_KEY_COLUMN[0]}
     out["index"] = str(out["index"])
+    out["source"] = out.get("layer")
+    if out.get("binMin") == -1 and out.get("binContains") == -1:
+        # A top example's -1 marks "no interval" (binMin = -1 still says so); null is what Neuronpedia's Python
+        # client accepts there (it checks 0 <= binContains <= 1).
+        out["binContains"] = None
+    return out
+
+
+_RELATIONS_SQL = """
+SELECT (SELECT to_json(m) FROM models m WHERE m.id = $model),
+       (SELECT to_json(s) FROM sources s WHERE s."modelId" = $model AND s.id = $source),
+       (SELECT to_json(ss) FROM source_sets ss WHERE ss."modelId" = $model AND ss.name = coalesce(
+           (SELECT "setName" FROM sources WHERE "modelId" = $model AND id = $source), $set))
+"""
+
+
+def feature_relations(con: Any, model: str, source: str) -> dict[str, Any]:
+    """The model, source and source-set rows a feature of (model, source) belongs to, as Neuronpedia's GET feature
+    includes them (None where the store has no such row)."""
+    import json
+
+    row = con.execute(_RELATIONS_SQL, {"model": model, "source": source, "set": set_of_source(source)}).fetchone()
+    out: dict[str, Any] = {}
+    for name, text in zip(("model", "source", "sourceSet"), row):
+        rec = json.loads(text) if text else None
+        out[name] = {k: v for k, v in rec.items() if k not in INTERNAL_COLUMNS} if rec else None
     return out
 
 
@@ -356,7 +385,7 @@ class FeatureStore:
         limit = f" LIMIT {int(max_acts)}" if max_acts is not None else ""
         acts = self._rows(f'SELECT * FROM activations WHERE {where} ORDER BY {ACTIVATION_ORDER}{limit}', key)
         exps = self._rows(f'SELECT * FROM explanations WHERE {where} ORDER BY {EXPLANATION_ORDER}', key)
-        return feature_from_rows(feature, acts, exps)
+        return feature_from_rows(feature, acts, exps, feature_relations(self.con, model, source))
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, params)

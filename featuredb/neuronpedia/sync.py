@@ -17,7 +17,7 @@ from featuredb.formats.graph_json import feature_nodes, graph_model, graph_sourc
 from featuredb.identity import source_id
 from featuredb.models import Feature
 from featuredb.neuronpedia.client import NeuronpediaClient
-from featuredb.schema import ACTIVATIONS, EXPLANATIONS, FEATURES
+from featuredb.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, MODELS, SOURCE_SETS, SOURCES
 from featuredb.store import FeatureStore
 
 
@@ -39,12 +39,21 @@ class PullReport:
         return d
 
 
+RELATION_TABLES = {"model": MODELS, "source": SOURCES, "sourceSet": SOURCE_SETS}  # GET feature's includes
+
+
 def feature_tables(features: list[Feature]) -> dict[str, pa.Table]:
-    """Store tables (features, activations, explanations) from API features."""
+    """Store tables (features, activations, explanations, and the model, source and source-set rows the API
+    includes with each feature) from API features."""
     feat_cols, act_cols, exp_cols = set(FEATURES.columns), set(ACTIVATIONS.columns), set(EXPLANATIONS.columns)
     feats, acts, exps = [], [], []
+    related: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in RELATION_TABLES}
     for f in features:
         d = f.model_dump()
+        for name, table in RELATION_TABLES.items():
+            if isinstance(d.get(name), dict):
+                row = {k: v for k, v in d[name].items() if k in table.columns}
+                related[name][json.dumps([row.get(k) for k in table.key], default=str)] = row
         key = {"modelId": d["modelId"], "layer": d["layer"], "index": int(d["index"])}
         feats.append({**{k: v for k, v in d.items() if k in feat_cols}, **key})
         acts.extend({**{k: v for k, v in a.items() if k in act_cols}, **key} for a in d.get("activations") or [])
@@ -54,6 +63,10 @@ def feature_tables(features: list[Feature]) -> dict[str, pa.Table]:
         out["activations"] = pa.Table.from_pylist(acts)
     if exps:
         out["explanations"] = pa.Table.from_pylist(exps)
+    for name, table in RELATION_TABLES.items():
+        rows = [r for r in related[name].values() if all(r.get(k) is not None for k in table.key)]
+        if rows:
+            out[table.name] = pa.Table.from_pylist(rows)
     return out
 
 

@@ -21,6 +21,7 @@ from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.fields import Index, Name, int_in
 from featuredb.server.graph_routes import UPLOAD_PREFIX, graph_router
 from featuredb.server.inference_routes import inference_router
+from featuredb.server.upload_routes import upload_router
 from featuredb.server.limits import (MAX_ACTS_TO_RETURN, MAX_BODY_BYTES, MAX_FEATURES_PER_REQUEST, MAX_GRAPH_BYTES,
                                      MAX_INDEX, MAX_NAME_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, MAX_SOURCES, BodyLimit,
                                      openapi_error_responses)
@@ -215,6 +216,7 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
 
     app.include_router(inference_router(view, store, backend))
     app.include_router(graph_router(view, write_token))
+    app.include_router(upload_router(view, write_token))
 
     def openapi() -> dict[str, Any]:
         return openapi_error_responses(FastAPI.openapi(app))

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 import uuid
+import zlib
 from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from featuredb.errors import BadInputError, FeatureDBError, NotFoundError
-from featuredb.graph_store import (delete_subgraph, graph_data, graph_record, list_graphs, list_subgraphs,
-                                   save_graph, save_subgraph)
+from featuredb.errors import BadInputError, NotFoundError
+from featuredb.graph_store import (delete_graph, delete_subgraph, graph_data, graph_record, list_graphs,
+                                   list_subgraphs, save_graph, save_subgraph)
 from featuredb.server.fields import Name, Number, int_in
 from featuredb.server.limits import MAX_GRAPH_BYTES, MAX_GRAPH_ITEMS, MAX_NAME_CHARS
+from featuredb.server.write_access import WRITE_ERRORS, WriteDenied, writer_check
 from featuredb.store import FeatureStore
 
 LOCAL_USER = "local"
@@ -26,18 +27,6 @@ PathName = Annotated[str, Path(max_length=MAX_NAME_CHARS)]
 Ids = Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]], Field(max_length=MAX_GRAPH_ITEMS)]
 Groups = Annotated[list[Annotated[list[Annotated[str, Field(max_length=MAX_NAME_CHARS * 4)]],
                                   Field(max_length=MAX_GRAPH_ITEMS)]], Field(max_length=MAX_GRAPH_ITEMS)]
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or wrong x-api-key"}, 403: {"description": "The server is read-only"}}
-
-
-class WriteDenied(FeatureDBError):
-    """A write without the server's write token (status 401) or on a read-only server (403)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class SignedPutRequest(BaseModel):
     """POST /api/graph/signed-put."""
 
@@ -50,6 +39,28 @@ class SaveToDbRequest(BaseModel):
     """POST /api/graph/save-to-db (after the PUT)."""
 
     putRequestId: Name
+
+
+class GraphDeleteRequest(BaseModel):
+    """POST /api/graph/delete."""
+
+    modelId: Name
+    slug: Name
+
+
+def graph_file_bytes(data: bytes, content_encoding: str) -> bytes:
+    """The PUT body as the graph's JSON bytes: gunzipped when sent gzipped (as Neuronpedia's client sends it),
+    never more than MAX_GRAPH_BYTES however small the compressed body."""
+    if "gzip" not in content_encoding.lower() and not data.startswith(b"\x1f\x8b"):
+        return data
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(data, MAX_GRAPH_BYTES + 1)
+    except zlib.error as e:
+        raise BadInputError(f"the uploaded file is not valid gzip ({e})") from None
+    if len(out) > MAX_GRAPH_BYTES or inflate.unconsumed_tail:
+        raise BadInputError(f"the uploaded graph is over {MAX_GRAPH_BYTES} bytes once unzipped")
+    return out
 
 
 class SubgraphSaveRequest(BaseModel):
@@ -84,13 +95,7 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
     router = APIRouter(tags=["Attribution Graphs"])
     pending: dict[str, dict[str, Any]] = {}  # putRequestId -> {"key", "filename", "data"}
     lock = threading.Lock()
-
-    def require_writer(request: Request) -> None:
-        if not write_token:
-            raise WriteDenied("this server is read-only; start it with --write-token to allow writes", 403)
-        given = request.headers.get("x-api-key", "")
-        if not hmac.compare_digest(given.encode(), write_token.encode()):
-            raise WriteDenied("missing or wrong x-api-key for writes", 401)
+    require_writer = writer_check(write_token)
 
     def with_url(request: Request, rec: dict[str, Any]) -> dict[str, Any]:
         rec["url"] = str(request.url_for("graph_file", modelId=rec["modelId"], slug=rec["slug"]))
@@ -127,11 +132,18 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
         return {"url": url, "key": key, "putRequestId": put_id}
 
     @router.put(UPLOAD_PREFIX + "{key}", name="graph_put", summary="Upload Graph - PUT the file",
-                responses=WRITE_ERRORS)
+                responses={404: {"description": "No pending upload has this key"}})
     async def graph_put(key: PathName, request: Request) -> dict[str, Any]:
-        """Receive the graph file for an earlier signed-put (at most MAX_GRAPH_BYTES; the server checks as it reads)."""
-        require_writer(request)
-        data = await request.body()
+        """Receive the graph file for an earlier signed-put, gzipped or not (at most MAX_GRAPH_BYTES either way).
+
+        As with S3's signed URLs, the unguessable key in the URL (handed only to a writer) is the permission."""
+        if not write_token:
+            raise WriteDenied("this server is read-only; start it with --write-token to allow writes", 403)
+        raw = await request.body()
+        with lock:
+            if not any(p["key"] == key for p in pending.values()):
+                raise NotFoundError(f"no pending upload {key}; call /api/graph/signed-put first")
+        data = graph_file_bytes(raw, request.headers.get("content-encoding", ""))
         with lock:
             entry = next((p for p in pending.values() if p["key"] == key), None)
             if entry is None:
@@ -157,6 +169,13 @@ def graph_router(view: Callable[[], FeatureStore], write_token: str | None) -> A
         with lock:
             pending.pop(body.putRequestId, None)
         return with_url(request, rec)
+
+    @router.post("/api/graph/delete", summary="Delete Graph", responses=WRITE_ERRORS)
+    def graph_delete(body: GraphDeleteRequest, request: Request) -> dict[str, Any]:
+        """Delete a stored graph and its subgraphs."""
+        require_writer(request)
+        delete_graph(view(), body.modelId, body.slug)
+        return {"message": "Graph deleted successfully"}
 
     @router.post("/api/graph/subgraph/save", summary="Save Subgraph", responses=WRITE_ERRORS)
     def subgraph_save(body: SubgraphSaveRequest, request: Request) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Neuronpedia's inference routes over the store's registered model: search-topk-by-token, activation/new, search-all."""
+"""Neuronpedia's inference routes over the store's registered model: search-topk-by-token, activation/new,
+activation/source and search-all, each for one text or (as Neuronpedia allows) a list of texts."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 
 def _density(value: float | None, default: float) -> float:
-    value = value or default  # Neuronpedia: `body.densityThreshold || default`, so 0 means the default
+    """Neuronpedia's rule: absent means `default`; then `densityThreshold || -1`, so 0 means no filter."""
+    value = (default if value is None else value) or -1
     if value != -1 and not 0 < value < 1:
         raise FeatureDBError("densityThreshold must be between 0 and 1.")
     return value
@@ -32,7 +34,7 @@ class TopKByTokenRequest(BaseModel):
 
     modelId: str = Field(max_length=50)
     source: str = Field(max_length=50)
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    text: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)]
     numResults: int_in(1, 20) = 10  # type: ignore[valid-type]
     ignoreBos: Bool = True
     densityThreshold: Number | None = TOPK_DEFAULT_DENSITY
@@ -61,12 +63,20 @@ class ActivationNewRequest(BaseModel):
     ignoreBos: Bool = False
 
 
+class ActivationSourceRequest(BaseModel):
+    """POST /api/activation/source: every active feature of one source on a text (or on each of up to 4)."""
+
+    modelId: Name
+    source: Name
+    customText: Text | Annotated[list[Text], Field(min_length=1, max_length=4)]
+
+
 class SearchAllRequest(BaseModel):
-    """POST /api/search-all: the top features of a source set over a whole text."""
+    """POST /api/search-all: the top features of a source set over a whole text (or over each text of a list)."""
 
     modelId: Name
     sourceSet: Name
-    text: Text
+    text: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_TEXTS)]
     selectedLayers: list[Name] = Field(default_factory=list, max_length=MAX_SOURCES)
     sortIndexes: list[int_in(0, MAX_TEXT_CHARS)] = Field(  # type: ignore[valid-type]
         default_factory=list, max_length=MAX_SORT_INDEXES)
@@ -108,11 +118,10 @@ def inference_router(view: Callable[[], FeatureStore], store: FeatureStore,
                 holder["backend"] = load_backend(store)
             return holder["backend"]
 
-    @router.post("/api/search-topk-by-token", summary="Top Features for Text by Token")
-    def search_topk_by_token(body: TopKByTokenRequest) -> dict[str, Any]:
-        """The top features of one source at every token of the text."""
-        threshold = _density(body.densityThreshold, TOPK_DEFAULT_DENSITY)
-        acts = runner().activations(body.modelId, body.text, [body.source], body.numResults)
+    def topk_by_token(body: TopKByTokenRequest, text: str, threshold: float, with_neurons: bool) -> dict[str, Any]:
+        if not text.strip():
+            raise FeatureDBError("text must not be empty.")
+        acts = runner().activations(body.modelId, text, [body.source], body.numResults)
         per_token = acts.sources[0].per_token
         neurons = _explanation_neurons(view(), body.modelId, {(body.source, i) for t in per_token for i, _ in t})
         results = []
@@ -125,9 +134,19 @@ def inference_router(view: Callable[[], FeatureStore], store: FeatureStore,
                 neuron = neurons.get((body.source, index))
                 if threshold != -1 and not (neuron and neuron["frac_nonzero"] and neuron["frac_nonzero"] <= threshold):
                     continue
-                feats.append({"activationValue": value, "featureIndex": index, "feature": neuron})
+                feats.append({"activationValue": value, "featureIndex": index,
+                              **({"feature": neuron} if with_neurons else {})})
             results.append({"position": pos, "token": token, "isSpecial": special, "topFeatures": feats})
         return {"source": body.source, "results": results}
+
+    @router.post("/api/search-topk-by-token", summary="Top Features for Text by Token")
+    def search_topk_by_token(body: TopKByTokenRequest) -> dict[str, Any]:
+        """The top features of one source at every token of the text; for a list of texts, one result each
+        (without the features' explanations, as on Neuronpedia)."""
+        threshold = _density(body.densityThreshold, TOPK_DEFAULT_DENSITY)
+        if isinstance(body.text, list):
+            return {"results": [topk_by_token(body, t, threshold, with_neurons=False) for t in body.text]}
+        return topk_by_token(body, body.text, threshold, with_neurons=True)
 
     @router.post("/api/activation/new", tags=["Activations"], summary="Feature Activation for Text")
     def activation_new(body: ActivationNewRequest) -> Any:
@@ -157,26 +176,35 @@ def inference_router(view: Callable[[], FeatureStore], store: FeatureStore,
                         "minValue": min(values) if values else 0.0})
         return out[0] if isinstance(body.customText, str) else out
 
-    @router.post("/api/search-all", summary="Top Features for Entire Text")
-    def search_all(body: SearchAllRequest) -> dict[str, Any]:
-        """The source set's features that fire most on the text (or on the tokens at sortIndexes)."""
-        if not body.text.strip():
+    @router.post("/api/activation/source", tags=["Activations"], summary="All Active Features of a Source")
+    def activation_source(body: ActivationSourceRequest) -> dict[str, Any]:
+        """For each text: its tokens and, per active feature of the source, [token position, value] pairs
+        (the first token left out, as Neuronpedia's inference server does)."""
+        texts = [body.customText] if isinstance(body.customText, str) else body.customText
+        if not all(t.strip() for t in texts):
+            raise FeatureDBError("customText must not be empty.")
+        results = []
+        for text in texts:
+            acts = runner().activations(body.modelId, text, [body.source], top_k=MAX_INDEX)
+            active: dict[str, list[list[float]]] = {}
+            for pos, feats in enumerate(acts.sources[0].per_token):
+                if pos == 0:
+                    continue
+                for index, value in feats:
+                    active.setdefault(str(index), []).append([pos, round(value, 3)])
+            results.append({"tokens": acts.tokens, "activeFeatures": active})
+        return {"results": results}
+
+    def search_all_one(body: SearchAllRequest, text: str, threshold: float, in_set: list[str],
+                       with_neurons: bool) -> dict[str, Any]:
+        if not text.strip():
             raise FeatureDBError("Missing search text.")
-        threshold = _density(body.densityThreshold, -1)
         store_view = view()
-        in_set = [r[0] for r in store_view.con.execute(
-            'SELECT id FROM sources WHERE "modelId" = ? AND "setName" = ? ORDER BY id',
-            [body.modelId, body.sourceSet]).fetchall()]
-        if not in_set:
-            raise NotFoundError(f"source set {body.modelId}/{body.sourceSet} is not in the store")
-        unknown = sorted(set(body.selectedLayers) - set(in_set))
-        if unknown:
-            raise FeatureDBError(f"selectedLayers: {', '.join(unknown)} not in source set {body.sourceSet}")
         sources = sorted(body.selectedLayers) or in_set
         backend = runner()
-        acts = backend.activations(body.modelId, body.text, sources, body.numResults)
+        acts = backend.activations(body.modelId, text, sources, body.numResults)
         candidates = sorted({(s.source, i) for s in acts.sources for tok in s.per_token for i, _ in tok})
-        fv = backend.feature_values(body.modelId, body.text, candidates) if candidates else None
+        fv = backend.feature_values(body.modelId, text, candidates) if candidates else None
         sort_indexes = sorted(body.sortIndexes)
         ranked = []
         for key in candidates:
@@ -189,16 +217,41 @@ def inference_router(view: Callable[[], FeatureStore], store: FeatureStore,
         ranked.sort(key=lambda r: (-r[0], r[1]))
         results = []
         for score, (source, index), values, top in ranked:
-            try:
-                neuron = store_view.get_feature(body.modelId, source, index, max_acts=1).model_dump(mode="json")
-            except NotFoundError:
-                neuron = None
+            neuron = None
+            if with_neurons or threshold != -1:
+                try:
+                    neuron = store_view.get_feature(body.modelId, source, index, max_acts=1).model_dump(mode="json")
+                except NotFoundError:
+                    neuron = None
             if threshold != -1 and neuron is not None and (neuron.get("frac_nonzero") or 0) > threshold:
                 continue
-            results.append({"modelId": body.modelId, "layer": source, "index": str(index), "values": values,
-                            "maxValue": values[top], "maxValueIndex": top, "neuron": neuron})
+            row = {"modelId": body.modelId, "layer": source, "index": str(index), "values": values,
+                   "maxValue": values[top], "maxValueIndex": top}
+            if with_neurons:
+                row["neuron"] = neuron
+            results.append(row)
             if len(results) == body.numResults:
                 break
-        return {"tokens": acts.tokens, "result": results, "counts": [], "sortIndexes": sort_indexes}
+        out: dict[str, Any] = {"tokens": acts.tokens, "result": results, "sortIndexes": sort_indexes}
+        if with_neurons:
+            out["counts"] = []
+        return out
+
+    @router.post("/api/search-all", summary="Top Features for Entire Text")
+    def search_all(body: SearchAllRequest) -> dict[str, Any]:
+        """The source set's features that fire most on the text (or on the tokens at sortIndexes); for a list of
+        texts, one result each under `results` (without neurons, as on Neuronpedia)."""
+        threshold = _density(body.densityThreshold, -1)
+        in_set = [r[0] for r in view().con.execute(
+            'SELECT id FROM sources WHERE "modelId" = ? AND "setName" = ? ORDER BY id',
+            [body.modelId, body.sourceSet]).fetchall()]
+        if not in_set:
+            raise NotFoundError(f"source set {body.modelId}/{body.sourceSet} is not in the store")
+        unknown = sorted(set(body.selectedLayers) - set(in_set))
+        if unknown:
+            raise FeatureDBError(f"selectedLayers: {', '.join(unknown)} not in source set {body.sourceSet}")
+        if isinstance(body.text, list):
+            return {"results": [search_all_one(body, t, threshold, in_set, with_neurons=False) for t in body.text]}
+        return search_all_one(body, body.text, threshold, in_set, with_neurons=True)
 
     return router
