@@ -36,6 +36,7 @@ from featuredb.schema import (
 
 DEFAULT_DB = "data/featuredb.duckdb"
 SEARCHED_TABLES = ("features", "activations", "explanations")  # writes here make the search indexes stale
+RELATION_TABLES = ("models", "sources", "source_sets")  # rows GET feature includes; writes clear their cache
 DB_ENV = "FEATUREDB_DB"
 
 # Rows without an id get a deterministic one, so importing the same rows twice replaces them.
@@ -144,6 +145,7 @@ class FeatureStore:
         self.path = str(path or default_db_path())
         self.read_only = read_only
         self._owns_connection = True
+        self._relations: dict[tuple[str, str], dict[str, Any]] = {}  # feature_relations, shared with thread views
         if read_only:
             if not Path(self.path).exists():
                 raise NotFoundError(f"{self.path}: no featuredb store here (import or ingest into it first)")
@@ -178,6 +180,7 @@ class FeatureStore:
         view = object.__new__(FeatureStore)
         view.path, view.read_only, view.con = self.path, self.read_only, self.con.cursor()
         view._owns_connection = False
+        view._relations = self._relations
         return view
 
     def close(self) -> None:
@@ -307,6 +310,8 @@ class FeatureStore:
         return int(n)
 
     def _mark_searched_changed(self, table: Table, changed: int) -> None:
+        if table.name in RELATION_TABLES:
+            self._relations.clear()
         if changed and table.name in SEARCHED_TABLES:
             self.mark_search_stale()
 
@@ -385,7 +390,10 @@ class FeatureStore:
         limit = f" LIMIT {int(max_acts)}" if max_acts is not None else ""
         acts = self._rows(f'SELECT * FROM activations WHERE {where} ORDER BY {ACTIVATION_ORDER}{limit}', key)
         exps = self._rows(f'SELECT * FROM explanations WHERE {where} ORDER BY {EXPLANATION_ORDER}', key)
-        return feature_from_rows(feature, acts, exps, feature_relations(self.con, model, source))
+        relations = self._relations.get((model, source))
+        if relations is None:  # three small lookups that would cost as much as the feature itself
+            relations = self._relations[(model, source)] = feature_relations(self.con, model, source)
+        return feature_from_rows(feature, acts, exps, relations)
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, params)
