@@ -244,6 +244,15 @@ FEATURE_KEY_TABLES = (FEATURES, ACTIVATIONS, EXPLANATIONS)
 FEATURE_KEY_SQL = """"modelId" || '/' || "layer" || '/' || CAST("index" AS VARCHAR)"""
 INTERNAL_COLUMNS = (SETTINGS_COLUMN[0], FEATURE_KEY_COLUMN[0])
 
+# Schema v5: fields of Neuronpedia's published export records (utils/neuronpedia-utils/neuronpedia_utils/db_models)
+# that the v1 tables lacked. `triggeredById` is db_models' name (Prisma's column is triggeredByUserId, kept above);
+# `embedding` is JSON because exports carry pgvector's text ("[0.1,...]") where db_models says a list of floats.
+DB_MODELS_COLUMNS: dict[str, dict[str, str]] = {
+    "sources": {"inferenceHosts": "VARCHAR[]"},
+    "activations": {"zIndices": "BIGINT[][]", "zValues": "DOUBLE[]"},
+    "explanations": {"embedding": "JSON", "triggeredById": "VARCHAR"},
+}
+
 
 def feature_key(model: str, source: str, index: int) -> str:
     """The value of the feature_key column for one feature."""
@@ -261,6 +270,8 @@ def columns_of(table: Table, version: int) -> dict[str, str]:
         cols[SETTINGS_COLUMN[0]] = SETTINGS_COLUMN[1]
     if version >= 2 and table in FEATURE_KEY_TABLES:
         cols[FEATURE_KEY_COLUMN[0]] = FEATURE_KEY_COLUMN[1]
+    if version >= 5:
+        cols.update(DB_MODELS_COLUMNS.get(table.name, {}))
     return cols
 
 
@@ -303,8 +314,15 @@ def _add_graphs_v4(con: duckdb.DuckDBPyConnection) -> None:
         '"createdAt" TIMESTAMP DEFAULT now(), "updatedAt" TIMESTAMP DEFAULT now())')
 
 
+def _add_db_models_fields_v5(con: duckdb.DuckDBPyConnection) -> None:
+    for table, cols in DB_MODELS_COLUMNS.items():
+        for name, ty in cols.items():
+            con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {ty}')
+
+
 # MIGRATIONS[v-1] brings a file from version v-1 to version v.
-MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2, _add_search_state_v3, _add_graphs_v4)
+MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2, _add_search_state_v3, _add_graphs_v4,
+              _add_db_models_fields_v5)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -33,7 +33,7 @@ MODELS, SOURCES = ("m-a", "m-b"), ("3-tc", "7-tc")
 FEATURE_FIELDS = {"frac_nonzero": "DOUBLE", "hasVector": "BOOLEAN", "umap_cluster": "BIGINT", "hookName": "VARCHAR",
                   "pos_str": "VARCHAR[]", "pos_values": "DOUBLE[]", "topkCosSimIndices": "BIGINT[]"}
 ACTIVATION_FIELDS = {"tokens": "VARCHAR[]", "values": "DOUBLE[]", "maxValue": "DOUBLE", "maxValueTokenIndex": "BIGINT",
-                     "dataIndex": "VARCHAR", "binMin": "DOUBLE"}
+                     "dataIndex": "VARCHAR", "binMin": "DOUBLE", "zIndices": "BIGINT[][]"}
 FIELDS = {"features": FEATURE_FIELDS, "activations": ACTIVATION_FIELDS}
 PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -50,7 +50,7 @@ JUNK = st.sampled_from([{"a": 1}, [1], "1.5", "x", True, 2.5, 7, None, []])
 def valid_value(duck_type: str) -> st.SearchStrategy[Any]:
     """A value that keeps the rule of a column of `duck_type`."""
     if duck_type.endswith("[]"):
-        return st.lists(VALID[duck_type[:-2]], max_size=4)
+        return st.lists(valid_value(duck_type[:-2]), max_size=4)
     return VALID[duck_type]
 
 

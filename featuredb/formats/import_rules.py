@@ -4,7 +4,7 @@ Rules per field type (null always means "absent"; `index` and the folder's field
 
 - VARCHAR: a string.                     - DOUBLE: a finite number (not NaN or Infinity).
 - BIGINT: an integer in [-2**63, 2**63).  - BOOLEAN: true or false.
-- T[]: a list whose items all follow T (no null items).
+- T[]: a list whose items all follow T (no null items); T may itself be a list (BIGINT[][]).
 - JSON: any value, kept as given.
 - index: a non-negative integer or a string of decimal digits, at most 2**63 - 1 (see identity.parse_index).
 - fields the folder names (modelId, layer, ...): when present, equal to the folder's value.
@@ -28,10 +28,13 @@ INDEX = "index"
 
 _NUMBER = r"-?[0-9][-+0-9.eE]*"
 _STRING_RE = r'"(?:[^"\\]|\\.)*"'
-# DuckDB writes a JSON list back minified: these patterns say every item is an integer / a string.
+_INT_LIST_RE = r"\[(?:-?[0-9]+(?:,-?[0-9]+)*)?\]"
+# DuckDB writes a JSON list back minified: these patterns say every item is an integer / a string / a list of
+# integers (BIGINT[][]: Neuronpedia's Activation.zIndices).
 _LIST_PATTERNS = {
-    "BIGINT": r"\[(?:-?[0-9]+(?:,-?[0-9]+)*)?\]",
+    "BIGINT": _INT_LIST_RE,
     "VARCHAR": rf"\[(?:{_STRING_RE}(?:,{_STRING_RE})*)?\]",
+    "BIGINT[]": rf"\[(?:{_INT_LIST_RE}(?:,{_INT_LIST_RE})*)?\]",
 }
 
 
@@ -106,6 +109,8 @@ def _sql_rule(duck_type: str, j: str, v: str) -> tuple[str, str]:
     pattern = f"regexp_full_match({text}, {_sql_str(_LIST_PATTERNS[item])})"
     if item == "BIGINT":  # an item beyond BIGINT casts to NULL
         return value, f"{pattern} AND list_count({v}) = len({v})"
+    if item == "BIGINT[]":  # likewise one level down
+        return value, f"{pattern} AND list_count(flatten({v})) = len(flatten({v}))"
     return value, pattern
 
 
