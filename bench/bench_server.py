@@ -1,6 +1,9 @@
 """Benchmark the local server and the client: pulls at concurrency 1 and 16, GET feature under 16 clients.
 
-    .venv/bin/python bench/bench_server.py [--features 10000] [--requests 2000]
+    .venv/bin/python bench/bench_server.py [--features 10000] [--requests 2000] [--only export]
+
+`--only export` runs just the circuit-tracer export rows: the per-feature JSON layout against the compact one
+(index.json.gz + layer_{L}.bin) on a demo-sized store (`--export-features`, default 2,048 as `sample-export`).
 
 GET feature is measured with one and with two server worker processes (`featuredb serve --workers`), without
 and with pre-serialised feature documents (`featuredb reindex --feature-docs`).
@@ -28,6 +31,8 @@ import httpx  # noqa: E402
 
 from featuredb import FeatureStore  # noqa: E402
 from featuredb.feature_docs import build_feature_docs  # noqa: E402
+from featuredb.formats.circuit_tracer_compact import export_circuit_tracer_compact  # noqa: E402
+from featuredb.formats.circuit_tracer_export import export_circuit_tracer  # noqa: E402
 from featuredb.formats.neuronpedia_import import import_neuronpedia  # noqa: E402
 from featuredb.neuronpedia import NeuronpediaClient  # noqa: E402
 from featuredb.neuronpedia.sync import pull_features  # noqa: E402
@@ -86,15 +91,57 @@ def _server(db: Path, workers: int) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
+def _folder_size(path: Path) -> tuple[int, int]:
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def bench_export(out: Path, n_features: int) -> list[tuple[str, str]]:
+    """Rows for `featuredb export circuit-tracer` on a demo-sized store: per-feature JSON against compact."""
+    db = out / f"export-{n_features}.duckdb"
+    if not db.exists():
+        generate_export(out / f"export-src-{n_features}", model=MODEL, source=SOURCE, n_features=n_features,
+                        n_activations=20, ctx_len=64, progress=False)
+        with FeatureStore(db) as store:
+            import_neuronpedia(store, out / f"export-src-{n_features}", progress=False)
+    rows = []
+    for layout in ("json", "compact"):
+        target = out / f"ct-{layout}"
+        shutil.rmtree(target, ignore_errors=True)
+        with FeatureStore(db, read_only=True) as store:
+            t = time.perf_counter()
+            if layout == "json":
+                export_circuit_tracer(store, target, progress=False)
+            else:
+                export_circuit_tracer_compact(store, target, progress=False)
+            seconds = time.perf_counter() - t
+        size, files = _folder_size(target)
+        rows.append((f"export circuit-tracer --layout {layout}, {n_features:,} features",
+                     f"{seconds:.2f} s = {n_features / seconds:,.0f} features/s, {size / 1e6:.1f} MB in "
+                     f"{files:,} file(s)"))
+    return rows
+
+
+def _print(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
 def main() -> None:
-    """Build a store, serve it, pull from it twice and load-test GET feature."""
+    """Build a store, serve it, pull from it twice and load-test GET feature; time the circuit-tracer exports."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--export-features", type=int, default=2048, help="store size for the export rows")
+    ap.add_argument("--only", choices=["export"], help="run only these rows")
     ap.add_argument("--out", default="bench/out/server")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only == "export":
+        _print(bench_export(out, args.export_features))
+        return
     db = out / "served.duckdb"
     if not db.exists():
         generate_export(out / "export", model=MODEL, source=SOURCE, n_features=args.features, n_activations=20,
@@ -130,9 +177,8 @@ def main() -> None:
         rows.append((f"{name}: p50", f"{statistics.median(lat):.1f} ms"))
         rows.append((f"{name}: p95", f"{lat[int(0.95 * len(lat)) - 1]:.1f} ms (goal <= 50)"))
         rows.append((f"{name}: throughput", f"{len(lat) / wall:,.0f} requests/s (goal >= 500)"))
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    rows += bench_export(out, args.export_features)
+    _print(rows)
 
 
 if __name__ == "__main__":

@@ -98,26 +98,48 @@ def export_neuronpedia_command(out: str, model: str | None, source: str | None, 
     click.echo(f"wrote {report.files} file(s) for {len(report.sources)} source(s) to {out} in {report.seconds:.1f}s")
 
 
-@export_group.command("circuit-tracer", short_help="circuit-tracer feature files {scan}/{cantor}.json.")
+@export_group.command("circuit-tracer", short_help="circuit-tracer feature files ({scan}/{cantor}.json or compact).")
 @click.argument("out", type=click.Path(file_okay=False))
 @_filters
-@click.option("--scan", help="Folder name under OUT (the graph's metadata.scan); default: the model id.")
+@click.option("--layout", type=click.Choice(["json", "compact"]), default="json", show_default=True,
+              help="json: one OUT/{scan}/{cantor}.json per feature; compact: OUT/index.json.gz + OUT/layer_{L}.bin "
+                   "(one model, one source per layer).")
+@click.option("--scan", help="Folder name under OUT for --layout json (the graph's metadata.scan); default: the "
+                             "model id.")
 @db_option
 @json_option
-def export_circuit_tracer_command(out: str, model: str | None, source: str | None, scan: str | None, db: str,
-                                  as_json: bool) -> None:
-    """Write circuit-tracer feature files OUT/{scan}/{cantor(layer, index)}.json.
+def export_circuit_tracer_command(out: str, model: str | None, source: str | None, layout: str, scan: str | None,
+                                  db: str, as_json: bool) -> None:
+    """Write circuit-tracer feature files: OUT/{scan}/{cantor(layer, index)}.json, or the compact layout.
 
-    Serve OUT as circuit-tracer's features_dir to browse graphs with these examples.
+    The json layout is what `trace serve` and circuit-tracer's local frontend read per feature. The compact
+    layout (OUT/index.json.gz mapping each layer to OUT/layer_{L}.bin and byte offsets, one zlib record per
+    feature) is what circuit-tracer's own frontend reads with HTTP Range requests: from a Hugging Face repo's
+    features/ folder (graph metadata.scan = "owner/repo"), or, in circuit-tracer releases whose
+    `start-server` takes --features_dir, from `--features_dir OUT` (metadata.scan starting with "/").
+    The compact export is written to a temporary folder and renamed into place.
 
     \b
     Example:
       featuredb export circuit-tracer graphs/features --model smollm2-135m
+      featuredb export circuit-tracer hf-repo/features --layout compact --model smollm2-135m
     """
+    if layout == "compact" and scan:
+        raise click.UsageError("--scan applies to --layout json only (the compact layout has no scan folders)")
     with open_store(db, read_only=True) as store:
-        report = export_circuit_tracer(store, out, model=model, source=source, scan=scan)
+        if layout == "compact":
+            from featuredb.formats.circuit_tracer_compact import export_circuit_tracer_compact
+
+            report = export_circuit_tracer_compact(store, out, model=model, source=source)
+        else:
+            report = {**export_circuit_tracer(store, out, model=model, source=source, scan=scan), "layout": "json"}
     if as_json:
         emit_json(report)
+        return
+    if layout == "compact":
+        click.echo(f"wrote {report['features']} feature(s) of {report['model']} ({len(report['layers'])} layer(s), "
+                   f"{report['bytes'] / 1e6:.1f} MB) to {out}/ (index.json.gz + layer_{{L}}.bin) "
+                   f"in {report['seconds']:.1f}s")
         return
     click.echo(f"wrote {report['features']} feature file(s) to {out}/{{{','.join(report['scans'])}}}/ "
                f"in {report['seconds']:.1f}s")

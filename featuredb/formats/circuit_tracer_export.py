@@ -6,7 +6,7 @@ import json
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
@@ -83,32 +83,71 @@ def _dicts(cur: Any) -> list[dict[str, Any]]:
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
+def export_pairs(store: FeatureStore, model: str | None = None,
+                 source: str | None = None) -> list[tuple[str, str]]:
+    """(model, source) pairs with features to export; NotFoundError when there are none."""
+    pairs = [(m, s) for m, s in store.sources(model, source)
+             if store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? AND "layer" = ? LIMIT 1',
+                                  [m, s]).fetchone()]
+    if not pairs:
+        raise NotFoundError(f"{store.path}: no features to export for model={model or '*'} source={source or '*'}")
+    return pairs
+
+
+def source_layer(model: str, source: str) -> int:
+    """The layer of a source id, or a FeatureDBError saying circuit-tracer ids need one."""
+    try:
+        return layer_of_source(source)
+    except ValueError as e:
+        raise FeatureDBError(f"{model}/{source}: {e}; circuit-tracer ids need a layer number") from None
+
+
+def count_features(store: FeatureStore, pairs: list[tuple[str, str]]) -> int:
+    """How many feature rows the pairs hold."""
+    return sum(store.con.execute('SELECT count(*) FROM features WHERE "modelId" = ? AND "layer" = ?',
+                                 [m, s]).fetchone()[0] for m, s in pairs)
+
+
+def feature_records(store: FeatureStore, model: str, source: str,
+                    chunk: int = CHUNK) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, circuit-tracer feature record) for every feature of one source, in index order, `chunk` at a time."""
+    offset = 0
+    while True:
+        feats = _dicts(store.con.execute(
+            'SELECT * FROM features WHERE "modelId" = ? AND "layer" = ? ORDER BY "index" LIMIT ? OFFSET ?',
+            [model, source, chunk, offset]))
+        if not feats:
+            return
+        lo, hi = feats[0]["index"], feats[-1]["index"]
+        acts_by: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for a in _dicts(store.con.execute(
+                'SELECT "index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", "binMin", '
+                '"binMax", "binContains" FROM activations WHERE "modelId" = ? AND "layer" = ? '
+                'AND "index" BETWEEN ? AND ?', [model, source, lo, hi])):
+            acts_by[a["index"]].append(a)
+        for f in feats:
+            yield int(f["index"]), feature_file(model, source, f, acts_by.get(f["index"], []))
+        offset += chunk
+
+
 def export_circuit_tracer(store: FeatureStore, out: str | Path, *, model: str | None = None,
                           source: str | None = None, scan: str | None = None,
                           progress: bool | None = None) -> dict[str, Any]:
     """Write one {cantor}.json per feature under {out}/{scan}/ (scan defaults to the model id)."""
     started = time.perf_counter()
     out = Path(out)
-    pairs = [(m, s) for m, s in store.sources(model, source)
-             if store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? AND "layer" = ? LIMIT 1',
-                                  [m, s]).fetchone()]
-    if not pairs:
-        raise NotFoundError(f"{store.path}: no features to export for model={model or '*'} source={source or '*'}")
+    pairs = export_pairs(store, model, source)
     # Cantor ids are unique per (layer, index) only: two source sets of one model cannot share a scan folder.
     owners: dict[tuple[str, int], str] = {}
     for m, s in pairs:
-        try:
-            layer = layer_of_source(s)
-        except ValueError as e:
-            raise FeatureDBError(f"{m}/{s}: {e}; circuit-tracer ids need a layer number") from None
+        layer = source_layer(m, s)
         scan_dir = scan or m
         if (scan_dir, layer) in owners:
             raise FeatureDBError(
                 f"sources {owners[(scan_dir, layer)]} and {s} would share {scan_dir}/ at layer {layer}; "
                 "pick one with --source or give each its own --scan")
         owners[(scan_dir, layer)] = s
-    total = sum(store.con.execute('SELECT count(*) FROM features WHERE "modelId" = ? AND "layer" = ?',
-                                  [m, s]).fetchone()[0] for m, s in pairs)
+    total = count_features(store, pairs)
     written = 0
     bar = tqdm(total=total, unit="feature", desc="export circuit-tracer",
                disable=None if progress is None else not progress, leave=False)
@@ -116,27 +155,11 @@ def export_circuit_tracer(store: FeatureStore, out: str | Path, *, model: str | 
         layer = layer_of_source(s)
         folder = out / (scan or m)
         folder.mkdir(parents=True, exist_ok=True)
-        offset = 0
-        while True:
-            feats = _dicts(store.con.execute(
-                'SELECT * FROM features WHERE "modelId" = ? AND "layer" = ? ORDER BY "index" LIMIT ? OFFSET ?',
-                [m, s, CHUNK, offset]))
-            if not feats:
-                break
-            lo, hi = feats[0]["index"], feats[-1]["index"]
-            acts_by: dict[int, list[dict[str, Any]]] = defaultdict(list)
-            for a in _dicts(store.con.execute(
-                    'SELECT "index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", "binMin", '
-                    '"binMax", "binContains" FROM activations WHERE "modelId" = ? AND "layer" = ? '
-                    'AND "index" BETWEEN ? AND ?', [m, s, lo, hi])):
-                acts_by[a["index"]].append(a)
-            for f in feats:
-                record = feature_file(m, s, f, acts_by.get(f["index"], []))
-                path = folder / f"{cantor_pair(layer, f['index'])}.json"
-                path.write_text(json.dumps(record, separators=(",", ":")), encoding="utf-8")
-            written += len(feats)
-            bar.update(len(feats))
-            offset += CHUNK
+        for index, record in feature_records(store, m, s):
+            path = folder / f"{cantor_pair(layer, index)}.json"
+            path.write_text(json.dumps(record, separators=(",", ":")), encoding="utf-8")
+            written += 1
+            bar.update(1)
     bar.close()
     return {"out": str(out), "features": written, "scans": sorted({scan or m for m, _ in pairs}),
             "seconds": round(time.perf_counter() - started, 3)}
