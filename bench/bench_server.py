@@ -1,9 +1,12 @@
 """Benchmark the local server and the client: pulls at concurrency 1 and 16, GET feature under 16 clients.
 
-    .venv/bin/python bench/bench_server.py [--features 10000] [--requests 2000] [--only export]
+    .venv/bin/python bench/bench_server.py [--features 10000] [--requests 2000] [--only export|client]
 
 `--only export` runs just the circuit-tracer export rows: the per-feature JSON layout against the compact one
 (index.json.gz + layer_{L}.bin) on a demo-sized store (`--export-features`, default 2,048 as `sample-export`).
+
+`--only client` runs just Neuronpedia's official Python client (`neuronpedia` 1.2.1): its GET feature from one
+client, one request at a time, against plain httpx on a kept-alive connection in the same run.
 
 GET feature is measured with one and with two server worker processes (`featuredb serve --workers`), without
 and with pre-serialised feature documents (`featuredb reindex --feature-docs`).
@@ -122,6 +125,54 @@ def bench_export(out: Path, n_features: int) -> list[tuple[str, str]]:
     return rows
 
 
+def bench_official_client(db: Path, docs_db: Path, n: int, n_features: int) -> list[tuple[str, str]]:
+    """Rows for Neuronpedia's own client against `featuredb serve`: GET feature, one client, one at a time."""
+    import contextlib
+    import io
+
+    from neuronpedia.requests.base_request import NPRequest
+    from neuronpedia.requests.feature_request import FeatureRequest
+
+    rng = random.Random(0)
+    rows = []
+    for served, label in ((db, "rows"), (docs_db, "feature docs")):
+        with _server(served, workers=1) as base:
+            NPRequest.BASE_URL = base + "/api"
+            request = FeatureRequest(api_key="local")
+            indexes = [rng.randrange(n_features) for _ in range(n)]
+            with contextlib.redirect_stdout(io.StringIO()):  # the client prints a line per request
+                for i in indexes[:20]:
+                    request.get(MODEL, SOURCE, i)
+                t = time.perf_counter()
+                for i in indexes:
+                    request.get(MODEL, SOURCE, i)
+                official = n / (time.perf_counter() - t)
+            with httpx.Client() as plain:
+                t = time.perf_counter()
+                for i in indexes:
+                    plain.get(f"{base}/api/feature/{MODEL}/{SOURCE}/{i}", headers={"accept-encoding": "gzip"}).json()
+                baseline = n / (time.perf_counter() - t)
+        rows.append((f"official client FeatureRequest.get, 1 client, {label}",
+                     f"{official:,.0f} requests/s ({official / baseline:.2f}x plain httpx: {baseline:,.0f}/s)"))
+    return rows
+
+
+def _served_stores(out: Path, n_features: int) -> tuple[Path, Path]:
+    """The benchmark store and a copy with feature documents, built once."""
+    db = out / "served.duckdb"
+    if not db.exists():
+        generate_export(out / "export", model=MODEL, source=SOURCE, n_features=n_features, n_activations=20,
+                        ctx_len=64, progress=False)
+        with FeatureStore(db) as store:
+            import_neuronpedia(store, out / "export", progress=False)
+    docs_db = out / "served-docs.duckdb"
+    if not docs_db.exists():
+        shutil.copyfile(db, docs_db)
+        with FeatureStore(docs_db) as store:
+            build_feature_docs(store, progress=False)
+    return db, docs_db
+
+
 def _print(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -134,13 +185,16 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--export-features", type=int, default=2048, help="store size for the export rows")
-    ap.add_argument("--only", choices=["export"], help="run only these rows")
+    ap.add_argument("--only", choices=["export", "client"], help="run only these rows")
     ap.add_argument("--out", default="bench/out/server")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only == "export":
         _print(bench_export(out, args.export_features))
+        return
+    if args.only == "client":
+        _print(bench_official_client(*_served_stores(out, args.features), 500, args.features))
         return
     db = out / "served.duckdb"
     if not db.exists():
@@ -177,6 +231,7 @@ def main() -> None:
         rows.append((f"{name}: p50", f"{statistics.median(lat):.1f} ms"))
         rows.append((f"{name}: p95", f"{lat[int(0.95 * len(lat)) - 1]:.1f} ms (goal <= 50)"))
         rows.append((f"{name}: throughput", f"{len(lat) / wall:,.0f} requests/s (goal >= 500)"))
+    rows += bench_official_client(db, docs_db, 500, args.features)
     rows += bench_export(out, args.export_features)
     _print(rows)
 

@@ -10,6 +10,7 @@ error.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import os
@@ -211,6 +212,7 @@ def serve_cases(base: str, hidden: list[str]) -> Iterator[Outcome]:
                                                                    {"filename": "g.json", "contentLength": 10}),
                 hidden, if_ok=SECURITY)
     yield from upload_cases(base, hidden)
+    yield from feature_upload_cases(base, hidden)
     for case, path, data in (("inference without a model", "/api/search-topk-by-token",
                               {"modelId": MODEL, "source": SOURCE, "text": "hello"}),
                              ("activation/new without a model", "/api/activation/new",
@@ -240,6 +242,37 @@ def upload_cases(base: str, hidden: list[str]) -> Iterator[Outcome]:
             continue
         yield judge(SERVE, case, post_json(base, "/api/graph/save-to-db", {"putRequestId": put["putRequestId"]},
                                            auth), hidden, if_ok=SECURITY)
+
+
+def feature_upload_cases(base: str, hidden: list[str]) -> Iterator[Outcome]:
+    """Neuronpedia's upload routes: without the token, bad shapes, and a gzip bomb on the graph PUT."""
+    auth = {"x-api-key": WRITE_TOKEN}
+    act = {"tokens": ["a", "b"], "values": [0.0, 1.0]}
+    good = {"modelId": MODEL, "source": SOURCE, "features": [{"index": 7, "activations": [act]}]}
+    yield judge(SERVE, "feature upload without the token", post_json(base, "/api/feature/upload-batch", good),
+                hidden, if_ok=SECURITY)
+    bad = {
+        "upload: tokens and values of different lengths": {**good, "features": [
+            {"index": 7, "activations": [{"tokens": ["a"], "values": [1.0, 2.0]}]}]},
+        "upload: the same index twice": {**good, "features": [good["features"][0]] * 2},
+        "upload: 129 features": {**good, "features": [{"index": i, "activations": [act]} for i in range(129)]},
+        "upload: density 2": {**good, "features": [{"index": 7, "density": 2, "activations": [act]}]},
+        "upload: into a source that is not there": {**good, "source": "99-nope"},
+        "upload: model id with ../": {**good, "modelId": "../../etc"},
+    }
+    for case, body in bad.items():
+        yield judge(SERVE, case, post_json(base, "/api/feature/upload-batch", body, auth), hidden)
+    yield judge(SERVE, "new model named ../x", post_json(base, "/api/model/new", {"id": "../x", "layers": 2}, auth),
+                hidden)
+    yield judge(SERVE, "new source set of an unknown model",
+                post_json(base, "/api/source-set/new", {"name": "x", "modelId": "nope"}, auth), hidden)
+    answer = post_json(base, "/api/graph/signed-put", {"filename": "b.json", "contentLength": 1000}, auth)
+    if answer.status == 200:
+        bomb = gzip.compress(b" " * (300 * 1024 * 1024))
+        key_path = "/" + json.loads(answer.body)["url"].split("/", 3)[3]
+        yield judge(SERVE, "graph PUT of a 300 MB gzip bomb", send(base, "PUT", key_path, bomb,
+                                                                  {"content-encoding": "gzip"}), hidden,
+                    if_ok=SECURITY)
 
 
 def sigterm_case(db: Path) -> Outcome:

@@ -203,7 +203,7 @@ def upload_router(view: Callable[[], FeatureStore], write_token: str | None) -> 
     def known_source(store: FeatureStore, model: str, source: str) -> None:
         if not store.sources(model, source):
             raise NotFoundError(f"source {model}/{source} is not in the store; create its source set first "
-                                "(POST /api/source-set/new)")
+                                "(the source-set/new route)")
 
     @router.post("/api/model/new", summary="New Model", responses=WRITE_ERRORS)
     def model_new(body: NewModelRequest, request: Request) -> dict[str, Any]:
