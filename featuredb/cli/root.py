@@ -7,6 +7,7 @@ import importlib
 import click
 
 from featuredb.cli.common import FeatureDBGroup
+from featuredb.cli.explain_command import explain_command
 from featuredb.cli.label_commands import label_group
 from featuredb.cli.np_commands import np_group
 from featuredb.cli.search_command import reindex_command, search_command
@@ -56,7 +57,7 @@ def cli() -> None:
 
 
 for command in (info, feature, query, import_group, export_group, sample_export, serve_command, np_group,
-                search_command, reindex_command, label_group):
+                search_command, reindex_command, label_group, explain_command):
     cli.add_command(command)
 
 
