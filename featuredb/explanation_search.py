@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from featuredb.errors import FeatureDBError, NotFoundError
+from featuredb.labels.label_rule import LABEL_ORDER_SQL
 from featuredb.schema import feature_key
 from featuredb.search.api import search
 from featuredb.search.filters import SearchFilters
@@ -44,7 +45,7 @@ def search_explanations(store: FeatureStore, query: str, *, model: str | None = 
     keys = [feature_key(h.model, h.source, h.index) for h in hits]
     cur = store.con.execute(
         f"SELECT * FROM explanations WHERE feature_key IN ({', '.join('?' for _ in keys)}) "
-        'ORDER BY "scoreV1" DESC NULLS LAST, id', keys)
+        f'ORDER BY {LABEL_ORDER_SQL}', keys)
     names = [d[0] for d in cur.description]
     by_key: dict[str, list[dict[str, Any]]] = {}
     for r in cur.fetchall():
@@ -62,7 +63,7 @@ def search_explanations(store: FeatureStore, query: str, *, model: str | None = 
 
 def keyword_explanations(store: FeatureStore, query: str, *, model: str | None = None,
                          sources: list[str] | None = None, offset: int = 0, limit: int = 20) -> list[dict[str, Any]]:
-    """Explanation rows matching most query words first, then by scoreV1 (for stores without search indexes)."""
+    """Explanation rows matching most query words first, then in label order (for stores without search indexes)."""
     terms = query_terms(query)
     if not terms:
         return []
@@ -77,7 +78,7 @@ def keyword_explanations(store: FeatureStore, query: str, *, model: str | None =
     sql = f"""SELECT * EXCLUDE (feature_key) FROM (
                 SELECT e.*, ({score}) AS _score FROM explanations e WHERE {" AND ".join(conds)})
               WHERE _score > 0
-              ORDER BY _score DESC, "scoreV1" DESC NULLS LAST, "modelId", "layer", "index", "id"
+              ORDER BY _score DESC, {LABEL_ORDER_SQL.replace('"id"', '"modelId", "layer", "index", "id"')}
               LIMIT {int(limit)} OFFSET {int(offset)}"""
     cur = store.con.execute(sql, params)
     names = [d[0] for d in cur.description]

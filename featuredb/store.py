@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from featuredb.errors import FeatureDBError, NotFoundError, SchemaVersionError, StoreLockedError
 from featuredb.identity import parse_index, set_of_source
+from featuredb.labels.label_rule import LABEL_ORDER_SQL
 from featuredb.models import Feature
 from featuredb.schema import (
     ACTIVATIONS,
@@ -53,7 +54,7 @@ _ID_EXPRESSIONS = {
 
 
 ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of activations
-EXPLANATION_ORDER = '"scoreV1" DESC NULLS LAST, "id"'
+EXPLANATION_ORDER = LABEL_ORDER_SQL  # GET feature's order of explanations: the label first (labels.label_rule)
 
 
 def feature_from_rows(feature: dict[str, Any], acts: list[dict[str, Any]], exps: list[dict[str, Any]],

@@ -54,9 +54,9 @@ def store_db(small_export: Path, db_path: Path) -> Path:
         import_neuronpedia(store, small_export, progress=False)
         store.con.execute("DELETE FROM explanations WHERE \"index\" IN (1, 2, 3)")
         rows = [  # (index, id, type, score, text)
-            (1, "a", "oai_token-act-pair", 0.9, "high-score other type"),
-            (1, "b", "np_max-act", 0.1, "max-act label"),
-            (1, "c", "np_max-act-logits", 0.0, "max-act-logits label"),
+            (1, "a", "oai_token-act-pair", 0.5, "equal-score other type"),  # equal scores: the type decides
+            (1, "b", "np_max-act", 0.5, "max-act label"),
+            (1, "c", "np_max-act-logits", 0.5, "max-act-logits label"),
             (2, "d", "featuredb-baseline", None, "baseline label"),
             (2, "e", "oai_token-act-pair", 0.5, "other at 0.5"),
             (2, "f", "oai_token-act-pair", 0.8, "other at 0.8"),

@@ -104,8 +104,8 @@ def test_online_fills_features_the_store_lacks_from_neuronpedia(store_db: Path) 
         asked.extend(body)
         return httpx.Response(200, json=[{
             "modelId": MODEL, "layer": b["layer"], "index": str(b["index"]), "activations": [],
-            "explanations": [{"description": "from Neuronpedia (max-act)", "typeName": "np_max-act", "scoreV1": 0.2},
-                             {"description": "other", "typeName": "oai_token-act-pair", "scoreV1": 0.9}]}
+            "explanations": [{"description": "other", "typeName": "oai_token-act-pair", "scoreV1": 0.9},
+                             {"description": "from Neuronpedia (max-act)", "typeName": "np_max-act", "scoreV1": 0.9}]}
             for b in body])
 
     client = NeuronpediaClient("https://www.neuronpedia.org", api_key="k", transport=httpx.MockTransport(handler),

@@ -40,8 +40,8 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
                   no_decoders: bool, db: str, as_json: bool) -> None:
     """Label every feature node of GRAPH.json (circuit-tracer or Neuronpedia) and propose supernodes.
 
-    Each mapped feature node gets a clerp: the store's explanation (np_max-act-logits, then
-    np_max-act, then the best score), else its featuredb-baseline label, else with --online
+    Each mapped feature node gets a clerp: the store's label (the best scoreV2/scoreV1, then
+    np_max-act-logits, np_max-act, other types, featuredb-baseline), else with --online
     Neuronpedia's. Supernodes go to qParams.supernodes, their members to qParams.pinnedIds, and
     every label to qParams.clerps (Neuronpedia subgraph form).
 

@@ -15,18 +15,17 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from featuredb.labels.label_rule import labels_sql
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.extensions import load_extension
 
 SEARCH_FORMAT = "3"  # layout of the derived search tables; a store built by another layout is rebuilt
 # (3: embeddings of embedding_text(), so texts embedded under an older format are embedded again)
+# A hit's label is its feature's label by featuredb.labels.label_rule (search_features.label).
 HNSW_MIN_TEXTS = 10_000  # below this, semantic search scans every embedding exactly
 HNSW_INDEX = "search_texts_hnsw"
 FTS_SCHEMA = "fts_main_explanations"
 
-# Neuronpedia's preference among explanation types; anything else ranks above our own baseline labels.
-LABEL_PRIORITY_SQL = """struct_pack(p := CASE "typeName" WHEN 'np_max-act-logits' THEN 3 WHEN 'np_max-act' THEN 2
-    WHEN 'featuredb-baseline' THEN 0 ELSE 1 END, s := coalesce("scoreV1", -1e9), i := "id")"""
 
 
 def is_dirty(con: Any) -> bool:
@@ -59,8 +58,7 @@ def _features(con: Any) -> None:
             UNION ALL
             SELECT DISTINCT feature_key, "modelId", "layer", "index", NULL, NULL FROM explanations
             WHERE feature_key NOT IN (SELECT feature_key FROM features)),
-        labels AS (SELECT feature_key, arg_max(description, {LABEL_PRIORITY_SQL}) AS label,
-                          arg_max("typeName", {LABEL_PRIORITY_SQL}) AS label_type FROM explanations GROUP BY ALL),
+        labels AS ({labels_sql(columns='feature_key, description AS label, "typeName" AS label_type')}),
         tops AS (SELECT feature_key, list(token ORDER BY value DESC, token)[1:5] AS top_tokens FROM _peaks GROUP BY ALL)
         SELECT f.feature_key, f."modelId", f.source, f."index",
                TRY_CAST(regexp_extract(f.source, '^(\\d+)', 1) AS INTEGER) AS layer_num,

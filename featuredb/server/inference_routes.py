@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
 
 from featuredb.errors import FeatureDBError, NotFoundError
+from featuredb.labels.label_rule import LABEL_ORDER_SQL
 from featuredb.schema import feature_key
 from featuredb.search.inference import InferenceBackend, load_backend
 from featuredb.server.fields import Bool, Index, Name, Number, int_in
@@ -96,12 +97,12 @@ def _explanation_neurons(store: FeatureStore, model: str, keys: set[tuple[str, i
             f'SELECT "layer", "index", "frac_nonzero" FROM features WHERE feature_key IN ({marks})', fkeys).fetchall():
         out[(layer, int(index))] = {"modelId": model, "layer": layer, "index": str(index), "frac_nonzero": density,
                                     "explanations": []}
-    for layer, index, desc, type_name, score in store.con.execute(
-            f'SELECT "layer", "index", description, "typeName", "scoreV1" FROM explanations '
-            f'WHERE feature_key IN ({marks}) ORDER BY "scoreV1" DESC NULLS LAST, id', fkeys).fetchall():
+    for layer, index, desc, type_name, score, score2 in store.con.execute(
+            f'SELECT "layer", "index", description, "typeName", "scoreV1", "scoreV2" FROM explanations '
+            f'WHERE feature_key IN ({marks}) ORDER BY {LABEL_ORDER_SQL}', fkeys).fetchall():
         n = out.setdefault((layer, int(index)), {"modelId": model, "layer": layer, "index": str(index),
                                                  "frac_nonzero": None, "explanations": []})
-        n["explanations"].append({"description": desc, "typeName": type_name, "scoreV1": score})
+        n["explanations"].append({"description": desc, "typeName": type_name, "scoreV1": score, "scoreV2": score2})
     return out
 
 
