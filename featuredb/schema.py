@@ -320,9 +320,32 @@ def _add_db_models_fields_v5(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {ty}')
 
 
+# Neuronpedia's ExplanationScore (apps/webapp/prisma/schema.prisma): one score of one explanation by one scorer
+# (`explanationScoreTypeName`: eleuther_embedding, eleuther_recall, eleuther_fuzz, ...) and scorer model. `id` is
+# 'fdb-' || md5(explanationId|type|model), so scoring again replaces a row (featuredb.labels.score_store).
+EXPLANATION_SCORES_COLUMNS = {
+    "id": "VARCHAR",
+    "explanationId": "VARCHAR",
+    "value": "DOUBLE",
+    "explanationScoreTypeName": "VARCHAR",
+    "explanationScoreModelName": "VARCHAR",
+    "initiatedByUserId": "VARCHAR",
+    "jsonDetails": "VARCHAR",
+    "createdAt": "TIMESTAMP",
+}
+
+
+def _add_explanation_scores_v6(con: duckdb.DuckDBPyConnection) -> None:
+    # No PRIMARY KEY: DuckDB refuses deleting and re-inserting a key in one transaction, which is how a score is
+    # replaced; featuredb.labels.score_store keeps `id` unique.
+    cols = ", ".join(f'"{n}" {ty}' for n, ty in EXPLANATION_SCORES_COLUMNS.items())
+    con.execute(f"CREATE TABLE explanation_scores ({cols})")
+    con.execute('CREATE INDEX explanation_scores_explanation ON explanation_scores ("explanationId")')
+
+
 # MIGRATIONS[v-1] brings a file from version v-1 to version v.
 MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2, _add_search_state_v3, _add_graphs_v4,
-              _add_db_models_fields_v5)
+              _add_db_models_fields_v5, _add_explanation_scores_v6)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

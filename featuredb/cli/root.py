@@ -8,6 +8,7 @@ import click
 
 from featuredb.cli.common import FeatureDBGroup
 from featuredb.cli.explain_command import explain_command
+from featuredb.cli.score_command import score_command
 from featuredb.cli.label_commands import label_group
 from featuredb.cli.np_commands import np_group
 from featuredb.cli.search_command import reindex_command, search_command
@@ -57,7 +58,7 @@ def cli() -> None:
 
 
 for command in (info, feature, query, import_group, export_group, sample_export, serve_command, np_group,
-                search_command, reindex_command, label_group, explain_command):
+                search_command, reindex_command, label_group, explain_command, score_command):
     cli.add_command(command)
 
 
