@@ -12,7 +12,9 @@ from typing import Any, Callable
 import click
 
 from featuredb.errors import FeatureDBError
+from featuredb.labels.baseline import TYPE_NAME as BASELINE_TYPE
 from featuredb.labels.baseline import label_features
+from featuredb.labels.embedding_score import score_embedding
 from featuredb.search.api import search
 from featuredb.store import FeatureStore
 from ingest.corpus import DEFAULT_CORPUS, WIKITEXT_PREFIX, CorpusStats, installed_docs
@@ -53,6 +55,7 @@ class DemoSummary:
     searches: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     model_id: str = ""
     corpus: str = ""
+    label_score: float | None = None  # mean embedding score (AUROC) of the baseline labels
     extra: dict[str, Any] = field(default_factory=dict)  # what extra steps returned
 
     def as_dict(self) -> dict[str, Any]:
@@ -151,15 +154,20 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
     if not quiet:
         echo(f"   {ingest_summary.live_features:,} live and {ingest_summary.dead_features:,} dead features")
 
-    def label_and_index() -> int:
+    def label_and_index() -> tuple[int, float | None]:
         with FeatureStore(db) as store:
             n = label_features(store, model=ingest_summary.model_id).labelled
+            scored = score_embedding(store, model=ingest_summary.model_id, type_name=BASELINE_TYPE,
+                                     progress=None if not quiet else False)
             store.refresh_search(progress=None if not quiet else False)
-        return n
+        return n, scored.mean_score
 
-    n_labels = steps.run("label", "writing baseline labels and building the search indexes", label_and_index)
+    n_labels, mean_score = steps.run("label", "writing baseline labels, scoring them (offline embedding score) and "
+                                     "building the search indexes", label_and_index)
+    summary.label_score = mean_score
     if not quiet:
-        echo(f"   {n_labels:,} features labelled")
+        shown = f"{mean_score:.3f}" if mean_score is not None else "n/a"
+        echo(f"   {n_labels:,} features labelled; mean embedding score (AUROC) of the labels {shown}")
 
     def searches() -> dict[str, list[dict[str, Any]]]:
         from featuredb.cli.search_command import print_hits

@@ -14,6 +14,7 @@ from featuredb.cli.common import db_option, emit_json, json_option
 from ingest.demo import DemoSummary, ExtraStep, run_demo
 from ingest.demo_profiles import PROFILES
 from tracer.demo_graphs import DEMO_PROMPTS, make_demo_graphs
+from tracer.graph_explainer import graph_explainer
 
 
 @click.command("demo", short_help="The whole loop on the default model: train, index, label, search, graphs.")
@@ -25,10 +26,15 @@ from tracer.demo_graphs import DEMO_PROMPTS, make_demo_graphs
                    "installed-docs; or wikitext, installed-docs, or any corpus spec `featuredb ingest` takes.")
 @click.option("--no-graphs", is_flag=True, help="Skip the attribution graphs (circuit-tracer).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@click.option("--endpoint", help="An OpenAI-compatible chat endpoint (e.g. http://localhost:11434/v1): explain the "
+                                 "graphs' features with it (np_max-act-logits) and score them before labelling.")
+@click.option("--explainer-model", help="With --endpoint: the chat model, e.g. gpt-4o-mini or qwen2.5:7b.")
+@click.option("--key-env", default="OPENAI_API_KEY", show_default=True,
+              help="With --endpoint: the environment variable holding the API key (unset: no key is sent).")
 @db_option
 @json_option
-def demo_command(profile: str, data_dir: str, corpus: str, no_graphs: bool, device: str | None, db: str,
-                 as_json: bool) -> None:
+def demo_command(profile: str, data_dir: str, corpus: str, no_graphs: bool, device: str | None,
+                 endpoint: str | None, explainer_model: str | None, key_env: str, db: str, as_json: bool) -> None:
     """Run the main job offline on the embedded defaults (SmolLM2-135M-Instruct; WikiText-2 or installed docs).
 
     Fetches the default model, picks the corpus (natural WikiText-2 articles where a copy is at hand, else
@@ -42,10 +48,18 @@ def demo_command(profile: str, data_dir: str, corpus: str, no_graphs: bool, devi
     Example:
       featuredb demo                   # about 20 minutes on 2 CPU cores
       featuredb demo --profile full --device cuda
+      featuredb demo --endpoint http://localhost:11434/v1 --explainer-model qwen2.5:7b   # LLM labels too
     """
+    if endpoint and not explainer_model:
+        raise click.UsageError("--endpoint needs --explainer-model (the chat model to ask)")
+
     def graphs(summary: DemoSummary) -> dict:  # type: ignore[type-arg]
+        explain = None
+        if endpoint:
+            explain = graph_explainer(summary.db, summary.model_id, endpoint, explainer_model or "", key_env,
+                                      quiet=as_json)
         return make_demo_graphs(summary.transcoders, summary.db, summary.graphs_dir, echo=click.echo,
-                                quiet=as_json, device=device)
+                                quiet=as_json, device=device, before_label=explain)
 
     extra = () if no_graphs else (ExtraStep("graphs", "attribution graphs with circuit-tracer for "
                                             + " and ".join(f'"{p}"' for p in DEMO_PROMPTS.values())

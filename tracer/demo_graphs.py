@@ -22,8 +22,12 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 
 def make_demo_graphs(transcoders: str, db: str, out_dir: str, *, echo: Callable[[str], None], quiet: bool = False,
-                     prompts: dict[str, str] | None = None, device: str | None = None) -> dict[str, Any]:
-    """For each prompt: circuit-tracer's graph, labelled and grouped from the store, written to out_dir/{slug}.json."""
+                     prompts: dict[str, str] | None = None, device: str | None = None,
+                     before_label: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """For each prompt: circuit-tracer's graph, labelled and grouped from the store, written to out_dir/{slug}.json.
+
+    `before_label(graph)` runs between attribution and labelling (the demo's `--endpoint` explains the graph's
+    features there); what it returns is kept in the graph's summary."""
     cfg = transcoder_config(transcoders)
     model_path, model_id = model_for_transcoders(cfg)
     session = CircuitTracerSession(transcoders, model_path=model_path, model_id=model_id,
@@ -31,19 +35,22 @@ def make_demo_graphs(transcoders: str, db: str, out_dir: str, *, echo: Callable[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"load_seconds": round(session.load_seconds, 2), "graphs": []}
-    with FeatureStore(db, read_only=True) as store:
-        for slug, prompt in (prompts or DEMO_PROMPTS).items():
-            made = session.attribute(prompt, slug)
+    for slug, prompt in (prompts or DEMO_PROMPTS).items():
+        made = session.attribute(prompt, slug)
+        explained = before_label(made.graph) if before_label else None
+        with FeatureStore(db, read_only=True) as store:
             t0 = time.perf_counter()
             labelled = trace_label(store, made.graph, where=slug)
             made.timings["label_and_group"] = time.perf_counter() - t0
-            _write(out / f"{slug}.json", made.graph)
-            summary = {**made.summary(), "file": str(out / f"{slug}.json"),
-                       "supernodes": [[s.label, len(s.node_ids)] for s in labelled.supernodes],
-                       "unmapped": len(labelled.report.unmapped)}
-            results["graphs"].append(summary)
-            if not quiet:
-                _print(summary, echo)
+        _write(out / f"{slug}.json", made.graph)
+        summary = {**made.summary(), "file": str(out / f"{slug}.json"),
+                   "supernodes": [[s.label, len(s.node_ids)] for s in labelled.supernodes],
+                   "unmapped": len(labelled.report.unmapped)}
+        if explained is not None:
+            summary["explained"] = explained
+        results["graphs"].append(summary)
+        if not quiet:
+            _print(summary, echo)
     return results
 
 
