@@ -57,12 +57,15 @@ def _summary(r: ExplainReport) -> str:
               help="Seconds per request.")
 @click.option("--dry-run", is_flag=True, help="Print the first request and the estimated tokens; send nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--score/--no-score", default=True, show_default=True,
+              help="Then give this type's explanations the offline embedding score, which the label rule ranks "
+                   "by (without it a scored baseline label stays the feature's label).")
 @db_option
 @json_option
 def explain_command(model: str, source: str | None, indices: str | None, graph: str | None, source_set: str | None,
                     endpoint: str, explainer_model: str, key_env: str, type_name: str, concurrency: int,
                     max_features: int | None, retries: int, timeout: float, dry_run: bool, progress: bool | None,
-                    db: str, as_json: bool) -> None:
+                    score: bool, db: str, as_json: bool) -> None:
     """Write LLM explanations for features that have examples, through any OpenAI-compatible chat endpoint.
 
     Each request shows the feature's top and interval examples (max-activating token marked) and its top output
@@ -83,12 +86,17 @@ def explain_command(model: str, source: str | None, indices: str | None, graph: 
     keys = _graph_keys(graph, model, source_set) if graph else None
     chat = ChatEndpoint(endpoint, explainer_model, key_env=key_env, concurrency=concurrency, timeout=timeout,
                         max_retries=retries)
+    shown = progress if progress is not None else (None if not as_json else False)
+    scored = None
     with open_store(db, read_only=dry_run) as store:
         report = explain_features(store, chat, model=model, source=source, indices=wanted, keys=keys,
-                                  type_name=type_name, max_features=max_features, dry_run=dry_run,
-                                  progress=progress if progress is not None else (None if not as_json else False))
+                                  type_name=type_name, max_features=max_features, dry_run=dry_run, progress=shown)
+        if score and not dry_run and report.explained:
+            from featuredb.labels.embedding_score import score_embedding
+
+            scored = score_embedding(store, model=model, source=source, type_name=type_name, progress=shown)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json({**report.as_dict(), "mean_embedding_score": scored.mean_score if scored else None})
     elif dry_run:
         if report.first_request is not None:
             click.echo(request_json(report))
@@ -99,6 +107,9 @@ def explain_command(model: str, source: str | None, indices: str | None, graph: 
                    "nothing sent")
     else:
         click.echo(_summary(report))
+        if scored is not None and scored.mean_score is not None:
+            click.echo(f"embedding score of {scored.explanations:,} {type_name} explanation(s): mean AUROC "
+                       f"{scored.mean_score:.3f}")
     if report.failed:
         why = "the endpoint kept failing, so the run stopped; " if report.stopped_early else ""
         click.echo(f"featuredb: error: {report.failed:,} feature(s) failed ({why}run again to retry them); "
