@@ -157,9 +157,10 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
     def label_and_index() -> tuple[int, float | None]:
         with FeatureStore(db) as store:
             n = label_features(store, model=ingest_summary.model_id).labelled
+            store.refresh_search(progress=None if not quiet else False)  # embeds the labels, which scoring reuses
             scored = score_embedding(store, model=ingest_summary.model_id, type_name=BASELINE_TYPE,
                                      progress=None if not quiet else False)
-            store.refresh_search(progress=None if not quiet else False)
+            store.refresh_search(progress=None if not quiet else False)  # labels now rank by their scores
         return n, scored.mean_score
 
     n_labels, mean_score = steps.run("label", "writing baseline labels, scoring them (offline embedding score) and "

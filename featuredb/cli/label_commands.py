@@ -37,6 +37,7 @@ def label_features_command(model: str | None, source: str | None, score: bool, d
     with open_store(db, read_only=False) as store:
         summary = label_features(store, model=model, source=source)
         if score:
+            store.refresh_search(only_if_dirty=True)  # embeds the new labels once; scoring reuses those vectors
             models = [model] if model else [r[0] for r in store.con.execute(
                 'SELECT DISTINCT "modelId" FROM explanations WHERE "typeName" = ? ORDER BY 1', [TYPE_NAME]).fetchall()]
             scores = [score_embedding(store, model=m, source=source, type_name=TYPE_NAME) for m in models]
