@@ -143,7 +143,10 @@ def test_a_cancelled_run_keeps_what_arrived_and_resumes(db: Path) -> None:
 
         asyncio.run(run_and_cancel())
         kept = len(_ours(db))
-        assert 4 <= kept <= 6  # replies that arrived before the cancel were committed
+        sent = len(server.chat_requests)
+        # replies that arrived before the cancel were committed (a loaded machine may send a few more before the
+        # cancel lands, so the bound is what was sent, not 6)
+        assert 4 <= kept <= sent < N
         with FeatureStore(db) as store:
             report = explain_features(store, ChatEndpoint(server.url, EXPLAINER), model=MODEL, progress=False)
         assert report.skipped == kept and report.explained == N - kept
