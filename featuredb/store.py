@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from contextlib import contextmanager
@@ -91,8 +92,6 @@ SELECT (SELECT to_json(m) FROM models m WHERE m.id = $model),
 def feature_relations(con: Any, model: str, source: str) -> dict[str, Any]:
     """The model, source and source-set rows a feature of (model, source) belongs to, as Neuronpedia's GET feature
     includes them (None where the store has no such row)."""
-    import json
-
     row = con.execute(_RELATIONS_SQL, {"model": model, "source": source, "set": set_of_source(source)}).fetchone()
     out: dict[str, Any] = {}
     for name, text in zip(("model", "source", "sourceSet"), row):
