@@ -54,8 +54,8 @@ def baseline_scores(db: Path, labeller, model: str,  # type: ignore[no-untyped-d
         t = time.perf_counter()
         labeller.label_features(store, model=model)
         label_s = time.perf_counter() - t
-        score_s = sum(score_embedding(store, model=model, source=src, type_name=baseline.TYPE_NAME,
-                                      progress=False).seconds for src in (sources or [None]))
+        score_s = score_embedding(store, model=model, source=sources, type_name=baseline.TYPE_NAME,
+                                  progress=False).seconds
         values = [r[0] for r in store.con.execute(
             'SELECT s.value FROM explanation_scores s JOIN explanations e ON e.id = s."explanationId" '
             'WHERE e."typeName" = ? AND e."modelId" = ?', [baseline.TYPE_NAME, model]).fetchall()]

@@ -110,10 +110,13 @@ def _detail(w: Window, distance: int, similarity: float, negative: bool) -> dict
 
 
 def _negatives(chunk_rows: np.ndarray, own: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    cand = np.setdiff1d(chunk_rows, own, assume_unique=False)
-    if len(cand) <= n:
-        return cand
-    return rng.choice(cand, size=n, replace=False)
+    """n rows of `chunk_rows` (distinct) that are not in `own`, drawn by `rng`."""
+    own_set = set(own.tolist())
+    if len(chunk_rows) <= n + len(own_set):
+        cand = np.setdiff1d(chunk_rows, own, assume_unique=False)
+        return cand if len(cand) <= n else rng.choice(cand, size=n, replace=False)
+    picks = chunk_rows[rng.choice(len(chunk_rows), size=n + len(own_set), replace=False)]
+    return np.asarray([r for r in picks.tolist() if r not in own_set][:n], dtype=np.int64)
 
 
 def score_chunk(chunk: Chunk, vectors: _Vectors, explanation_vecs: dict[str, np.ndarray], *,
@@ -149,7 +152,7 @@ def score_chunk(chunk: Chunk, vectors: _Vectors, explanation_vecs: dict[str, np.
         if not f.explanations:
             continue
         own = pos_rows[owner_arr == fi]
-        positives = [w for w, o in zip(windows, owner) if o == fi]
+        positives = f.positives
         rng = np.random.default_rng([seed, source_seed, f.index])
         neg = _negatives(all_pos, own, n_negatives, rng)
         neg_windows = [windows[first_window[int(r)]] for r in neg]
@@ -172,10 +175,11 @@ def score_chunk(chunk: Chunk, vectors: _Vectors, explanation_vecs: dict[str, np.
     return out, skipped
 
 
-def score_embedding(store: Any, *, model: str, source: str | None = None, type_name: str | None = None,
+def score_embedding(store: Any, *, model: str, source: str | list[str] | None = None, type_name: str | None = None,
                     spec: WindowSpec = DEFAULT_SPEC, n_negatives: int = N_NEGATIVES, chunk: int = CHUNK_FEATURES,
                     seed: int = 0, progress: bool | None = None, write: bool = True) -> ScoreSummary:
-    """Score every explanation (of `type_name`, else all) of the model (and source) and write the scores."""
+    """Score every explanation (of `type_name`, else all) of the model (or of `source`: one or a list) and write
+    the scores; windows shared by features of several sources are embedded once."""
     t0 = time.perf_counter()
     total, chunks = iter_chunks(store, model=model, source=source, type_name=type_name, spec=spec, chunk=chunk)
     summary = ScoreSummary("embedding", EMBEDDING_TYPE, EMBEDDING_MODEL_NAME, features=total)

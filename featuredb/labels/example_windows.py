@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterator
 
 from featuredb.errors import NotFoundError
@@ -40,7 +41,7 @@ class Window:
     top: bool  # a top example (else an interval example or a far window)
     bin_min: float | None = None
 
-    @property
+    @cached_property
     def text(self) -> str:
         return "".join("" if SPECIAL_TOKEN.match(t.strip()) else t for t in self.tokens)
 
@@ -73,21 +74,23 @@ def _explanation_filter(type_name: str | None) -> tuple[str, list[Any]]:
     return cond, []
 
 
-def scored_features(store: Any, *, model: str, source: str | None = None,
+def scored_features(store: Any, *, model: str, source: str | list[str] | None = None,
                     type_name: str | None = None) -> dict[str, list[int]]:
-    """source -> sorted indices of the features with an explanation to score (of `type_name` when given)."""
+    """source -> sorted indices of the features with an explanation to score (of `type_name` when given), in
+    `source` (one source or a list of them) or every source of the model."""
     if not store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? LIMIT 1', [model]).fetchone() and \
             not store.con.execute('SELECT 1 FROM explanations WHERE "modelId" = ? LIMIT 1', [model]).fetchone():
         raise NotFoundError(f"model {model!r} is not in {store.path}")
     cond, params = _explanation_filter(type_name)
     sql = f'SELECT "layer", list(DISTINCT "index" ORDER BY "index") FROM explanations WHERE "modelId" = ? AND {cond}'
     args: list[Any] = [model, *params]
-    if source:
-        sql += ' AND "layer" = ?'
-        args.append(source)
+    sources = [source] if isinstance(source, str) else list(source or [])
+    if sources:
+        sql += ' AND "layer" IN (SELECT unnest(?::VARCHAR[]))'
+        args.append(sources)
     out = {s: list(ix) for s, ix in store.con.execute(sql + " GROUP BY 1 ORDER BY 1", args).fetchall()}
     if not out:
-        what = f"{model}/{source}" if source else model
+        what = ", ".join(f"{model}/{s}" for s in sources) if sources else model
         kind = f" of type {type_name!r}" if type_name else ""
         raise NotFoundError(f"no explanations{kind} to score in {what} (write some with `featuredb label features`)")
     return out
@@ -101,19 +104,25 @@ def chunk_bounds(indices: list[int], chunk: int) -> list[list[int]]:
     return [indices[i:i + size] for i in range(0, n, size)]
 
 
+# Ranks on the narrow columns first and reads the token and value lists of the chosen rows only: carrying
+# 128-long lists through the window sorts made this read most of a scoring run's non-model time.
 _WINDOWS_SQL = """
 WITH a AS (
-    SELECT "index", id, tokens, "values", "maxValueTokenIndex" AS p, "maxValue" AS mv,
-           coalesce("binMin", -1) = -1 AS top, "binMin" AS bin, len(tokens) AS n
+    SELECT "index", id, "maxValue" AS mv, coalesce("binMin", -1) = -1 AS top, "binMin" AS bin
     FROM activations
     WHERE "modelId" = $model AND "layer" = $source AND "index" BETWEEN $lo AND $hi
-      AND "maxValueTokenIndex" IS NOT NULL AND len(tokens) > 0 AND "index" IN (SELECT unnest($wanted::BIGINT[]))),
+      AND "maxValueTokenIndex" IS NOT NULL AND "index" IN (SELECT unnest($wanted::BIGINT[]))),
 r AS (SELECT *, row_number() OVER (PARTITION BY "index", top, bin ORDER BY mv DESC NULLS LAST, id) AS rb FROM a),
-q AS (SELECT *, row_number() OVER (PARTITION BY "index", top ORDER BY CASE WHEN top THEN 0 ELSE rb END,
+q AS (SELECT "index", id, top, bin,
+             row_number() OVER (PARTITION BY "index", top ORDER BY CASE WHEN top THEN 0 ELSE rb END,
              CASE WHEN top THEN mv ELSE bin END DESC NULLS LAST, mv DESC NULLS LAST, id) AS rn FROM r),
+x AS (SELECT q.*, t.tokens, t."values", t."maxValueTokenIndex" AS p, len(t.tokens) AS n
+      FROM q JOIN activations t ON t.id = q.id
+      WHERE q.rn <= $k AND t."modelId" = $model AND t."layer" = $source AND t."index" BETWEEN $lo AND $hi
+        AND len(t.tokens) > 0),
 w AS (SELECT *, greatest(0, least(n - $width, CAST(ceil((p - ($width - 1 - $after)) / $snap) AS BIGINT) * $snap)) AS st,
              CASE WHEN p >= n / 2 THEN 0 ELSE greatest(0, n - $width) END AS fs
-      FROM q WHERE rn <= $k)
+      FROM x)
 SELECT "index", top, bin, list_slice(tokens, st + 1, st + $width), list_slice("values", st + 1, st + $width), p - st,
        CASE WHEN top AND rn <= $far AND abs(fs - st) >= $width
                  AND coalesce(list_max(list_slice("values", fs + 1, fs + $width)), 0) <= 0
@@ -154,7 +163,7 @@ def read_chunk(store: Any, model: str, source: str, indices: list[int], spec: Wi
     return Chunk(model, source, [feats[i] for i in indices])
 
 
-def iter_chunks(store: Any, *, model: str, source: str | None, type_name: str | None, spec: WindowSpec,
+def iter_chunks(store: Any, *, model: str, source: str | list[str] | None, type_name: str | None, spec: WindowSpec,
                 chunk: int) -> tuple[int, Iterator[Chunk]]:
     """(features in scope, chunks of at most `chunk` features of one source each, in source and index order)."""
     plan = scored_features(store, model=model, source=source, type_name=type_name)

@@ -45,7 +45,7 @@ def _model() -> tuple[Any, Any]:
         hf_logging.enable_progress_bar()
 
 
-def embed(texts: list[str], batch_size: int = 128, progress: Any = None) -> np.ndarray:
+def embed(texts: list[str], batch_size: int = 64, progress: Any = None) -> np.ndarray:
     """L2-normalised float32 embeddings (n, 384) of embedding_text(t): mean pooling over tokens, as
     sentence-transformers does; texts that read the same are embedded once."""
     if not texts:
@@ -64,7 +64,9 @@ def _embed_distinct(texts: list[str], batch_size: int, progress: Any) -> np.ndar
 
     tok, model = _model()
     out = np.empty((len(texts), DIM), dtype=np.float32)
-    order = np.argsort([len(t) for t in texts])  # similar lengths together: less padding
+    # Batches of equal word-piece counts: sorting by characters left half of each batch padding (2x slower).
+    ids = tok(texts, truncation=True, max_length=128)["input_ids"]
+    order = np.argsort([len(i) for i in ids], kind="stable")
     # A query is one short text: one thread is as fast, and idle OpenMP workers would spin against DuckDB's.
     threads = torch.get_num_threads()
     small = len(texts) <= 16
@@ -74,7 +76,7 @@ def _embed_distinct(texts: list[str], batch_size: int, progress: Any) -> np.ndar
         for i in range(0, len(texts), batch_size):
             idx = order[i:i + batch_size]
             batch = tok([texts[j] for j in idx], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
+            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             vec = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
             out[idx] = torch.nn.functional.normalize(vec, dim=1).numpy()
