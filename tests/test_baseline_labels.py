@@ -20,15 +20,16 @@ NOISE = ([" emetery", " strugg", " policym", " ban"], [6.3, 4.4, 4.3, 4.2])  # o
 REAL = ([" only", "only", " Only", " just", " merely"], [9.0, 8.2, 7.9, 6.5, 5.5])
 
 
-def _feature(index: int, peaks: list[tuple[str, str, str]], logits: tuple[list[str], list[float]] = NOISE) -> tuple:
-    """(feature row, activation rows): one top example per (previous, peak, next) token triple."""
+def _feature(index: int, peaks: list[tuple[str, ...]], logits: tuple[list[str], list[float]] = NOISE) -> tuple:
+    """(feature row, activation rows): one top example per ([first,] previous, peak, next) tokens; the first
+    token is " In" unless given."""
     pos, vals = logits
     feature = {"modelId": M, "layer": S, "index": index, "pos_str": pos, "pos_values": vals,
                "neg_str": [" x"] * 4, "neg_values": [-4.5, -4.4, -4.3, -4.2],
                "logits_hist_data_bar_values": BARS.tolist(), "logits_hist_data_bar_heights": HEIGHTS.tolist()}
-    acts = [{"modelId": M, "layer": S, "index": index, "tokens": [" In", prev, peak, nxt, " today"],
+    acts = [{"modelId": M, "layer": S, "index": index, "tokens": [*([" In"] if len(t) == 3 else []), *t, " today"],
              "values": [0.0, 0.1, 5.0 - 0.1 * k, 0.2, 0.0], "maxValue": 5.0 - 0.1 * k, "maxValueTokenIndex": 2,
-             "binMin": -1.0, "dataIndex": str(k)} for k, (prev, peak, nxt) in enumerate(peaks)]
+             "binMin": -1.0, "dataIndex": str(k)} for k, t in enumerate(peaks)]
     return feature, acts
 
 
@@ -42,6 +43,12 @@ FEATURES = {
     5: _feature(5, [(" not", " the", " a"), (" and", " a", " the"), ("\n", " is", " it"), (" so", ",", " x")],
                 REAL),
     6: _feature(6, [(" a", ",", " b"), (" c", " Paris", " d"), (" e", ".", " f"), (" g", ";", " h")]),
+    7: _feature(7, [(" call", " un", "wra", "p"), (" then", " un", "wra", "pped"), (" to", " un", "wra", "p"),
+                    (" a", " rap", "wra", " x")]),  # "wra" is a piece of "unwrap"
+    8: _feature(8, [(" Texas", " the", " capital", " is"), (" Texas", " its", " governor", " was"),
+                    (" Texas", " a", " city", ","), (" Ohio", " my", " house", ".")]),  # about Texas
+    9: _feature(9, [(" Once", " the", " red", " car"), (" Then", " the", " big", " dog"),
+                    (" So", " the", " old", " man"), (" If", " a", " new", " day")]),  # only " the" is shared
 }
 
 
@@ -82,7 +89,22 @@ def test_a_real_logit_effect_is_named_once_per_word(labels: dict[int, str]) -> N
 
 
 def test_a_shared_previous_token_is_named_when_peaks_vary(labels: dict[int, str]) -> None:
-    assert labels[4].startswith('"Texas"/"Dallas"/"Houston" after "the"'), labels[4]
+    assert labels[9].startswith('"red"/"big"/"old" after "the"'), labels[9]
+
+
+def test_a_shared_phrase_before_the_peak_is_named_whole(labels: dict[int, str]) -> None:
+    assert labels[4].startswith('"Texas"/"Dallas"/"Houston" after "In the"'), labels[4]
+
+
+def test_word_piece_peaks_name_the_word_they_are_part_of(labels: dict[int, str]) -> None:
+    assert labels[7].startswith('"wra" in "unwrap" after "un"'), labels[7]
+    assert "unwrapped" not in labels[7]  # in one example of four: not enough
+    assert '"Texas"' not in labels[7] and "in " not in labels[4]  # whole-word peaks get no "in"
+
+
+def test_context_words_that_set_a_feature_apart_are_named(labels: dict[int, str]) -> None:
+    assert labels[8].endswith("(context: texas)"), labels[8]
+    assert "context" not in labels[9] and "ohio" not in labels[8]  # one example in four is not enough
 
 
 def test_without_a_histogram_the_spread_comes_from_the_tenth_logits() -> None:

@@ -15,7 +15,13 @@ tokens: "line breaks", "whitespace / indentation", `punctuation "." ","`, "start
 
 Context. `after X/Y` names up to MAX_CONTEXT previous tokens and `before X/Y` next tokens, each shared
 by at least CONTEXT_SHARE (10%) of the top examples and by two of them ("after "the"" when the peaks
-vary but the token before them agrees). Byte fragments are never named as context.
+vary but the token before them agrees); when a longer phrase (up to MAX_PHRASE tokens) right before the
+peak is shared as widely, it is named instead (`after "capital of"`). Byte fragments are never named as
+context. Word-piece peaks also name the whole words they are part of (`"wra" in "unwrap"`, when
+WORD_SHARE of the top examples and two agree), and `(context: texas, governor)` names up to MAX_TOPIC
+words of the CONTEXT_BEFORE tokens before the peak that at least TOPIC_SHARE of the top examples have
+and that are TOPIC_LIFT times rarer before other features' peaks (what the text is about). On the
+demo store these three raised the embedding score of the labels by about 0.05.
 
 Output logits (`→ says X`) only when the effect is real. On the 30-layer demo store (SmolLM2-135M,
 61,440 features) the z-score of a feature's top logit against its own logit distribution (mean and
@@ -56,6 +62,13 @@ MAX_LOGITS = 2
 CONTEXT_SHARE = 0.1  # a previous/next token is named when at least this share of the top examples (and two) have it
 MAX_CONTEXT = 2
 CONTENT_SHARE = 0.25  # content peaks are named when they make up at least this share of the top examples
+MAX_PHRASE = 4  # a shared phrase before the peak is named with up to this many tokens
+WORD_SHARE = 0.1  # a whole word around word-piece peaks is named when this share of the top examples (and two) have it
+MAX_WORDS = 3
+CONTEXT_BEFORE = 10  # context words are looked for in this many tokens before the peak
+TOPIC_SHARE = 0.2  # a context word is named when this share of the top examples (and two) have it
+TOPIC_LIFT = 5.0  # ... and it is this many times more common there than before other features' peaks
+MAX_TOPIC = 3
 GENERIC_SHARE = 0.01
 GENERIC_MIN = 20
 Z_EFFECT = 6.0
@@ -132,15 +145,21 @@ def _tokens(tokens: str | list[str] | None) -> list[str]:
 
 
 def describe(peaks: list[str], next_token: str | list[str] | None, logits: list[str],
-             prev_token: str | list[str] | None = None) -> str | None:
-    """The label text from peak tokens, common previous/next tokens and top logits; None when there is nothing."""
+             prev_token: str | list[str] | None = None, words: list[str] | None = None,
+             topic: list[str] | None = None) -> str | None:
+    """The label text from peak tokens, the words they are pieces of, common previous/next tokens (or a shared
+    phrase), distinctive context words and top logits; None when there is nothing."""
     parts = []
     if peaks:
         parts.append("/".join(_show(t) for t in peaks))
+        if words:
+            parts.append("in " + "/".join(_show(t) for t in words))
         if _tokens(prev_token):
             parts.append("after " + "/".join(_show(t) for t in _tokens(prev_token)))
         if _tokens(next_token):
             parts.append("before " + "/".join(_show(t) for t in _tokens(next_token)))
+        if topic:
+            parts.append("(context: " + ", ".join(topic) + ")")
     if logits:
         parts.append("→ says " + ", ".join(_show(t) for t in logits))
     return " ".join(parts) if parts else None
@@ -247,9 +266,42 @@ def _rows(con: Any, model: str | None, source: str | None) -> list[tuple]:
     return con.execute(f"""
         WITH top AS (
             SELECT feature_key, tokens[{i} + 1] AS peak, tokens[{i} + 2] AS nxt,
-                   CASE WHEN {i} > 0 THEN tokens[{i}] END AS prv, "maxValue" AS v, {i} = 0 AS at_start
+                   CASE WHEN {i} > 0 THEN tokens[{i}] END AS prv, "maxValue" AS v, {i} = 0 AS at_start,
+                   list_slice(tokens, greatest(1, {i} + 1 - {CONTEXT_BEFORE}), {i} + {MAX_PHRASE}) AS near,
+                   least({i}, {CONTEXT_BEFORE}) AS p  -- the peak's position in `near`, from 0
             FROM activations
             WHERE coalesce("binMin", -1) = -1 AND {i} IS NOT NULL AND {cond}),
+        n_top AS (SELECT feature_key, count(*) AS n FROM top GROUP BY ALL),
+        words AS (  -- the whole words the peaks are pieces of ("wra" in "unwrap"), most common first
+            SELECT feature_key, list(w ORDER BY c DESC, w)[1:{MAX_WORDS}] AS ws
+            FROM (SELECT feature_key, w, count(*) AS c FROM (
+                      SELECT feature_key, peak, trim(
+                          CASE WHEN regexp_matches(peak, '^[\p{{L}}\p{{N}}_]')
+                               THEN regexp_extract(array_to_string(list_slice(near, p - 2, p), ''), '[\p{{L}}\p{{N}}_]*$')
+                               ELSE '' END || peak ||
+                          CASE WHEN regexp_matches(peak, '[\p{{L}}\p{{N}}_]$')
+                               THEN regexp_extract(array_to_string(list_slice(near, p + 2, p + 4), ''), '^[\p{{L}}\p{{N}}_]*')
+                               ELSE '' END) AS w
+                      FROM top WHERE peak IS NOT NULL)
+                  WHERE w <> trim(peak) AND regexp_matches(w, '\p{{L}}') GROUP BY ALL)
+            JOIN n_top USING (feature_key) WHERE c >= greatest(2, {WORD_SHARE} * n) GROUP BY ALL),
+        phrase AS (  -- the longest phrase of 2+ tokens right before the peak that top examples share
+            SELECT feature_key, arg_max(ph, struct_pack(l, c)) AS ph
+            FROM (SELECT feature_key, l, list_slice(near, p + 1 - l, p) AS ph, count(*) AS c
+                  FROM top, range(2, {MAX_PHRASE} + 1) AS r(l) WHERE p >= l GROUP BY ALL)
+            JOIN n_top USING (feature_key)
+            WHERE c >= greatest(2, {CONTEXT_SHARE} * n) AND regexp_matches(array_to_string(ph, ''), '[\p{{L}}\p{{N}}]')
+              AND NOT regexp_matches(array_to_string(ph, ''), '<\|?[A-Za-z0-9_./-]+\|?>|�')
+            GROUP BY ALL),
+        topic_words AS (  -- words before the peak, each counted once per example
+            SELECT feature_key, unnest(list_distinct(list_transform(list_filter(list_slice(near, 1, p),
+                       t -> regexp_full_match(trim(t), '\p{{L}}{{2,}}')), t -> lower(trim(t))))) AS w FROM top),
+        topic AS (  -- the context words that set a feature's examples apart from other features' examples
+            SELECT feature_key, list(w ORDER BY c * ln(t.t / gw.g) DESC, w)[1:{MAX_TOPIC}] AS ws
+            FROM (SELECT feature_key, w, count(*) AS c FROM topic_words GROUP BY ALL)
+            JOIN n_top USING (feature_key) JOIN (SELECT w, count(*) AS g FROM topic_words GROUP BY ALL) AS gw USING (w),
+                 (SELECT count(*) AS t FROM top) t
+            WHERE c >= greatest(2, {TOPIC_SHARE} * n) AND (c / n) / (gw.g / t.t) >= {TOPIC_LIFT} GROUP BY ALL),
         peaks AS (SELECT feature_key, coalesce(nullif(trim(peak), ''), peak) AS peak, bool_or(at_start) AS at_start,
                          count(*) AS c, max(v) AS m FROM top GROUP BY ALL),
         peak_lists AS (  -- the most common content peaks and artefact peaks (ties: the higher activation)
@@ -269,12 +321,14 @@ def _rows(con: Any, model: str | None, source: str | None) -> list[tuple]:
             SELECT feature_key, pos_str, pos_values, neg_values, {_hist_moment(1)} AS mu, {_hist_moment(2)} AS m2
             FROM features f WHERE {f_cond})
         SELECT f."modelId", f."layer", f."index", p.ps, p.n_content, p.n, p.artefacts, b.nx, b.pv,
+               wd.ws AS words, ph.ph AS phrase, tp.ws AS topic,
                -- logits only where the unfiltered top-3 could pass (filtering only lowers them) or no histogram
                CASE WHEN l.m2 IS NULL OR (l.pos_values[1] + l.pos_values[2] + l.pos_values[3]) / 3
                     >= l.mu + {Z_EFFECT} * sqrt(greatest(l.m2 - l.mu * l.mu, 0)) THEN struct_pack(
                     s := l.pos_str, p := l.pos_values, n := l.neg_values, mu := l.mu, m2 := l.m2) END AS logits
         FROM features f LEFT JOIN peak_lists p USING (feature_key) LEFT JOIN context b USING (feature_key)
-             LEFT JOIN logit_stats l USING (feature_key)
+             LEFT JOIN logit_stats l USING (feature_key) LEFT JOIN words wd USING (feature_key)
+             LEFT JOIN phrase ph USING (feature_key) LEFT JOIN topic tp USING (feature_key)
         WHERE {f_cond}
         ORDER BY f."modelId", f."layer", f."index" """, params * 3).fetchall()
 
@@ -285,13 +339,27 @@ def _spread(mu: float | None, m2: float | None) -> float | None:
     return math.sqrt(m2 - mu * mu)
 
 
+def _phrase(tokens: list[str] | None) -> list[str]:
+    """A shared phrase's tokens as one piece of text (whitespace collapsed), or nothing."""
+    text = " ".join("".join(tokens or []).split())
+    return [text] if text else []
+
+
+def _topic(words: list[str] | None, named: str) -> list[str]:
+    """Context words not already in the label."""
+    low = named.lower()
+    return [w for w in words or [] if w not in low]
+
+
 def feature_label(row: tuple, generic: frozenset[str] = frozenset()) -> str | None:
     """The baseline label of one row of `_rows` (None when the feature has neither examples nor logits)."""
-    _, _, _, peaks, n_content, n, artefacts, nxts, prvs, lg = row
+    _, _, _, peaks, n_content, n, artefacts, nxts, prvs, words, phrase, topic, lg = row
     logits = says(lg["s"], lg["p"], lg["n"], lg["mu"], _spread(lg["mu"], lg["m2"]), generic) if lg else []
-    nxt, prv = _context(nxts, n), _context(prvs, n)
+    nxt, prv = _context(nxts, n), _phrase(phrase) or _context(prvs, n)
     if n and peaks and n_content / n >= CONTENT_SHARE:
-        return describe(list(dict.fromkeys(p.strip(" ") for p in peaks)), nxt, logits, prv)
+        shown = list(dict.fromkeys(p.strip(" ") for p in peaks))
+        named = " ".join([*shown, *(words or []), *prv, *nxt])
+        return describe(shown, nxt, logits, prv, words, _topic(topic, named))
     if n and artefacts:
         kinds: dict[str, list[str]] = {}
         for p in artefacts:
@@ -302,6 +370,9 @@ def feature_label(row: tuple, generic: frozenset[str] = frozenset()) -> str | No
             text += " after " + "/".join(_show(t) for t in prv)
         if nxt and kind not in ("special", "start"):
             text += " before " + "/".join(_show(t) for t in nxt)
+        context = _topic(topic, text) if kind != "start" else []
+        if context:
+            text += " (context: " + ", ".join(context) + ")"
         return text + (" → says " + ", ".join(_show(t) for t in logits) if logits else "")
     return describe([], None, logits)
 
