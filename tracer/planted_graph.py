@@ -38,7 +38,7 @@ def _node(layer: int, index: int, pos: int, clerp: str, influence: float) -> dic
             "influence": influence, "activation": 1.0}
 
 
-def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 4, n_distractors: int = 20,
+def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 5, n_distractors: int = 20,
                 noise: float = 0.3, n_layers: int = 12, d_model: int = 64, seed: int = 0,
                 model: str = "planted-model") -> PlantedGraph:
     """Groups sit at one position each (several groups share a position); `noise` in [0, 1] blurs every signal.
@@ -51,7 +51,7 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 4
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     concepts = rng.sample(CONCEPTS, n_groups + n_distractors)
-    group_pos = [rng.randrange(n_positions) for _ in range(n_groups)]
+    group_pos = [1 + rng.randrange(n_positions - 1) for _ in range(n_groups)]  # position 0 is the sink (<bos>)
     group_dir = nrng.standard_normal((n_groups, d_model))
     nodes: list[dict[str, Any]] = []
     truth: dict[str, int] = {}
@@ -72,7 +72,7 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 4
             layer = rng.randrange(n_layers)
             concept = concepts[g] if rng.random() >= noise else rng.choice(concepts)
             node = _node(layer, fresh(layer), group_pos[g], rng.choice(TEMPLATES).format(c=concept),
-                         rng.uniform(0.2, 1.0))
+                         rng.uniform(0.05, 0.75))  # circuit-tracer's cumulative influence: lower = more
             nodes.append(node)
             truth[node["node_id"]] = g
             decoders[node["node_id"]] = group_dir[g] + 2 * noise * nrng.standard_normal(d_model)
@@ -80,7 +80,7 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 4
         members.append(ids)
     for d in range(n_distractors):
         layer = rng.randrange(n_layers)
-        node = _node(layer, fresh(layer), rng.randrange(n_positions), concepts[n_groups + d], rng.uniform(0.0, 0.3))
+        node = _node(layer, fresh(layer), rng.randrange(n_positions), concepts[n_groups + d], rng.uniform(0.3, 0.8))
         nodes.append(node)
         truth[node["node_id"]] = -1 - d
         decoders[node["node_id"]] = nrng.standard_normal(d_model)
@@ -121,8 +121,8 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 4
                 link(f, other, nrng.standard_normal()) if rng.random() < 0.5 else link(other, f, nrng.standard_normal())
     rng.shuffle(nodes)
     graph = {
-        "metadata": {"slug": f"planted-{seed}", "scan": model, "prompt_tokens": [f"t{p}" for p in range(n_positions)],
-                     "prompt": " ".join(f"t{p}" for p in range(n_positions)), "schema_version": 1,
+        "metadata": {"slug": f"planted-{seed}", "scan": model, "prompt_tokens": ["<bos>", *(f"t{p}" for p in range(1, n_positions))],
+                     "prompt": " ".join(f"t{p}" for p in range(1, n_positions)), "schema_version": 1,
                      "transcoder_list": [], "feature_details": {"neuronpedia_source_set": "planted"}},
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": embeds + nodes + [logit],

@@ -1,10 +1,15 @@
-"""Propose supernodes: groups of feature nodes at one token that share meaning, edges and decoder direction.
+"""Propose supernodes: groups of influential feature nodes that share meaning, edges and decoder direction.
 
-Similarity of two feature nodes at the same position is a weighted mean of the signals both have:
-label cosine (MiniLM), signed edge-profile cosine (incoming and outgoing weights, as proposed in
-Neuronpedia issue 145 / PR 229) and decoder-direction cosine. Nodes at different positions never
-share a supernode, as in Neuronpedia's hand-made ones. Each position's nodes are clustered by
-average linkage and cut at `threshold`.
+Only nodes that matter are grouped: feature nodes within circuit-tracer's cumulative influence
+`influence` (the share of the logits' total influence reached by the nodes at least as influential:
+lower is more), never the sink position 0 (<bos>/<|im_start|>, where every attention head parks).
+Similarity of two feature nodes is a weighted mean of the signals both have: label cosine (MiniLM),
+signed edge-profile cosine (incoming and outgoing weights, as proposed in Neuronpedia issue 145 /
+PR 229) and decoder-direction cosine. Each position's nodes (from every layer) are clustered by
+average linkage and cut at `threshold`; clusters over `max_size` are cut finer; groups at nearby
+positions (within `near`) merge where they agree as well as a group's own members do, as in
+Neuronpedia's hand-made subgraphs. At most `max_per_position` groups per position are kept, the
+most influential first. Every node left out is counted with its reason.
 """
 
 from __future__ import annotations
@@ -18,28 +23,58 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import csr_matrix
 
 from featuredb.formats.graph_json import feature_node_dicts, is_feature_node
+from tracer.supernode_names import supernode_name
 
 WEIGHTS = {"label": 0.45, "edges": 0.35, "decoder": 0.2}
-LABEL_CHARS = 40
+SINK_POSITION = 0
 
 
 @dataclass
 class SupernodeOptions:
-    """--threshold, --min-size, --max-supernodes and the signal weights."""
+    """--threshold, --min-size, --max-size, --max-per-position, --influence, --near, --max-supernodes, weights."""
 
     threshold: float = 0.35
     min_size: int = 2
+    max_size: int = 8
+    max_per_position: int = 4
+    influence: float = 0.8  # circuit-tracer's default node_threshold
+    near: int = 1  # groups at positions this far apart may merge
     max_supernodes: int = 50
     weights: dict[str, float] = field(default_factory=lambda: dict(WEIGHTS))
 
 
 @dataclass
 class Supernode:
-    """A proposed group: its short label and member node ids."""
+    """A proposed group: its short label, member node ids and summed importance (1 - cumulative influence)."""
 
     label: str
     node_ids: list[str]
     score: float
+    positions: list[int] = field(default_factory=list)
+    kind: str = "content"  # or the artefact kind its members' labels share ("punctuation", "start of text", ...)
+
+
+@dataclass
+class Grouping:
+    """The proposals and, for every candidate node left ungrouped, why."""
+
+    supernodes: list[Supernode]
+    considered: int  # feature nodes looked at
+    ungrouped: dict[str, int] = field(default_factory=dict)  # reason -> nodes
+    signals: dict[str, int] = field(default_factory=dict)  # signal -> nodes that have it
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary of what was left out and which signals there were."""
+        return {"considered": self.considered, "grouped": sum(len(s.node_ids) for s in self.supernodes),
+                "ungrouped": dict(self.ungrouped), "signals": dict(self.signals)}
+
+
+def importance(node: dict[str, Any]) -> float:
+    """1 - circuit-tracer's cumulative influence (1 for the most influential node, 0 past all of it); 0 if unknown."""
+    v = node.get("influence")
+    if isinstance(v, (int, float)) and np.isfinite(v):
+        return float(min(1.0, max(0.0, 1.0 - v)))
+    return 0.0
 
 
 def _edge_profiles(graph: dict[str, Any], ids: list[str]) -> csr_matrix:
@@ -108,54 +143,134 @@ def similarity(graph: dict[str, Any], ids: list[str], label_vectors: dict[str, n
     return np.where(weight > 0, total / np.maximum(weight, 1e-9), 0.0)
 
 
-def _short_label(members: list[str], clerps: dict[str, str], label_vectors: dict[str, np.ndarray]) -> str:
-    """The member label closest to the others (by MiniLM), else the most common one, cut at a word boundary."""
-    labelled = [m for m in members if clerps.get(m)]
-    if not labelled:
-        return ""
-    with_vec = [m for m in labelled if m in label_vectors]
-    if len(with_vec) >= 2:
-        mat = np.stack([label_vectors[m] for m in with_vec])
-        best = with_vec[int(np.argmax((mat @ mat.T).sum(axis=1)))]
-    else:
-        best = Counter(clerps[m] for m in labelled).most_common(1)[0][0]
-        best = next(m for m in labelled if clerps[m] == best)
-    text = clerps[best].strip()
-    if len(text) > LABEL_CHARS:
-        text = text[:LABEL_CHARS].rsplit(" ", 1)[0].rstrip(",;:") + "…"
-    return text
+def _cut(members: list[str], sim: np.ndarray, threshold: float, max_size: int) -> list[list[str]]:
+    """Average-linkage clusters of `members` cut at similarity `threshold`; a cluster over max_size is cut again
+    at a higher similarity (it may still be over when its members are alike; the caller caps it)."""
+    if len(members) < 2:
+        return [members]
+    dist = np.clip(1.0 - sim, 0.0, 2.0)
+    labels = fcluster(linkage(dist[np.triu_indices(len(members), k=1)], method="average"),
+                      t=1.0 - threshold, criterion="distance")
+    parts: dict[int, list[int]] = defaultdict(list)
+    for i, c in enumerate(labels):
+        parts[int(c)].append(i)
+    out: list[list[str]] = []
+    for part in parts.values():
+        if len(part) > max_size and threshold < 0.99:
+            out += _cut([members[i] for i in part], sim[np.ix_(part, part)], 1.0 - (1.0 - threshold) * 0.7,
+                        max_size)
+        else:
+            out.append([members[i] for i in part])
+    return out
+
+
+def _mean_sim(graph: dict[str, Any], ids: list[str], label_vectors: dict[str, np.ndarray],
+              decoder_vectors: dict[str, np.ndarray] | None, opt: SupernodeOptions, prof: csr_matrix) -> float:
+    """Mean pairwise similarity of ids."""
+    sim = similarity(graph, ids, label_vectors, decoder_vectors, opt.weights, profiles=prof)
+    n = len(ids)
+    return float((sim.sum() - np.trace(sim)) / (n * (n - 1))) if n > 1 else 1.0
+
+
+def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[str, int],
+                  label_vectors: dict[str, np.ndarray], decoder_vectors: dict[str, np.ndarray] | None,
+                  opt: SupernodeOptions, profile: Any) -> list[list[str]]:
+    """Merge pairs of groups at positions within opt.near whose union agrees as well as the cut threshold asks
+    (best pair first), while the union stays within max_size."""
+    if opt.near <= 0:
+        return groups
+    groups = [list(g) for g in groups]
+    while True:
+        best: tuple[float, int, int] | None = None
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                pi, pj = {pos_of[m] for m in groups[i]}, {pos_of[m] for m in groups[j]}
+                if pi == pj or min(abs(a - b) for a in pi for b in pj) > opt.near:
+                    continue
+                union = groups[i] + groups[j]
+                if len(union) > opt.max_size:
+                    continue
+                s = _mean_sim(graph, union, label_vectors, decoder_vectors, opt, profile(union))
+                if s >= opt.threshold and (best is None or s > best[0]):
+                    best = (s, i, j)
+        if best is None:
+            return groups
+        _, i, j = best
+        groups[i] = groups[i] + groups[j]
+        del groups[j]
+
+
+def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
+            decoder_vectors: dict[str, np.ndarray] | None = None, options: SupernodeOptions | None = None,
+            node_ids: list[str] | None = None) -> Grouping:
+    """Supernodes over the graph's influential feature nodes (or those of `node_ids`), best first, and what was
+    left out."""
+    opt = options or SupernodeOptions()
+    by_id = feature_node_dicts(graph)
+    ids = node_ids if node_ids is not None else [n["node_id"] for n in graph["nodes"] if is_feature_node(n)]
+    ids = list(dict.fromkeys(i for i in ids if i in by_id))
+    pos_of = {i: int(by_id[i].get("ctx_idx") or 0) for i in ids}
+    left: Counter[str] = Counter()
+    cand = []
+    for i in ids:
+        infl = by_id[i].get("influence")
+        if pos_of[i] == SINK_POSITION:
+            left["at the sink position 0"] += 1
+        elif isinstance(infl, (int, float)) and infl > opt.influence:
+            left[f"beyond cumulative influence {opt.influence:g}"] += 1
+        else:
+            cand.append(i)
+    all_profiles = _edge_profiles(graph, cand)
+    row = {nid: k for k, nid in enumerate(cand)}
+
+    def profile(members: list[str]) -> csr_matrix:
+        return all_profiles[[row[m] for m in members]]
+
+    clerps = {i: str(by_id[i].get("clerp") or "").strip() for i in cand}
+    signals = {"labels": sum(1 for i in cand if i in label_vectors),
+               "edges": int((all_profiles.getnnz(axis=1) > 0).sum()) if cand else 0,
+               "decoders": sum(1 for i in cand if i in (decoder_vectors or {})),
+               "influence": sum(1 for i in cand if isinstance(by_id[i].get("influence"), (int, float)))}
+    by_pos: dict[int, list[str]] = defaultdict(list)
+    for i in cand:
+        by_pos[pos_of[i]].append(i)
+    groups: list[list[str]] = []
+    for pos, members in sorted(by_pos.items()):
+        sim = similarity(graph, members, label_vectors, decoder_vectors, opt.weights, profiles=profile(members))
+        groups += _cut(members, sim, opt.threshold, opt.max_size)
+    capped = []
+    for g in groups:
+        if len(g) > opt.max_size:  # alike beyond telling apart: the most influential members
+            g = sorted(g, key=lambda m: (-importance(by_id[m]), m))
+            left[f"over the group size cap {opt.max_size}"] += len(g) - opt.max_size
+            g = g[:opt.max_size]
+        capped.append(g)
+    groups = _merge_nearby(graph, [g for g in capped if len(g) >= max(2, opt.min_size)], pos_of, label_vectors,
+                           decoder_vectors, opt, profile)
+    grouped = {m for g in groups for m in g}
+    capped_out = sum(v for k, v in left.items() if k.startswith("over the group size cap"))
+    left["no similar node nearby"] += sum(1 for i in cand if i not in grouped) - capped_out
+    out = []
+    for g in groups:
+        g = sorted(g, key=lambda m: (-importance(by_id[m]), m))
+        name, kind = supernode_name([clerps[m] for m in g], [pos_of[m] for m in g])
+        out.append(Supernode(name, g, sum(importance(by_id[m]) for m in g), sorted({pos_of[m] for m in g}), kind))
+    out.sort(key=lambda s: (-s.score, -len(s.node_ids), s.node_ids[0]))
+    kept, per_pos = [], Counter()
+    for s in out:
+        home = Counter(pos_of[m] for m in s.node_ids).most_common(1)[0][0]
+        if per_pos[home] >= opt.max_per_position:
+            left[f"over {opt.max_per_position} groups at its position"] += len(s.node_ids)
+        elif len(kept) >= opt.max_supernodes:
+            left[f"over {opt.max_supernodes} supernodes"] += len(s.node_ids)
+        else:
+            per_pos[home] += 1
+            kept.append(s)
+    return Grouping(kept, len(ids), {k: v for k, v in left.items() if v}, signals)
 
 
 def propose_supernodes(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
                        decoder_vectors: dict[str, np.ndarray] | None = None,
                        options: SupernodeOptions | None = None, node_ids: list[str] | None = None) -> list[Supernode]:
-    """Supernodes over the graph's feature nodes (or `node_ids`), best first (by summed influence, then size)."""
-    opt = options or SupernodeOptions()
-    by_id = feature_node_dicts(graph)
-    ids = node_ids if node_ids is not None else [n["node_id"] for n in graph["nodes"] if is_feature_node(n)]
-    by_pos: dict[int, list[str]] = defaultdict(list)
-    for i in ids:
-        by_pos[int(by_id[i].get("ctx_idx") or 0)].append(i)
-    all_profiles = _edge_profiles(graph, ids)
-    row = {nid: k for k, nid in enumerate(ids)}
-    clerps = {i: str(by_id[i].get("clerp") or "") for i in ids}
-    groups: list[list[str]] = []
-    for pos, members in sorted(by_pos.items()):
-        if len(members) < max(2, opt.min_size):
-            continue
-        prof = all_profiles[[row[m] for m in members]]
-        sim = similarity(graph, members, label_vectors, decoder_vectors, opt.weights, profiles=prof)
-        dist = np.clip(1.0 - sim, 0.0, 2.0)
-        condensed = dist[np.triu_indices(len(members), k=1)]
-        labels = fcluster(linkage(condensed, method="average"), t=1.0 - opt.threshold, criterion="distance")
-        clusters: dict[int, list[str]] = defaultdict(list)
-        for m, c in zip(members, labels):
-            clusters[int(c)].append(m)
-        groups += [g for g in clusters.values() if len(g) >= opt.min_size]
-    out = []
-    for g in groups:
-        influence = sum(abs(float(by_id[m].get("influence") or 0.0)) for m in g)
-        out.append(Supernode(_short_label(g, clerps, label_vectors) or f"{len(g)} features at {by_id[g[0]]['ctx_idx']}",
-                             g, influence))
-    out.sort(key=lambda s: (-s.score, -len(s.node_ids), s.node_ids[0]))
-    return out[:opt.max_supernodes]
+    """Supernodes over the graph's influential feature nodes (or `node_ids`), best first (propose(...).supernodes)."""
+    return propose(graph, label_vectors, decoder_vectors, options, node_ids).supernodes

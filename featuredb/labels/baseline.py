@@ -276,26 +276,26 @@ def _rows(con: Any, model: str | None, source: str | None) -> list[tuple]:
             SELECT feature_key, list(w ORDER BY c DESC, w)[1:{MAX_WORDS}] AS ws
             FROM (SELECT feature_key, w, count(*) AS c FROM (
                       SELECT feature_key, peak, trim(
-                          CASE WHEN regexp_matches(peak, '^[\p{{L}}\p{{N}}_]')
-                               THEN regexp_extract(array_to_string(list_slice(near, p - 2, p), ''), '[\p{{L}}\p{{N}}_]*$')
+                          CASE WHEN regexp_matches(peak, '^[\\p{{L}}\\p{{N}}_]')
+                               THEN regexp_extract(array_to_string(list_slice(near, p - 2, p), ''), '[\\p{{L}}\\p{{N}}_]*$')
                                ELSE '' END || peak ||
-                          CASE WHEN regexp_matches(peak, '[\p{{L}}\p{{N}}_]$')
-                               THEN regexp_extract(array_to_string(list_slice(near, p + 2, p + 4), ''), '^[\p{{L}}\p{{N}}_]*')
+                          CASE WHEN regexp_matches(peak, '[\\p{{L}}\\p{{N}}_]$')
+                               THEN regexp_extract(array_to_string(list_slice(near, p + 2, p + 4), ''), '^[\\p{{L}}\\p{{N}}_]*')
                                ELSE '' END) AS w
                       FROM top WHERE peak IS NOT NULL)
-                  WHERE w <> trim(peak) AND regexp_matches(w, '\p{{L}}') GROUP BY ALL)
+                  WHERE w <> trim(peak) AND regexp_matches(w, '\\p{{L}}') GROUP BY ALL)
             JOIN n_top USING (feature_key) WHERE c >= greatest(2, {WORD_SHARE} * n) GROUP BY ALL),
         phrase AS (  -- the longest phrase of 2+ tokens right before the peak that top examples share
             SELECT feature_key, arg_max(ph, struct_pack(l, c)) AS ph
             FROM (SELECT feature_key, l, list_slice(near, p + 1 - l, p) AS ph, count(*) AS c
                   FROM top, range(2, {MAX_PHRASE} + 1) AS r(l) WHERE p >= l GROUP BY ALL)
             JOIN n_top USING (feature_key)
-            WHERE c >= greatest(2, {CONTEXT_SHARE} * n) AND regexp_matches(array_to_string(ph, ''), '[\p{{L}}\p{{N}}]')
-              AND NOT regexp_matches(array_to_string(ph, ''), '<\|?[A-Za-z0-9_./-]+\|?>|�')
+            WHERE c >= greatest(2, {CONTEXT_SHARE} * n) AND regexp_matches(array_to_string(ph, ''), '[\\p{{L}}\\p{{N}}]')
+              AND NOT regexp_matches(array_to_string(ph, ''), '<\\|?[A-Za-z0-9_./-]+\\|?>|�')
             GROUP BY ALL),
         topic_words AS (  -- words before the peak, each counted once per example
             SELECT feature_key, unnest(list_distinct(list_transform(list_filter(list_slice(near, 1, p),
-                       t -> regexp_full_match(trim(t), '\p{{L}}{{2,}}')), t -> lower(trim(t))))) AS w FROM top),
+                       t -> regexp_full_match(trim(t), '\\p{{L}}{{2,}}')), t -> lower(trim(t))))) AS w FROM top),
         topic AS (  -- the context words that set a feature's examples apart from other features' examples
             SELECT feature_key, list(w ORDER BY c * ln(t.t / gw.g) DESC, w)[1:{MAX_TOPIC}] AS ws
             FROM (SELECT feature_key, w, count(*) AS c FROM topic_words GROUP BY ALL)
