@@ -25,7 +25,7 @@ from loopback import serve_in_thread
 from tracer.graph_server import VIEWER, create_graph_app
 from tracer.label_vectors import label_vectors
 from tracer.planted_graph import plant_graph, predicted_groups
-from tracer.supernodes import SupernodeOptions, propose_supernodes
+from tracer.supernodes import SupernodeOptions, propose, propose_supernodes
 from tracer.trace_label import trace_label
 
 SCHEMA = json.loads((SHARED / "formats" / "neuronpedia" / "graph-schema.json").read_text())
@@ -150,8 +150,6 @@ def test_cli_writes_a_schema_valid_labelled_graph_with_supernodes(store_db: Path
 @pytest.mark.parametrize("content,message", [
     ('{"metadata": {"slug": "g", "scan": "demo-model"}, "nodes": [', "graph.json:1: malformed JSON"),
     ('{"metadata": {"slug": "g", "scan": "demo-model"}, "nodes": []}', "missing required key(s) qParams, links"),
-    ('{"metadata": {"slug": "g", "scan": "gpt2-small"}, "qParams": {}, "nodes": [], "links": []}',
-     "the graph is for model 'gpt2-small', which the store lacks"),
 ])
 def test_bad_graphs_are_one_line_errors_and_write_nothing(store_db: Path, tmp_path: Path, content: str,
                                                           message: str) -> None:
@@ -172,12 +170,68 @@ def test_supernodes_recover_planted_groups_at_moderate_noise() -> None:
                                    SupernodeOptions(threshold=0.35, max_supernodes=100))
         truth, pred = predicted_groups(pg.truth, [[s.label, *s.node_ids] for s in found])
         scores.append(adjusted_rand_score(truth, pred))
-    assert min(scores) >= 0.8, scores
+    assert sum(scores) / len(scores) >= 0.9 and min(scores) >= 0.8, scores
     # at heavy noise the groups are not recoverable: the score must be able to fall
     pg = plant_graph(noise=0.9, seed=0)
     labels = {n["node_id"]: n["clerp"] for n in pg.graph["nodes"] if n["feature_type"] == "cross layer transcoder"}
     found = propose_supernodes(pg.graph, label_vectors(None, labels), pg.decoders, SupernodeOptions(threshold=0.35))
     assert adjusted_rand_score(*predicted_groups(pg.truth, [[s.label, *s.node_ids] for s in found])) < 0.8
+
+
+def _node(layer: int, index: int, pos: int, clerp: str, influence: float = 0.5) -> dict:
+    return {"node_id": f"{layer}_{index}_{pos}", "feature": index, "layer": str(layer), "ctx_idx": pos,
+            "feature_type": "cross layer transcoder", "jsNodeId": f"{layer}_{index}-0", "clerp": clerp,
+            "influence": influence, "activation": 1.0}
+
+
+def _graph(nodes: list[dict], scan: str = "elsewhere-model") -> dict:
+    return {"metadata": {"slug": "g", "scan": scan, "prompt_tokens": ["<bos>", "a", "b", "c", "d"]},
+            "qParams": {"pinnedIds": [], "supernodes": []}, "nodes": nodes, "links": []}
+
+
+def test_groups_are_capped_and_leave_out_the_sink_and_uninfluential_nodes() -> None:
+    nodes = [_node(layer, 1, 2, '"Texas" after "the"', 0.1 + 0.01 * layer) for layer in range(12)]  # 12 alike
+    nodes += [_node(layer, 2, 0, '"Texas" after "the"') for layer in range(3)]  # the sink position
+    nodes += [_node(layer, 3, 2, '"Texas" after "the"', 0.95) for layer in range(2)]  # beyond the influence cut
+    nodes += [_node(layer, 4, pos, f'punctuation "{ch}"') for layer, (pos, ch) in enumerate([(3, ","), (3, ".")])]
+    graph = _graph(nodes)
+    labels = {n["node_id"]: n["clerp"] for n in nodes}
+    g = propose(graph, label_vectors(None, labels), None, SupernodeOptions(max_size=8))
+    grouped = [m for s in g.supernodes for m in s.node_ids]
+    assert all(len(s.node_ids) <= 8 for s in g.supernodes)
+    assert not any(m.endswith("_0") for m in grouped)  # nothing at the sink position
+    assert not any(m.startswith(("0_3_", "1_3_")) for m in grouped)
+    texas = next(s for s in g.supernodes if s.label == '"Texas"')
+    assert texas.node_ids == [f"{layer}_1_2" for layer in range(8)]  # the 8 most influential (lowest cumulative)
+    assert g.ungrouped == {"at the sink position 0": 3, "beyond cumulative influence 0.8": 2,
+                           "over the group size cap 8": 4}
+    punct = next(s for s in g.supernodes if s.kind != "content")
+    assert punct.label == "punctuation" and punct.positions == [3]
+
+
+def test_groups_span_nearby_positions_where_they_agree() -> None:
+    nodes = [_node(layer, 1, 1 + layer % 2, '"Dallas" (context: texas)') for layer in range(4)]
+    nodes += [_node(layer, 2, 4, '"Dallas" (context: texas)') for layer in range(2)]  # two positions away
+    g = propose(_graph(nodes), label_vectors(None, {n["node_id"]: n["clerp"] for n in nodes}), None,
+                SupernodeOptions(near=1))
+    spans = sorted(s.positions for s in g.supernodes)
+    assert spans == [[1, 2], [4]], spans
+
+
+def test_a_graph_of_another_model_is_grouped_from_its_own_signals(store_db: Path, tmp_path: Path) -> None:
+    pg = plant_graph(noise=0.0, seed=1)
+    src = tmp_path / "elsewhere.json"
+    src.write_text(json.dumps(pg.graph))
+    for db in (store_db, tmp_path / "no-store.duckdb"):
+        out = tmp_path / "out.json"
+        res = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(out), "--db", str(db), "--json"])
+        assert res.exit_code == 0, res.output
+        report = json.loads(res.stdout)
+        assert report["store_note"] in ("the store has no features of model 'planted-model'", "no store")
+        assert report["grouping"]["signals"]["labels"] > 0 and len(report["supernodes"]) >= 10
+        assert json.loads(out.read_text())["qParams"]["supernodes"]
+    text = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(out), "--db", str(store_db)]).output
+    assert "groups come from the graph's own clerps, edges and influence" in text
 
 
 def _chromium() -> str:

@@ -30,14 +30,21 @@ def trace_group() -> None:
 @click.option("--base-url", default="https://www.neuronpedia.org", show_default=True, help="Neuronpedia for --online.")
 @click.option("--max-supernodes", default=50, show_default=True, type=click.IntRange(0))
 @click.option("--min-size", default=2, show_default=True, type=click.IntRange(2))
+@click.option("--max-size", default=8, show_default=True, type=click.IntRange(2),
+              help="Most features in one supernode.")
+@click.option("--max-per-position", default=4, show_default=True, type=click.IntRange(1),
+              help="Most supernodes at one token position.")
+@click.option("--influence", default=0.8, show_default=True, type=click.FloatRange(0, 1),
+              help="Group only nodes within this cumulative influence (circuit-tracer's node_threshold).")
 @click.option("--threshold", default=0.35, show_default=True, type=click.FloatRange(-1, 1),
               help="Similarity a group must keep (average linkage) to be one supernode.")
 @click.option("--no-decoders", is_flag=True, help="Leave decoder-direction cosine out of the similarity.")
 @db_option
 @json_option
 def label_command(graph_file: str, out: str, model: str | None, source_set: str | None, overwrite: bool, online: bool,
-                  api_key: str | None, base_url: str, max_supernodes: int, min_size: int, threshold: float,
-                  no_decoders: bool, db: str, as_json: bool) -> None:
+                  api_key: str | None, base_url: str, max_supernodes: int, min_size: int, max_size: int,
+                  max_per_position: int, influence: float, threshold: float, no_decoders: bool, db: str,
+                  as_json: bool) -> None:
     """Label every feature node of GRAPH.json (circuit-tracer or Neuronpedia) and propose supernodes.
 
     Each mapped feature node gets a clerp: the store's label (the best scoreV2/scoreV1, then
@@ -63,11 +70,16 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
         from featuredb.neuronpedia import NeuronpediaClient
 
         client = NeuronpediaClient(base_url, api_key=api_key)
-    options = SupernodeOptions(threshold=threshold, min_size=min_size, max_supernodes=max_supernodes)
+    options = SupernodeOptions(threshold=threshold, min_size=min_size, max_size=max_size,
+                               max_per_position=max_per_position, influence=influence, max_supernodes=max_supernodes)
     try:
-        with open_store(db, read_only=True) as store:
-            result = trace_label(store, graph, where=graph_file, model=model, source_set=source_set,
-                                 overwrite=overwrite, online=client, options=options, use_decoders=not no_decoders)
+        if not Path(db).exists():  # a graph from elsewhere: grouped from its own clerps, edges and influence
+            result = trace_label(None, graph, where=graph_file, options=options)
+        else:
+            with open_store(db, read_only=True) as store:
+                result = trace_label(store, graph, where=graph_file, model=model, source_set=source_set,
+                                     overwrite=overwrite, online=client, options=options,
+                                     use_decoders=not no_decoders)
     finally:
         if client is not None:
             client.close()
@@ -90,8 +102,12 @@ def graph_scores(graph: dict) -> dict[str, float]:  # type: ignore[type-arg]
 def print_label_result(result: Any, echo: Any = click.echo) -> None:
     """What `trace label` did: mapping, labels by type, unmapped nodes, scores and supernodes."""
     r = result.report
-    echo(f"{r.model} / {r.source_set}: {r.feature_nodes} feature nodes, {r.mapped} in the store, "
-         f"{r.labelled} labelled, {r.kept} kept, {len(r.unlabelled)} without a label")
+    if getattr(result, "store_note", ""):
+        echo(f"{r.model}: {r.feature_nodes} feature nodes; {result.store_note}, so nothing was labelled and the "
+             "groups come from the graph's own clerps, edges and influence")
+    else:
+        echo(f"{r.model} / {r.source_set}: {r.feature_nodes} feature nodes, {r.mapped} in the store, "
+             f"{r.labelled} labelled, {r.kept} kept, {len(r.unlabelled)} without a label")
     if r.by_type:
         echo("labels by type: " + ", ".join(f"{t} {n}" for t, n in r.by_type.items()))
     if r.unmapped:
@@ -101,9 +117,17 @@ def print_label_result(result: Any, echo: Any = click.echo) -> None:
     if scores:
         echo("graph scores (circuit-tracer): " + ", ".join(f"{k.replace('_score', '')} {v:.3f}"
                                                            for k, v in scores.items()))
+    g = getattr(result, "grouping", None)
+    if g is not None:
+        echo("signals: " + ", ".join(f"{k} on {v} of {g.considered} nodes" for k, v in g.signals.items()))
+        if g.ungrouped:
+            echo("left ungrouped: " + ", ".join(f"{v} {k}" for k, v in g.ungrouped.items()))
     echo(f"{len(result.supernodes)} supernode(s) proposed:")
     for s in result.supernodes[:10]:
-        echo(f"  {s.label!r}: {len(s.node_ids)} nodes ({', '.join(s.node_ids[:4])}{' ...' if len(s.node_ids) > 4 else ''})")
+        where = f"positions {s.positions[0]}-{s.positions[-1]}" if len(s.positions) > 1 else \
+            f"position {s.positions[0]}" if s.positions else ""
+        echo(f"  {s.label!r}: {len(s.node_ids)} nodes at {where} ({', '.join(s.node_ids[:4])}"
+             f"{' ...' if len(s.node_ids) > 4 else ''})")
 
 
 @trace_group.command("attribute", short_help="Make an attribution graph with circuit-tracer, offline.")

@@ -7,29 +7,34 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from featuredb.formats.graph_json import check_graph, decode_qparams, feature_node_dicts
+from featuredb.formats.graph_json import check_graph, decode_qparams, feature_node_dicts, is_feature_node
+from featuredb.graph_identity import graph_model
 from featuredb.neuronpedia.sync import subgraph_body
 from tracer.decoders import decoder_vectors
 from tracer.graph_labelling import LabelReport, label_graph
 from tracer.label_vectors import label_vectors
 from tracer.node_mapping import map_nodes
-from tracer.supernodes import Supernode, SupernodeOptions, propose_supernodes
+from tracer.supernodes import Grouping, Supernode, SupernodeOptions, propose
 
 
 @dataclass
 class TraceLabelResult:
-    """The labelled graph (changed in place), what labelling did, and the supernodes proposed."""
+    """The labelled graph (changed in place), what labelling did, the supernodes proposed and how."""
 
     graph: dict[str, Any]
     report: LabelReport
     supernodes: list[Supernode] = field(default_factory=list)
+    grouping: Grouping | None = None
+    store_note: str = ""  # why the store's labels and decoders were not used, if they were not
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the graph)."""
         return {**self.report.as_dict(),
-                "supernodes": [{"label": s.label, "node_ids": s.node_ids,
+                "supernodes": [{"label": s.label, "node_ids": s.node_ids, "positions": s.positions, "kind": s.kind,
                                 "score": round(s.score, 4) if math.isfinite(s.score) else None}
-                               for s in self.supernodes]}
+                               for s in self.supernodes],
+                "grouping": self.grouping.as_dict() if self.grouping else None,
+                **({"store_note": self.store_note} if self.store_note else {})}
 
 
 def existing_clerps(value: Any) -> list[list[str]]:
@@ -44,26 +49,49 @@ def existing_clerps(value: Any) -> list[list[str]]:
     return [[str(p[0]), str(p[1])] for p in value if isinstance(p, (list, tuple)) and len(p) == 2]
 
 
+def _store_lacks(store: Any, graph: dict[str, Any], model: str | None) -> str:
+    """Why the store cannot label this graph ("" when it can): no store, or not the graph's model."""
+    if store is None:
+        return "no store"
+    if model:  # asked for by name: map_nodes says what is wrong with it
+        return ""
+    from featuredb.graph_identity import resolve_model
+
+    want = resolve_model(store.con, graph, None)
+    if not store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? LIMIT 1', [want]).fetchone():
+        return f"the store has no features of model {want!r}"
+    return ""
+
+
 def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
                 source_set: str | None = None, overwrite: bool = False, online: Any = None,
                 options: SupernodeOptions | None = None, use_decoders: bool = True) -> TraceLabelResult:
     """Label `graph` from `store` and propose supernodes into its qParams (supernodes, pinnedIds, clerps).
 
     The graph is checked first (featuredb.formats.graph_json.check_graph): a malformed one is a BadInputError
-    naming `where` and the field, before anything is changed."""
+    naming `where` and the field, before anything is changed. A graph the store cannot label (no store, or
+    another model's) is still grouped, from its own clerps, edges and influence; store_note says so."""
     decode_qparams(check_graph(graph, where), where)
-    mapping = map_nodes(store, graph, where=where, model=model, source_set=source_set)
-    report = label_graph(store, graph, mapping, overwrite=overwrite, online=online)
+    note = _store_lacks(store, graph, model)
     qp = graph["qParams"]
     existing = [list(s) for s in (qp.get("supernodes") or [])]  # a person's supernodes stay; ours are added
     taken = {nid for s in existing for nid in s[1:]}
     by_id = feature_node_dicts(graph)
-    ids = [m.node.node_id for m in mapping.mapped if m.node.node_id not in taken]
-    ids += [m.node.node_id for m in mapping.absent if m.node.node_id not in taken]
+    if note:
+        report = LabelReport(graph_model(graph), "")
+        ids = [n["node_id"] for n in graph["nodes"] if is_feature_node(n) and n["node_id"] not in taken]
+        report.feature_nodes = len(ids)
+        mapping = None
+    else:
+        mapping = map_nodes(store, graph, where=where, model=model, source_set=source_set)
+        report = label_graph(store, graph, mapping, overwrite=overwrite, online=online)
+        ids = [m.node.node_id for m in mapping.mapped if m.node.node_id not in taken]
+        ids += [m.node.node_id for m in mapping.absent if m.node.node_id not in taken]
     labels = {i: str(by_id[i].get("clerp") or "").strip() for i in ids}
     vectors = label_vectors(store, labels)
-    decoders = decoder_vectors(store, mapping) if use_decoders else {}
-    proposed = propose_supernodes(graph, vectors, decoders, options, node_ids=ids)
+    decoders = decoder_vectors(store, mapping) if use_decoders and mapping is not None else {}
+    grouping = propose(graph, vectors, decoders, options, node_ids=ids)
+    proposed = grouping.supernodes
     qp["supernodes"] = existing + [[s.label, *s.node_ids] for s in proposed]
     pinned = list(qp.get("pinnedIds") or [])
     seen = set(pinned)
@@ -73,9 +101,10 @@ def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", mode
                 pinned.append(nid)
                 seen.add(nid)
     qp["pinnedIds"] = pinned
-    # A JSON string, as circuit-tracer's and Neuronpedia's graph frontends read it (JSON.parse(qParams.clerps));
-    # labels a person saved there before (the frontend keys them by feature) stay.
-    kept = existing_clerps(qp.get("clerps"))
-    ours = [c for c in subgraph_body(graph, mapping.model)["clerps"] if c[0] not in {k for k, _ in kept}]
-    qp["clerps"] = json.dumps(kept + ours, ensure_ascii=False)
-    return TraceLabelResult(graph, report, proposed)
+    if mapping is not None:
+        # A JSON string, as circuit-tracer's and Neuronpedia's graph frontends read it
+        # (JSON.parse(qParams.clerps)); labels a person saved there before (the frontend keys them by feature) stay.
+        kept = existing_clerps(qp.get("clerps"))
+        ours = [c for c in subgraph_body(graph, mapping.model)["clerps"] if c[0] not in {k for k, _ in kept}]
+        qp["clerps"] = json.dumps(kept + ours, ensure_ascii=False)
+    return TraceLabelResult(graph, report, proposed, grouping, note)
