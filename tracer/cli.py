@@ -39,12 +39,21 @@ def trace_group() -> None:
 @click.option("--threshold", default=0.35, show_default=True, type=click.FloatRange(-1, 1),
               help="Similarity a group must keep (average linkage) to be one supernode.")
 @click.option("--no-decoders", is_flag=True, help="Leave decoder-direction cosine out of the similarity.")
+@click.option("--transcoders", type=click.Path(file_okay=False),
+              help="Transcoder folder for the evidence (default: the one `trace attribute` recorded in the graph).")
+@click.option("--evidence/--no-evidence", default=True, show_default=True,
+              help="Zero each supernode in the model against random matched sets (needs the transcoders).")
+@click.option("--random-sets", default=8, show_default=True, type=click.IntRange(2),
+              help="Random feature sets per supernode for the evidence.")
+@click.option("--keep-weak", is_flag=True, help="Keep supernodes whose effect is not beyond random, marked (weak).")
+@click.option("--device", help="cpu, cuda ... for the evidence (default: cuda when present).")
 @db_option
 @json_option
 def label_command(graph_file: str, out: str, model: str | None, source_set: str | None, overwrite: bool, online: bool,
                   api_key: str | None, base_url: str, max_supernodes: int, min_size: int, max_size: int,
-                  max_per_position: int, influence: float, threshold: float, no_decoders: bool, db: str,
-                  as_json: bool) -> None:
+                  max_per_position: int, influence: float, threshold: float, no_decoders: bool,
+                  transcoders: str | None, evidence: bool, random_sets: int, keep_weak: bool, device: str | None,
+                  db: str, as_json: bool) -> None:
     """Label every feature node of GRAPH.json (circuit-tracer or Neuronpedia) and propose supernodes.
 
     Each mapped feature node gets a clerp: the store's label (the best scoreV2/scoreV1, then
@@ -72,24 +81,56 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
         client = NeuronpediaClient(base_url, api_key=api_key)
     options = SupernodeOptions(threshold=threshold, min_size=min_size, max_size=max_size,
                                max_per_position=max_per_position, influence=influence, max_supernodes=max_supernodes)
+    ev_model, ev_note = evidence_model(graph, transcoders, device) if evidence else (None, "not computed (--no-evidence)")
+    ev = {"evidence_model": ev_model, "keep_weak": keep_weak, "n_random": random_sets}
     try:
         if not Path(db).exists():  # a graph from elsewhere: grouped from its own clerps, edges and influence
-            result = trace_label(None, graph, where=graph_file, options=options)
+            result = trace_label(None, graph, where=graph_file, options=options, **ev)
         else:
             with open_store(db, read_only=True) as store:
                 result = trace_label(store, graph, where=graph_file, model=model, source_set=source_set,
                                      overwrite=overwrite, online=client, options=options,
-                                     use_decoders=not no_decoders)
+                                     use_decoders=not no_decoders, **ev)
     finally:
         if client is not None:
             client.close()
+    if ev_model is None:
+        result.evidence_note = ev_note
     write_json_atomically(out, result.graph)
+    if result.evidence is not None:
+        write_json_atomically(evidence_path(out), result.evidence.as_dict())
     seconds = time.perf_counter() - start
     if as_json:
         emit_json({**result.as_dict(), **graph_scores(result.graph), "output": out, "seconds": round(seconds, 3)})
         return
     print_label_result(result)
     click.echo(f"wrote {out} in {seconds:.2f}s")
+
+
+def evidence_path(graph_path: str | Path) -> Path:
+    """GRAPH.evidence.json beside GRAPH.json."""
+    p = Path(graph_path)
+    return p.with_name((p.name[:-5] if p.name.endswith(".json") else p.name) + ".evidence.json")
+
+
+def evidence_model(graph: dict, transcoders: str | None, device: str | None) -> tuple[object, str]:  # type: ignore[type-arg]
+    """(circuit-tracer's ReplacementModel for the graph, "") or (None, why the evidence is not computed)."""
+    folder = transcoders or ((graph.get("metadata") or {}).get("generation_settings") or {}).get("transcoders")
+    if not folder:
+        return None, "not computed: the graph names no transcoders (a graph from elsewhere); pass --transcoders"
+    if not (Path(str(folder)) / "config.yaml").is_file():
+        return None, f"not computed: no transcoder folder at {folder}; pass --transcoders"
+    try:
+        import circuit_tracer  # noqa: F401
+    except ImportError:
+        return None, "not computed: circuit-tracer is not installed (pip install 'featuredb[circuit-tracer]')"
+    from tracer.attribution_bridge import CircuitTracerSession, model_for_transcoders, transcoder_config
+
+    cfg = transcoder_config(str(folder))
+    model_path, model_id = model_for_transcoders(cfg)
+    session = CircuitTracerSession(str(folder), model_path=model_path, model_id=model_id,
+                                   set_name=str(cfg.get("set_name") or ""), device=device)
+    return session.model, ""
 
 
 def graph_scores(graph: dict) -> dict[str, float]:  # type: ignore[type-arg]
@@ -122,6 +163,18 @@ def print_label_result(result: Any, echo: Any = click.echo) -> None:
         echo("signals: " + ", ".join(f"{k} on {v} of {g.considered} nodes" for k, v in g.signals.items()))
         if g.ungrouped:
             echo("left ungrouped: " + ", ".join(f"{v} {k}" for k, v in g.ungrouped.items()))
+    ev = getattr(result, "evidence", None)
+    if ev is None:
+        echo(f"evidence: {getattr(result, 'evidence_note', 'not computed')}")
+    else:
+        echo(f"evidence: zeroing each proposal vs {ev.n_random} random matched sets, target {ev.target!r} "
+             f"p={ev.p_target:.3f} ({ev.seconds:.1f}s)")
+        for e in ev.supernodes:
+            verdict = "beyond random" if e.beyond_random else "NOT beyond random"
+            echo(f"  {e.label!r}: dp {e.delta_p:+.4f} vs random |dp| {e.random_mean:.4f} ± {e.random_sd:.4f} "
+                 f"-> {verdict}; top-5 after: {', '.join(f'{t!r} {p:.2f}' for t, p in e.top5_after)}")
+        if result.dropped:
+            echo(f"dropped {len(result.dropped)} proposal(s) not beyond random (--keep-weak keeps them)")
     echo(f"{len(result.supernodes)} supernode(s) proposed:")
     for s in result.supernodes[:10]:
         where = f"positions {s.positions[0]}-{s.positions[-1]}" if len(s.positions) > 1 else \
@@ -183,9 +236,11 @@ def attribute_command(prompt: str, transcoders: str, out: str, model: str | None
 
         t0 = time.perf_counter()
         with open_store(db, read_only=True) as store:
-            labelled = trace_label(store, made.graph, where=out)
+            labelled = trace_label(store, made.graph, where=out, evidence_model=session.model)
         made.timings["label_and_group"] = time.perf_counter() - t0
     write_json_atomically(out, made.graph)
+    if labelled is not None and labelled.evidence is not None:
+        write_json_atomically(evidence_path(out), labelled.evidence.as_dict())
     made.timings["total"] = time.perf_counter() - start
     if as_json:
         emit_json({**made.summary(), "output": out, **({"labels": labelled.as_dict()} if labelled else {})})
@@ -200,6 +255,46 @@ def attribute_command(prompt: str, transcoders: str, out: str, model: str | None
         print_label_result(labelled)
     click.echo(f"wrote {out}; view it with: featuredb trace serve {Path(out).parent or '.'} "
                f"(then open http://127.0.0.1:8032/index.html?slug={slug})")
+
+
+@trace_group.command("intervene", short_help="Scale a supernode in the model and compare top predictions.")
+@click.argument("graph_file", metavar="GRAPH.json", type=click.Path(dir_okay=False, exists=True))
+@click.option("--supernode", "label", required=True, help="The supernode's label in qParams (or a unique prefix).")
+@click.option("--scale", default=0.0, show_default=True, type=float,
+              help="Set each member to SCALE x its activation: 0 zeroes (ablates), -2 inhibits, 2 amplifies.")
+@click.option("--prompt", help="Run this prompt instead of the graph's (members keep their positions).")
+@click.option("--transcoders", type=click.Path(file_okay=False),
+              help="Transcoder folder (default: the one `trace attribute` recorded in the graph).")
+@click.option("--device", help="cpu, cuda ... (default: cuda when present).")
+@json_option
+def intervene_command(graph_file: str, label: str, scale: float, prompt: str | None, transcoders: str | None,
+                      device: str | None, as_json: bool) -> None:
+    """Steer a supernode of GRAPH.json and print the model's top predictions before and after.
+
+    Uses circuit-tracer's feature interventions on the graph's own model and transcoders.
+
+    \b
+    Example:
+      featuredb trace intervene data/graphs/dallas-texas.json --supernode '"Texas"' --scale -2
+    """
+    from featuredb.formats.graph_json import load_graph
+    from featuredb.errors import FeatureDBError
+    from tracer.supernode_intervention import find_supernode, intervene
+
+    graph = load_graph(graph_file)
+    label, members = find_supernode(graph, label)
+    model, why = evidence_model(graph, transcoders, device)
+    if model is None:
+        raise FeatureDBError(f"{graph_file}: cannot intervene: " + why.replace("not computed: ", ""))
+    res = intervene(model, graph, members, scale, prompt)
+    if as_json:
+        emit_json({"supernode": label, "node_ids": members, **res})
+        return
+    click.echo(f"{label!r}: {res['members']} features ({res['active_members']} active) x {scale:g} on "
+               f"{res['prompt']!r}")
+    click.echo(f"  p({res['target']!r}): {res['p_target_before']:.4f} -> {res['p_target_after']:.4f}")
+    click.echo("  before: " + ", ".join(f"{t!r} {p:.3f}" for t, p in res["before"]))
+    click.echo("  after:  " + ", ".join(f"{t!r} {p:.3f}" for t, p in res["after"]))
 
 
 @trace_group.command("serve", short_help="Serve a folder of graphs with circuit-tracer's frontend, offline.")

@@ -26,6 +26,9 @@ class TraceLabelResult:
     supernodes: list[Supernode] = field(default_factory=list)
     grouping: Grouping | None = None
     store_note: str = ""  # why the store's labels and decoders were not used, if they were not
+    evidence: Any = None  # supernode_evidence.EvidenceReport when a model was at hand
+    evidence_note: str = "not computed: no model and transcoders at hand"
+    dropped: list[Supernode] = field(default_factory=list)  # proposals whose effect was not beyond random
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the graph)."""
@@ -34,6 +37,8 @@ class TraceLabelResult:
                                 "score": round(s.score, 4) if math.isfinite(s.score) else None}
                                for s in self.supernodes],
                 "grouping": self.grouping.as_dict() if self.grouping else None,
+                "evidence": self.evidence.as_dict() if self.evidence is not None else self.evidence_note,
+                "dropped_without_evidence": [{"label": s.label, "node_ids": s.node_ids} for s in self.dropped],
                 **({"store_note": self.store_note} if self.store_note else {})}
 
 
@@ -65,12 +70,15 @@ def _store_lacks(store: Any, graph: dict[str, Any], model: str | None) -> str:
 
 def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
                 source_set: str | None = None, overwrite: bool = False, online: Any = None,
-                options: SupernodeOptions | None = None, use_decoders: bool = True) -> TraceLabelResult:
+                options: SupernodeOptions | None = None, use_decoders: bool = True, evidence_model: Any = None,
+                keep_weak: bool = False, n_random: int = 8) -> TraceLabelResult:
     """Label `graph` from `store` and propose supernodes into its qParams (supernodes, pinnedIds, clerps).
 
     The graph is checked first (featuredb.formats.graph_json.check_graph): a malformed one is a BadInputError
     naming `where` and the field, before anything is changed. A graph the store cannot label (no store, or
-    another model's) is still grouped, from its own clerps, edges and influence; store_note says so."""
+    another model's) is still grouped, from its own clerps, edges and influence; store_note says so. With
+    `evidence_model` (circuit-tracer's ReplacementModel of the graph), every proposal is zeroed against random
+    matched sets and those not beyond random are dropped (kept, marked "(weak)", with keep_weak)."""
     decode_qparams(check_graph(graph, where), where)
     note = _store_lacks(store, graph, model)
     qp = graph["qParams"]
@@ -92,6 +100,18 @@ def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", mode
     decoders = decoder_vectors(store, mapping) if use_decoders and mapping is not None else {}
     grouping = propose(graph, vectors, decoders, options, node_ids=ids)
     proposed = grouping.supernodes
+    evidence, dropped = None, []
+    if evidence_model is not None and proposed:
+        from tracer.supernode_evidence import supernode_evidence
+
+        evidence = supernode_evidence(evidence_model, graph, proposed, n_random=n_random)
+        strong = {tuple(e.node_ids) for e in evidence.supernodes if e.beyond_random}
+        dropped = [s for s in proposed if tuple(s.node_ids) not in strong]
+        if keep_weak:
+            for s in dropped:
+                s.label += " (weak)"
+            dropped = []
+        proposed = [s for s in proposed if s not in dropped]
     qp["supernodes"] = existing + [[s.label, *s.node_ids] for s in proposed]
     pinned = list(qp.get("pinnedIds") or [])
     seen = set(pinned)
@@ -107,4 +127,7 @@ def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", mode
         kept = existing_clerps(qp.get("clerps"))
         ours = [c for c in subgraph_body(graph, mapping.model)["clerps"] if c[0] not in {k for k, _ in kept}]
         qp["clerps"] = json.dumps(kept + ours, ensure_ascii=False)
-    return TraceLabelResult(graph, report, proposed, grouping, note)
+    result = TraceLabelResult(graph, report, proposed, grouping, note, evidence, dropped=dropped)
+    if evidence_model is not None:
+        result.evidence_note = "" if evidence is not None else "no supernodes to test"
+    return result
