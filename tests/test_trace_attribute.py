@@ -72,6 +72,44 @@ def test_label_maps_every_feature_node_with_no_flags(attributed: tuple[Path, dic
     assert json.loads(graph["qParams"]["clerps"]), "labels go to qParams.clerps as circuit-tracer's page reads them"
 
 
+def test_every_kept_supernode_has_evidence_beyond_random(attributed: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = attributed
+    evidence = json.loads(out.with_name("dallas.evidence.json").read_text())
+    assert summary["labels"]["evidence"] == evidence
+    graph = json.loads(out.read_text())
+    ours = graph["qParams"]["supernodes"]
+    tested = {tuple(e["node_ids"]): e for e in evidence["supernodes"]}
+    assert evidence["target"] == " Texas" and evidence["n_random"] == 8
+    assert len(tested) == len(ours) + len(summary["labels"]["dropped_without_evidence"]) > 0
+    for s in ours:
+        e = tested[tuple(s[1:])]
+        assert e["beyond_random"] and abs(e["delta_p"]) > e["random_mean"] + 2 * e["random_sd"], e
+        assert 2 <= len(s) - 1 <= 8 and e["random_n"] >= 2
+    assert any(e["margin_sds"] >= 3 for e in evidence["supernodes"]), evidence["supernodes"]
+    pos = {n["node_id"]: n["ctx_idx"] for n in graph["nodes"]}
+    assert all(pos[m] > 0 for s in ours for m in s[1:]), "nothing at the sink position"
+    with serve_in_thread(create_graph_app(out.parent, None)) as url:  # trace serve shows it beside the graph
+        assert httpx.get(f"{url}/evidence/dallas.json").json() == evidence
+
+
+def test_intervene_moves_the_answer_as_the_evidence_measured(attributed: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = attributed
+    graph = json.loads(out.read_text())
+    evidence = {tuple(e["node_ids"]): e for e in json.loads(out.with_name("dallas.evidence.json").read_text())[
+        "supernodes"]}
+    label, *members = max(graph["qParams"]["supernodes"], key=lambda s: abs(evidence[tuple(s[1:])]["delta_p"]))
+    shifts = {}
+    for scale in ("0", "-2", "2"):
+        res = subprocess.run([sys.executable, "-m", "featuredb.cli", "trace", "intervene", str(out), "--supernode",
+                              label, "--scale", scale, "--json"], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        got = json.loads(res.stdout)
+        assert got["node_ids"] == members and got["before"][0][0] == " Texas"
+        shifts[scale] = got["p_target_after"] - got["p_target_before"]
+    assert shifts["0"] == pytest.approx(evidence[tuple(members)]["delta_p"], abs=2e-3)
+    assert shifts["-2"] * shifts["2"] < 0, shifts  # inhibiting and amplifying push the answer opposite ways
+
+
 def test_serve_finds_every_feature_file(attributed: tuple[Path, dict[str, Any]], default_store: Path) -> None:
     from circuit_tracer.frontend.feature_models import Model as FeatureModel
 

@@ -178,42 +178,51 @@ def test_supernodes_recover_planted_groups_at_moderate_noise() -> None:
     assert adjusted_rand_score(*predicted_groups(pg.truth, [[s.label, *s.node_ids] for s in found])) < 0.8
 
 
-def _node(layer: int, index: int, pos: int, clerp: str, influence: float = 0.5) -> dict:
+def _node(layer: int, index: int, pos: int, clerp: str, influence: float = 0.05) -> dict:
+    """A feature node; `influence` is its own share, turned into circuit-tracer's cumulative value by _graph."""
     return {"node_id": f"{layer}_{index}_{pos}", "feature": index, "layer": str(layer), "ctx_idx": pos,
             "feature_type": "cross layer transcoder", "jsNodeId": f"{layer}_{index}-0", "clerp": clerp,
             "influence": influence, "activation": 1.0}
 
 
 def _graph(nodes: list[dict], scan: str = "elsewhere-model") -> dict:
+    """A graph of the nodes, their own influence shares made cumulative (most influential first), as
+    circuit-tracer writes `influence`."""
+    total = sum(n["influence"] for n in nodes)
+    acc = 0.0
+    for n in sorted(nodes, key=lambda n: -n["influence"]):
+        acc += n["influence"]
+        n["influence"] = acc / total
     return {"metadata": {"slug": "g", "scan": scan, "prompt_tokens": ["<bos>", "a", "b", "c", "d"]},
             "qParams": {"pinnedIds": [], "supernodes": []}, "nodes": nodes, "links": []}
 
 
 def test_groups_are_capped_and_leave_out_the_sink_and_uninfluential_nodes() -> None:
-    nodes = [_node(layer, 1, 2, '"Texas" after "the"', 0.1 + 0.01 * layer) for layer in range(12)]  # 12 alike
-    nodes += [_node(layer, 2, 0, '"Texas" after "the"') for layer in range(3)]  # the sink position
-    nodes += [_node(layer, 3, 2, '"Texas" after "the"', 0.95) for layer in range(2)]  # beyond the influence cut
-    nodes += [_node(layer, 4, pos, f'punctuation "{ch}"') for layer, (pos, ch) in enumerate([(3, ","), (3, ".")])]
+    nodes = [_node(layer, 1, 2, '"Texas" after "the"', 0.05 - 0.001 * layer) for layer in range(12)]  # 12 alike
+    nodes += [_node(layer, 2, 0, '"Texas" after "the"', 0.2) for layer in range(3)]  # the sink position
+    nodes += [_node(layer, 3, 2, '"Texas" after "the"', 0.0005) for layer in range(2)]  # next to no influence
+    nodes += [_node(layer, 4, pos, f'punctuation "{ch}"', 0.1) for layer, (pos, ch) in enumerate([(3, ","), (3, ".")])]
     graph = _graph(nodes)
     labels = {n["node_id"]: n["clerp"] for n in nodes}
-    g = propose(graph, label_vectors(None, labels), None, SupernodeOptions(max_size=8))
+    g = propose(graph, label_vectors(None, labels), None, SupernodeOptions(max_size=8, influence=0.99))
     grouped = [m for s in g.supernodes for m in s.node_ids]
     assert all(len(s.node_ids) <= 8 for s in g.supernodes)
     assert not any(m.endswith("_0") for m in grouped)  # nothing at the sink position
     assert not any(m.startswith(("0_3_", "1_3_")) for m in grouped)
     texas = next(s for s in g.supernodes if s.label == '"Texas"')
-    assert texas.node_ids == [f"{layer}_1_2" for layer in range(8)]  # the 8 most influential (lowest cumulative)
-    assert g.ungrouped == {"at the sink position 0": 3, "beyond cumulative influence 0.8": 2,
+    assert texas.node_ids == [f"{layer}_1_2" for layer in range(8)]  # the 8 most influential
+    assert g.ungrouped == {"at the sink position 0": 3, "outside the top 99% of feature influence": 2,
                            "over the group size cap 8": 4}
     punct = next(s for s in g.supernodes if s.kind != "content")
     assert punct.label == "punctuation" and punct.positions == [3]
+    assert g.supernodes == [texas, punct]  # by summed influence: 8 x ~0.046 against 2 x 0.1
 
 
 def test_groups_span_nearby_positions_where_they_agree() -> None:
-    nodes = [_node(layer, 1, 1 + layer % 2, '"Dallas" (context: texas)') for layer in range(4)]
-    nodes += [_node(layer, 2, 4, '"Dallas" (context: texas)') for layer in range(2)]  # two positions away
+    nodes = [_node(layer, 1, 1 + layer % 2, '"Dallas" (context: texas)', 0.05 + 0.01 * layer) for layer in range(4)]
+    nodes += [_node(layer, 2, 4, '"Dallas" (context: texas)', 0.05 + 0.01 * layer) for layer in range(2)]
     g = propose(_graph(nodes), label_vectors(None, {n["node_id"]: n["clerp"] for n in nodes}), None,
-                SupernodeOptions(near=1))
+                SupernodeOptions(near=1, influence=1.0))
     spans = sorted(s.positions for s in g.supernodes)
     assert spans == [[1, 2], [4]], spans
 
@@ -229,6 +238,7 @@ def test_a_graph_of_another_model_is_grouped_from_its_own_signals(store_db: Path
         report = json.loads(res.stdout)
         assert report["store_note"] in ("the store has no features of model 'planted-model'", "no store")
         assert report["grouping"]["signals"]["labels"] > 0 and len(report["supernodes"]) >= 10
+        assert report["evidence"].startswith("not computed: the graph names no transcoders")
         assert json.loads(out.read_text())["qParams"]["supernodes"]
     text = CliRunner().invoke(cli, ["trace", "label", str(src), "-o", str(out), "--db", str(store_db)]).output
     assert "groups come from the graph's own clerps, edges and influence" in text

@@ -34,8 +34,8 @@ def trace_group() -> None:
               help="Most features in one supernode.")
 @click.option("--max-per-position", default=4, show_default=True, type=click.IntRange(1),
               help="Most supernodes at one token position.")
-@click.option("--influence", default=0.8, show_default=True, type=click.FloatRange(0, 1),
-              help="Group only nodes within this cumulative influence (circuit-tracer's node_threshold).")
+@click.option("--influence", default=0.95, show_default=True, type=click.FloatRange(0, 1),
+              help="Group only the most influential feature nodes carrying this share of their influence.")
 @click.option("--threshold", default=0.35, show_default=True, type=click.FloatRange(-1, 1),
               help="Similarity a group must keep (average linkage) to be one supernode.")
 @click.option("--no-decoders", is_flag=True, help="Leave decoder-direction cosine out of the similarity.")

@@ -40,11 +40,15 @@ def make_demo_graphs(transcoders: str, db: str, out_dir: str, *, echo: Callable[
         explained = before_label(made.graph) if before_label else None
         with FeatureStore(db, read_only=True) as store:
             t0 = time.perf_counter()
-            labelled = trace_label(store, made.graph, where=slug)
+            labelled = trace_label(store, made.graph, where=slug, evidence_model=session.model)
             made.timings["label_and_group"] = time.perf_counter() - t0
         _write(out / f"{slug}.json", made.graph)
+        if labelled.evidence is not None:
+            _write(out / f"{slug}.evidence.json", labelled.evidence.as_dict())
+            made.timings["evidence"] = labelled.evidence.seconds
         summary = {**made.summary(), "file": str(out / f"{slug}.json"),
                    "supernodes": [[s.label, len(s.node_ids)] for s in labelled.supernodes],
+                   "dropped_without_evidence": len(labelled.dropped),
                    "unmapped": len(labelled.report.unmapped)}
         if explained is not None:
             summary["explained"] = explained
@@ -61,4 +65,5 @@ def _print(s: dict[str, Any], echo: Callable[[str], None]) -> None:
          f"({layers[0] if layers else '-'}-{layers[-1] if layers else '-'}), {s['links']} links; "
          f"replacement {s['replacement_score']:.3f}, completeness {s['completeness_score']:.3f}; "
          f"attribution {s['timings']['attribute']:.1f}s, labels + supernodes {s['timings']['label_and_group']:.2f}s")
-    echo("   supernodes: " + ("; ".join(f"{label!r} ({n})" for label, n in s["supernodes"][:6]) or "none"))
+    echo("   supernodes beyond random when zeroed: " + ("; ".join(f"{label!r} ({n})" for label, n in s["supernodes"][:6])
+                                                      or "none") + f" ({s['dropped_without_evidence']} dropped)")

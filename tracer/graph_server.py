@@ -1,7 +1,8 @@
 """`trace serve`: labelled graphs in a folder, circuit-tracer's frontend, and feature files built from the store.
 
 The routes are circuit-tracer's local server's: /data/graph-metadata.json, /data/{slug}.json (also
-/graph_data/), /features/{scan}/{cantor}.json and POST /save_graph/{slug}; the frontend is the offline
+/graph_data/), /evidence/{slug}.json (the supernode evidence beside a graph), /features/{scan}/{cantor}.json
+and POST /save_graph/{slug}; the frontend is the offline
 copy of circuit-tracer's that `trace frontend` builds, else circuit-tracer's installed assets, else
 featuredb's small viewer.
 
@@ -239,6 +240,17 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         if slug not in graphs:
             raise NotFoundError(f"no graph {slug} in the graph folder")
         return FileResponse(graphs[slug][0], media_type="application/json")
+
+    @app.get("/evidence/{name}")
+    def evidence_file(name: str) -> Response:
+        """A graph's supernode evidence (GRAPH.evidence.json, written by trace label with the transcoders)."""
+        slug = check_name(name[:-5] if name.endswith(".json") else name, "graph")
+        graphs = _graphs(folder)
+        path = graphs[slug][0].with_name(f"{graphs[slug][0].stem}.evidence.json") if slug in graphs else None
+        if path is None or not path.is_file():
+            raise NotFoundError(f"no supernode evidence for graph {slug} (trace label computes it with the "
+                                "transcoders at hand)")
+        return FileResponse(path, media_type="application/json")
 
     app.get("/data/{name}")(graph_file)
     app.get("/graph_data/{name}")(graph_file)

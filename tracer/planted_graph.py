@@ -38,7 +38,7 @@ def _node(layer: int, index: int, pos: int, clerp: str, influence: float) -> dic
             "influence": influence, "activation": 1.0}
 
 
-def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 5, n_distractors: int = 20,
+def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 7, n_distractors: int = 20,
                 noise: float = 0.3, n_layers: int = 12, d_model: int = 64, seed: int = 0,
                 model: str = "planted-model") -> PlantedGraph:
     """Groups sit at one position each (several groups share a position); `noise` in [0, 1] blurs every signal.
@@ -72,7 +72,7 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 5
             layer = rng.randrange(n_layers)
             concept = concepts[g] if rng.random() >= noise else rng.choice(concepts)
             node = _node(layer, fresh(layer), group_pos[g], rng.choice(TEMPLATES).format(c=concept),
-                         rng.uniform(0.05, 0.75))  # circuit-tracer's cumulative influence: lower = more
+                         rng.uniform(0.5, 1.5))  # own influence; made cumulative below
             nodes.append(node)
             truth[node["node_id"]] = g
             decoders[node["node_id"]] = group_dir[g] + 2 * noise * nrng.standard_normal(d_model)
@@ -80,7 +80,7 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 5
         members.append(ids)
     for d in range(n_distractors):
         layer = rng.randrange(n_layers)
-        node = _node(layer, fresh(layer), rng.randrange(n_positions), concepts[n_groups + d], rng.uniform(0.3, 0.8))
+        node = _node(layer, fresh(layer), rng.randrange(n_positions), concepts[n_groups + d], rng.uniform(0.02, 0.1))
         nodes.append(node)
         truth[node["node_id"]] = -1 - d
         decoders[node["node_id"]] = nrng.standard_normal(d_model)
@@ -119,6 +119,10 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 5
             other = rng.choice(all_ids)
             if other != f:
                 link(f, other, nrng.standard_normal()) if rng.random() < 0.5 else link(other, f, nrng.standard_normal())
+    total, acc = sum(n["influence"] for n in nodes), 0.0
+    for n in sorted(nodes, key=lambda n: -n["influence"]):  # circuit-tracer's cumulative influence: lower = more
+        acc += n["influence"]
+        n["influence"] = acc / total
     rng.shuffle(nodes)
     graph = {
         "metadata": {"slug": f"planted-{seed}", "scan": model, "prompt_tokens": ["<bos>", *(f"t{p}" for p in range(1, n_positions))],

@@ -1,8 +1,10 @@
 """Propose supernodes: groups of influential feature nodes that share meaning, edges and decoder direction.
 
-Only nodes that matter are grouped: feature nodes within circuit-tracer's cumulative influence
-`influence` (the share of the logits' total influence reached by the nodes at least as influential:
-lower is more), never the sink position 0 (<bos>/<|im_start|>, where every attention head parks).
+Only nodes that matter are grouped: the most influential feature nodes that together carry `influence`
+(default 0.95) of the feature nodes' influence on the logits, never the sink position 0
+(<bos>/<|im_start|>, where every attention head parks). A node's own influence is read from circuit-tracer's
+`influence` field, the cumulative share of the total reached by all nodes at least as influential (a
+pruned graph keeps a prefix of that order, so consecutive differences are each node's own share).
 Similarity of two feature nodes is a weighted mean of the signals both have: label cosine (MiniLM),
 signed edge-profile cosine (incoming and outgoing weights, as proposed in Neuronpedia issue 145 /
 PR 229) and decoder-direction cosine. Each position's nodes (from every layer) are clustered by
@@ -37,7 +39,7 @@ class SupernodeOptions:
     min_size: int = 2
     max_size: int = 8
     max_per_position: int = 4
-    influence: float = 0.8  # circuit-tracer's default node_threshold
+    influence: float = 0.95  # share of the feature nodes' influence whose nodes are grouped
     near: int = 1  # groups at positions this far apart may merge
     max_supernodes: int = 50
     weights: dict[str, float] = field(default_factory=lambda: dict(WEIGHTS))
@@ -45,7 +47,7 @@ class SupernodeOptions:
 
 @dataclass
 class Supernode:
-    """A proposed group: its short label, member node ids and summed importance (1 - cumulative influence)."""
+    """A proposed group: its short label, member node ids (most influential first) and summed own influence."""
 
     label: str
     node_ids: list[str]
@@ -69,12 +71,34 @@ class Grouping:
                 "ungrouped": dict(self.ungrouped), "signals": dict(self.signals)}
 
 
-def importance(node: dict[str, Any]) -> float:
-    """1 - circuit-tracer's cumulative influence (1 for the most influential node, 0 past all of it); 0 if unknown."""
-    v = node.get("influence")
-    if isinstance(v, (int, float)) and np.isfinite(v):
-        return float(min(1.0, max(0.0, 1.0 - v)))
-    return 0.0
+def own_influence(graph: dict[str, Any]) -> dict[str, float]:
+    """node_id -> its own share of the logits' influence: the step in circuit-tracer's cumulative `influence`
+    from the node ranked just above it (over every node of the graph that has one); {} when the values are
+    mostly ties (a hand-made graph's placeholders), which leaves every node in."""
+    ranked = sorted((float(n["influence"]), str(n["node_id"])) for n in graph["nodes"]
+                    if isinstance(n.get("influence"), (int, float)) and np.isfinite(n["influence"]))
+    if len({v for v, _ in ranked}) * 2 < len(ranked):  # mostly ties: placeholders, not circuit-tracer's values
+        return {}
+    out, prev = {}, 0.0
+    for cum, nid in ranked:
+        out[nid] = max(0.0, cum - prev)
+        prev = cum
+    return out
+
+
+def _influential(ids: list[str], own: dict[str, float], share: float) -> tuple[list[str], list[str]]:
+    """(the most influential ids carrying `share` of their summed influence, the rest); ids without an
+    influence are kept."""
+    known = sorted((i for i in ids if i in own), key=lambda i: (-own[i], i))
+    total = sum(own[i] for i in known)
+    kept, acc = [], 0.0
+    for i in known:
+        if total > 0 and acc >= share * total:
+            break
+        kept.append(i)
+        acc += own[i]
+    keep = set(kept) | {i for i in ids if i not in own}
+    return [i for i in ids if i in keep], [i for i in ids if i not in keep]
 
 
 def _edge_profiles(graph: dict[str, Any], ids: list[str]) -> csr_matrix:
@@ -211,15 +235,15 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
     ids = list(dict.fromkeys(i for i in ids if i in by_id))
     pos_of = {i: int(by_id[i].get("ctx_idx") or 0) for i in ids}
     left: Counter[str] = Counter()
-    cand = []
-    for i in ids:
-        infl = by_id[i].get("influence")
-        if pos_of[i] == SINK_POSITION:
-            left["at the sink position 0"] += 1
-        elif isinstance(infl, (int, float)) and infl > opt.influence:
-            left[f"beyond cumulative influence {opt.influence:g}"] += 1
-        else:
-            cand.append(i)
+    own = own_influence(graph)
+    off_sink = [i for i in ids if pos_of[i] != SINK_POSITION]
+    left["at the sink position 0"] += len(ids) - len(off_sink)
+    cand, weak = _influential(off_sink, own, opt.influence)
+    left[f"outside the top {opt.influence:.0%} of feature influence"] += len(weak)
+
+    def importance(i: str) -> float:
+        return own.get(i, 0.0)
+
     all_profiles = _edge_profiles(graph, cand)
     row = {nid: k for k, nid in enumerate(cand)}
 
@@ -230,7 +254,7 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
     signals = {"labels": sum(1 for i in cand if i in label_vectors),
                "edges": int((all_profiles.getnnz(axis=1) > 0).sum()) if cand else 0,
                "decoders": sum(1 for i in cand if i in (decoder_vectors or {})),
-               "influence": sum(1 for i in cand if isinstance(by_id[i].get("influence"), (int, float)))}
+               "influence": sum(1 for i in cand if i in own)}
     by_pos: dict[int, list[str]] = defaultdict(list)
     for i in cand:
         by_pos[pos_of[i]].append(i)
@@ -241,7 +265,7 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
     capped = []
     for g in groups:
         if len(g) > opt.max_size:  # alike beyond telling apart: the most influential members
-            g = sorted(g, key=lambda m: (-importance(by_id[m]), m))
+            g = sorted(g, key=lambda m: (-importance(m), m))
             left[f"over the group size cap {opt.max_size}"] += len(g) - opt.max_size
             g = g[:opt.max_size]
         capped.append(g)
@@ -252,9 +276,9 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
     left["no similar node nearby"] += sum(1 for i in cand if i not in grouped) - capped_out
     out = []
     for g in groups:
-        g = sorted(g, key=lambda m: (-importance(by_id[m]), m))
+        g = sorted(g, key=lambda m: (-importance(m), m))
         name, kind = supernode_name([clerps[m] for m in g], [pos_of[m] for m in g])
-        out.append(Supernode(name, g, sum(importance(by_id[m]) for m in g), sorted({pos_of[m] for m in g}), kind))
+        out.append(Supernode(name, g, sum(importance(m) for m in g), sorted({pos_of[m] for m in g}), kind))
     out.sort(key=lambda s: (-s.score, -len(s.node_ids), s.node_ids[0]))
     kept, per_pos = [], Counter()
     for s in out:
