@@ -225,6 +225,8 @@ def test_groups_span_nearby_positions_where_they_agree() -> None:
                 SupernodeOptions(near=1, influence=1.0))
     spans = sorted(s.positions for s in g.supernodes)
     assert spans == [[1, 2], [4]], spans
+    names = sorted(s.label for s in g.supernodes)  # the same name twice: told apart by the token they sit at
+    assert names[1] == '"Dallas" @ "d"' and names[0] in ('"Dallas" @ "a"', '"Dallas" @ "b"'), names
 
 
 def test_a_graph_of_another_model_is_grouped_from_its_own_signals(store_db: Path, tmp_path: Path) -> None:

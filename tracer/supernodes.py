@@ -224,6 +224,17 @@ def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[s
         del groups[j]
 
 
+def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str, int]) -> None:
+    """Groups with the same name get the prompt token they sit at (`"in" @ " Dallas"`), else their position."""
+    tokens = (graph.get("metadata") or {}).get("prompt_tokens") or []
+    names = Counter(s.label for s in groups)
+    for s in groups:
+        if names[s.label] > 1:
+            home = Counter(pos_of[m] for m in s.node_ids).most_common(1)[0][0]
+            at = repr(str(tokens[home])).replace("'", '"') if 0 <= home < len(tokens) else f"position {home}"
+            s.label = f"{s.label} @ {at}"
+
+
 def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
             decoder_vectors: dict[str, np.ndarray] | None = None, options: SupernodeOptions | None = None,
             node_ids: list[str] | None = None) -> Grouping:
@@ -280,6 +291,7 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
         name, kind = supernode_name([clerps[m] for m in g], [pos_of[m] for m in g])
         out.append(Supernode(name, g, sum(importance(m) for m in g), sorted({pos_of[m] for m in g}), kind))
     out.sort(key=lambda s: (-s.score, -len(s.node_ids), s.node_ids[0]))
+    _tell_apart(out, graph, pos_of)
     kept, per_pos = [], Counter()
     for s in out:
         home = Counter(pos_of[m] for m in s.node_ids).most_common(1)[0][0]
