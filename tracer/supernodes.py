@@ -80,8 +80,12 @@ def own_influence(graph: dict[str, Any]) -> dict[str, float]:
     if len({v for v, _ in ranked}) * 2 < len(ranked):  # mostly ties: placeholders, not circuit-tracer's values
         return {}
     out, prev = {}, 0.0
+    tied: dict[float, list[str]] = defaultdict(list)
     for cum, nid in ranked:
-        out[nid] = max(0.0, cum - prev)
+        tied[cum].append(nid)
+    for cum, nids in tied.items():  # nodes at one cumulative value share its step
+        for nid in nids:
+            out[nid] = max(0.0, cum - prev) / len(nids)
         prev = cum
     return out
 
