@@ -150,7 +150,7 @@ def _unit_rows(vectors: dict[str, np.ndarray], ids: list[str]) -> tuple[np.ndarr
 def similarity(graph: dict[str, Any], ids: list[str], label_vectors: dict[str, np.ndarray],
                decoder_vectors: dict[str, np.ndarray] | None, weights: dict[str, float],
                profiles: csr_matrix | None = None) -> np.ndarray:
-    """The combined similarity matrix of `ids` (all at one position)."""
+    """The combined similarity matrix of `ids`."""
     n = len(ids)
     total = np.zeros((n, n), dtype=np.float32)
     weight = np.zeros((n, n), dtype=np.float32)
@@ -204,28 +204,39 @@ def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[s
                   label_vectors: dict[str, np.ndarray], decoder_vectors: dict[str, np.ndarray] | None,
                   opt: SupernodeOptions, profile: Any) -> list[list[str]]:
     """Merge pairs of groups at positions within opt.near whose union agrees as well as the cut threshold asks
-    (best pair first), while the union stays within max_size."""
+    (best pair first), while the union stays within max_size. Each pair's agreement is computed once."""
     if opt.near <= 0:
         return groups
-    groups = [list(g) for g in groups]
-    while True:
-        best: tuple[float, int, int] | None = None
-        for i in range(len(groups)):
-            for j in range(i + 1, len(groups)):
-                pi, pj = {pos_of[m] for m in groups[i]}, {pos_of[m] for m in groups[j]}
-                if pi == pj or min(abs(a - b) for a in pi for b in pj) > opt.near:
-                    continue
-                union = groups[i] + groups[j]
-                if len(union) > opt.max_size:
-                    continue
-                s = _mean_sim(graph, union, label_vectors, decoder_vectors, opt, profile(union))
-                if s >= opt.threshold and (best is None or s > best[0]):
-                    best = (s, i, j)
-        if best is None:
-            return groups
-        _, i, j = best
-        groups[i] = groups[i] + groups[j]
-        del groups[j]
+    live: dict[int, list[str]] = dict(enumerate(groups))
+    next_id = len(groups)
+
+    def agreement(a: int, b: int) -> float | None:
+        pa, pb = {pos_of[m] for m in live[a]}, {pos_of[m] for m in live[b]}
+        if pa == pb or min(abs(x - y) for x in pa for y in pb) > opt.near or len(live[a]) + len(live[b]) > opt.max_size:
+            return None
+        union = live[a] + live[b]
+        s = _mean_sim(graph, union, label_vectors, decoder_vectors, opt, profile(union))
+        return s if s >= opt.threshold else None
+
+    pairs: dict[tuple[int, int], float] = {}
+    ids = sorted(live)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            s = agreement(a, b)
+            if s is not None:
+                pairs[(a, b)] = s
+    while pairs:
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1]))
+        merged = live.pop(a) + live.pop(b)
+        pairs = {k: v for k, v in pairs.items() if a not in k and b not in k}
+        live[next_id] = merged
+        for other in sorted(live):
+            if other != next_id:
+                s = agreement(other, next_id)
+                if s is not None:
+                    pairs[(other, next_id)] = s
+        next_id += 1
+    return list(live.values())
 
 
 def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str, int]) -> None:
@@ -284,11 +295,21 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
             left[f"over the group size cap {opt.max_size}"] += len(g) - opt.max_size
             g = g[:opt.max_size]
         capped.append(g)
-    groups = _merge_nearby(graph, [g for g in capped if len(g) >= max(2, opt.min_size)], pos_of, label_vectors,
-                           decoder_vectors, opt, profile)
+    # The most influential groups of each position, at most max_per_position, before merging nearby ones
+    # (which bounds the pairs the merge compares).
+    per_pos: dict[int, list[list[str]]] = defaultdict(list)
+    for g in capped:
+        if len(g) >= max(2, opt.min_size):
+            per_pos[pos_of[g[0]]].append(g)
+    groups = []
+    for pos, gs in sorted(per_pos.items()):
+        gs.sort(key=lambda g: (-sum(importance(m) for m in g), -len(g), min(g)))
+        groups += gs[:opt.max_per_position]
+        left[f"over {opt.max_per_position} groups at its position"] += sum(len(g) for g in gs[opt.max_per_position:])
+    groups = _merge_nearby(graph, groups, pos_of, label_vectors, decoder_vectors, opt, profile)
     grouped = {m for g in groups for m in g}
-    capped_out = sum(v for k, v in left.items() if k.startswith("over the group size cap"))
-    left["no similar node nearby"] += sum(1 for i in cand if i not in grouped) - capped_out
+    counted = sum(v for k, v in left.items() if k.startswith("over "))
+    left["no similar node nearby"] += sum(1 for i in cand if i not in grouped) - counted
     out = []
     for g in groups:
         g = sorted(g, key=lambda m: (-importance(m), m))
@@ -296,16 +317,9 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
         out.append(Supernode(name, g, sum(importance(m) for m in g), sorted({pos_of[m] for m in g}), kind))
     out.sort(key=lambda s: (-s.score, -len(s.node_ids), s.node_ids[0]))
     _tell_apart(out, graph, pos_of)
-    kept, per_pos = [], Counter()
-    for s in out:
-        home = Counter(pos_of[m] for m in s.node_ids).most_common(1)[0][0]
-        if per_pos[home] >= opt.max_per_position:
-            left[f"over {opt.max_per_position} groups at its position"] += len(s.node_ids)
-        elif len(kept) >= opt.max_supernodes:
-            left[f"over {opt.max_supernodes} supernodes"] += len(s.node_ids)
-        else:
-            per_pos[home] += 1
-            kept.append(s)
+    kept = out[:opt.max_supernodes]
+    if len(out) > opt.max_supernodes:
+        left[f"over {opt.max_supernodes} supernodes"] += sum(len(s.node_ids) for s in out[opt.max_supernodes:])
     return Grouping(kept, len(ids), {k: v for k, v in left.items() if v}, signals)
 
 
