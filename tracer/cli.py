@@ -277,11 +277,12 @@ def intervene_command(graph_file: str, label: str, scale: float, prompt: str | N
     Example:
       featuredb trace intervene data/graphs/dallas-texas.json --supernode '"Texas"' --scale -2
     """
-    from featuredb.formats.graph_json import load_graph
     from featuredb.errors import FeatureDBError
+    from featuredb.formats.graph_json import check_graph, decode_qparams, load_graph
     from tracer.supernode_intervention import find_supernode, intervene
 
     graph = load_graph(graph_file)
+    decode_qparams(check_graph(graph, graph_file), graph_file)  # supernodes saved by a frontend as a string too
     label, members = find_supernode(graph, label)
     model, why = evidence_model(graph, transcoders, device)
     if model is None:
