@@ -59,7 +59,10 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
     Each mapped feature node gets a clerp: the store's label (the best scoreV2/scoreV1, then
     np_max-act-logits, np_max-act, other types, featuredb-baseline), else with --online
     Neuronpedia's. Supernodes go to qParams.supernodes, their members to qParams.pinnedIds, and
-    every label to qParams.clerps (Neuronpedia subgraph form).
+    every label to qParams.clerps (Neuronpedia subgraph form). Only the most influential nodes off
+    the sink position are grouped (at most --max-size per group, --max-per-position per position).
+    With the transcoders the graph was made with, each proposal is zeroed against random matched
+    feature sets; those not beyond random are dropped, and the evidence goes to OUT.evidence.json.
 
     \b
     Example:
