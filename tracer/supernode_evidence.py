@@ -86,14 +86,16 @@ def target_logit(graph: dict[str, Any]) -> tuple[int, str]:
     return int(best["feature"]), token
 
 
-def _probs(logits: Any) -> Any:
+def next_token_probs(logits: Any) -> Any:
+    """Softmax of the last position's logits."""
     import torch
 
     last = logits[0, -1] if logits.dim() == 3 else logits[-1]
     return torch.softmax(last.float(), dim=-1)
 
 
-def _top(model: Any, probs: Any) -> list[list[Any]]:
+def top_predictions(model: Any, probs: Any) -> list[list[Any]]:
+    """[[token, p], ...] of the TOP_K most probable next tokens."""
     vals, idx = probs.topk(TOP_K)
     return [[model.tokenizer.decode([int(i)]), round(float(v), 4)] for v, i in zip(vals, idx)]
 
@@ -129,15 +131,15 @@ def supernode_evidence(model: Any, graph: dict[str, Any], supernodes: list[Any],
     logits, acts = model.get_activations(prompt)
     active = acts.detach().float().cpu().numpy() if hasattr(acts, "detach") else np.asarray(acts)
     n_pos = active.shape[1]
-    base = _probs(logits)
+    base = next_token_probs(logits)
     p0 = float(base[target])
-    report = EvidenceReport(prompt, token, round(p0, 5), _top(model, base), n_random=n_random, sds=sds)
+    report = EvidenceReport(prompt, token, round(p0, 5), top_predictions(model, base), n_random=n_random, sds=sds)
     rng = np.random.default_rng(seed)
 
     def delta(features: list[tuple[int, int, int]]) -> tuple[float, Any]:
         interventions = [(layer, pos, feature, 0.0) for layer, feature, pos in features]
         out, _ = model.feature_intervention(prompt, interventions, return_activations=False)
-        probs = _probs(out)
+        probs = next_token_probs(out)
         return float(probs[target]) - p0, probs
 
     for s in supernodes:
@@ -149,7 +151,7 @@ def supernode_evidence(model: Any, graph: dict[str, Any], supernodes: list[Any],
         mean = statistics.fmean(rand) if rand else 0.0
         sd = statistics.stdev(rand) if len(rand) > 1 else 0.0
         beyond = bool(rand) and abs(d) > mean + sds * sd and abs(d) > 1e-4
-        report.supernodes.append(SupernodeEvidence(s.label, list(s.node_ids), round(d, 5), _top(model, probs),
+        report.supernodes.append(SupernodeEvidence(s.label, list(s.node_ids), round(d, 5), top_predictions(model, probs),
                                                    round(mean, 5), round(sd, 5), len(rand), beyond))
     report.seconds = round(time.perf_counter() - t0, 2)
     return report

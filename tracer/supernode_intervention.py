@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from featuredb.errors import BadInputError
-from tracer.supernode_evidence import _probs, _top, feature_coordinates, target_logit
+from tracer.supernode_evidence import feature_coordinates, next_token_probs, target_logit, top_predictions
 
 
 def find_supernode(graph: dict[str, Any], label: str) -> tuple[str, list[str]]:
@@ -43,9 +43,9 @@ def intervene(model: Any, graph: dict[str, Any], node_ids: list[str], scale: flo
     values = [float(acts[layer, pos, f]) for layer, f, pos in members]
     interventions = [(layer, pos, f, scale * v) for (layer, f, pos), v in zip(members, values)]
     after, _ = model.feature_intervention(text, interventions, return_activations=False)
-    before_p, after_p = _probs(logits), _probs(after)
+    before_p, after_p = next_token_probs(logits), next_token_probs(after)
     target, token = target_logit(graph)
     return {"prompt": text, "scale": scale, "members": len(members),
             "active_members": sum(v > 0 for v in values), "target": token,
             "p_target_before": round(float(before_p[target]), 5), "p_target_after": round(float(after_p[target]), 5),
-            "before": _top(model, before_p), "after": _top(model, after_p)}
+            "before": top_predictions(model, before_p), "after": top_predictions(model, after_p)}
