@@ -553,3 +553,16 @@ def test_nan_is_never_written(tmp_path: Path) -> None:
     with pytest.raises(FeatureDBError, match="NaN or Infinity"):
         write_json_atomically(out, {"weight": float("nan")})
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_intervene_finds_a_supernode_by_label_and_names_the_choices_when_it_cannot() -> None:
+    from featuredb.errors import BadInputError
+    from tracer.supernode_intervention import find_supernode
+
+    graph = {"qParams": {"supernodes": [['"of"', "1_2_3"], ['"of" → says "x"', "4_5_6"], ["Texas", "7_8_9"]]}}
+    assert find_supernode(graph, '"of"') == ('"of"', ["1_2_3"])  # exact beats the longer name it prefixes
+    assert find_supernode(graph, "texas") == ("Texas", ["7_8_9"])
+    with pytest.raises(BadInputError, match=r"--supernode 'nope': the graph has no such supernode; it has: .*Texas"):
+        find_supernode(graph, "nope")
+    with pytest.raises(BadInputError, match="2 supernodes match"):
+        find_supernode(graph, '"o')
