@@ -7,6 +7,7 @@ import importlib.util
 import json
 import re
 import shutil
+from html.parser import HTMLParser
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -84,6 +85,36 @@ def test_labelled_graph_and_feature_files_load_in_circuit_tracers_models(store_d
     assert ff.index == 1 and ff.examples_quantiles[0].examples
 
 
+class SubgraphNodes(HTMLParser):
+    """The subgraph panel's nodes in a page's DOM: {label: number of member circles}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[str, int] = {}
+        self.members = 0
+        self.in_label = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        classes = (dict(attrs).get("class") or "").split()
+        if "member-circles" in classes:
+            self.members = 0
+        elif "member-circle" in classes:
+            self.members += 1
+        self.in_label = self.in_label or "node-text-container" in classes
+
+    def handle_data(self, data: str) -> None:
+        if self.in_label and data.strip():
+            self.nodes[data.strip()] = self.members
+            self.in_label = False
+
+
+def subgraph_nodes(dom: str) -> dict[str, int]:
+    """{label: member count} of the nodes the subgraph panel drew."""
+    parser = SubgraphNodes()
+    parser.feed(dom)
+    return parser.nodes
+
+
 def test_circuit_tracers_frontend_shows_labels_and_examples_offline(store_db: Path, tmp_path: Path,
                                                                      ct_frontend: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -102,6 +133,10 @@ def test_circuit_tracers_frontend_shows_labels_and_examples_offline(store_db: Pa
     assert not errors, errors
     for label in ("max-act-logits label", "Texas state", "football game"):  # clicked node; supernodes
         assert label in dom, page.stdout[:3000]
+    # the graph file's supernodes are drawn as supernodes in the subgraph panel (circuit-tracer's own page drops
+    # qParams.supernodes unless the URL has ?supernodes=; trace serve mends that)
+    proposed = json.loads((graphs / "dallas.json").read_text())["qParams"]["supernodes"]
+    assert subgraph_nodes(page.stdout) == {name: len(members) for name, *members in proposed}
     # the feature panel drew the feature file served from the store: logits, histogram, examples
     text = " ".join(re.sub(r"<[^>]+>", " ", re.sub(r"<script.*?</script>", "", dom, flags=re.S)).split())
     panel = text[text.index("Token Predictions"):]

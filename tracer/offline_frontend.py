@@ -54,7 +54,7 @@ PATCHES = (
 )
 
 
-# What `trace serve` changes as it serves circuit-tracer's page (any copy: offline, installed or built before this
+# What `trace serve` changes as it serves circuit-tracer's page (and one fix, last) (any copy: offline, installed or built before this
 # table existed): the page puts graph fields (labels, node fields in tooltips, `vis_link`, layer names) into HTML
 # unescaped. (file under the assets, text circuit-tracer has, escaped text); a text not there is left alone.
 ESCAPE_HELPERS = (
@@ -74,6 +74,10 @@ ESCAPES = (
      "headerSel.html(`<b>${featuredbEscape(label)}</b>`)"),
     ("feature_examples/init-feature-examples-list.js", "sel.html(`Feature ${visState.feature.featureIndex} failed",
      "sel.text(`Feature ${visState.feature.featureIndex} failed"),
+    # not an escape: circuit-tracer's page starts the URL's supernodes as [] (truthy), so the graph file's
+    # qParams.supernodes (trace label's proposals, a saved subgraph) were never drawn without a ?supernodes= URL
+    ("attribution_graph/init-cg.js", "if (urlSupernodes) visState.supernodes = urlSupernodes",
+     "if (urlSupernodes.length) visState.supernodes = urlSupernodes"),
 )
 ESCAPED_FILES = frozenset(rel for rel, _, _ in ESCAPES)
 
