@@ -348,6 +348,34 @@ def test_script_payloads_in_a_graph_render_as_text_in_the_viewer(graphs: Path) -
         assert XSS.replace("pwned", f"pwned-{where}") in text, (where, dom[:3000])
 
 
+def test_the_evidence_page_shows_script_payloads_as_text_and_refuses_a_broken_file(graphs: Path) -> None:
+    evidence = {"prompt": XSS.replace("pwned", "pwned-prompt"), "target": XSS.replace("pwned", "pwned-target"),
+                "p_target": 0.4, "top5_before": [[XSS.replace("pwned", "pwned-top"), 0.4]], "n_random": 8, "sds": 2.0,
+                "seconds": 1.0, "supernodes": [{"label": XSS.replace("pwned", "pwned-label"), "node_ids": ["6_1_1"],
+                                                "delta_p": -0.1, "top5_after": [], "random_mean": 0.01,
+                                                "random_sd": 0.005, "random_n": 8, "beyond_random": True,
+                                                "margin_sds": 18.0}]}
+    (graphs / "g.evidence.json").write_text(json.dumps(evidence))
+    with serve_in_thread(create_graph_app(graphs, None, frontend=VIEWER)) as url:
+        got = httpx.get(f"{url}/evidence/g")
+        assert got.status_code == 200 and got.headers["content-type"].startswith("text/html")
+        assert "script-src" not in got.headers["content-security-policy"] and "default-src 'none'" in \
+            got.headers["content-security-policy"], "no script runs on the evidence page"
+        page = dump_dom(f"{url}/evidence/g")
+        (graphs / "g.evidence.json").write_text('{"supernodes": [{"delta_p": "lots"}]}')
+        broken = httpx.get(f"{url}/evidence/g")
+        (graphs / "g.evidence.json").unlink()
+        missing = httpx.get(f"{url}/evidence/g")
+    assert "<img" not in page.stdout and "<title>pwned" not in page.stdout
+    text = html.unescape(page.stdout)
+    for where in ("prompt", "target", "top"):  # tokens are shown quoted, as Python writes them
+        assert repr(XSS.replace("pwned", f"pwned-{where}")) in text, where
+    assert XSS.replace("pwned", "pwned-label") in text
+    assert "beyond random" in text and "+18.0" in text
+    assert broken.status_code == 400 and "g.evidence.json" in broken.json()["error"], broken.text
+    assert missing.status_code == 404 and "no supernode evidence for graph g" in missing.json()["error"]
+
+
 ODD_NAMES = ["..%2f..%2fetc%2fpasswd", "..", ".", "a%00b", "x" * 5000, "%C3%A9%E2%9C%93", "%C2%B2%C2%B3",
              "9" * 5000, "%ff%fe", "%2e%2e", "g%2f..%2fg", "con", "*", "%0d%0aSet-Cookie:%20a=b"]
 
@@ -360,7 +388,7 @@ def test_odd_names_are_4xx_on_every_trace_serve_route(graphs: Path, hard_store: 
             for method, path in (("GET", f"/data/{name}"), ("GET", f"/data/{name}.json"),
                                  ("GET", f"/graph_data/{name}.json"), ("GET", f"/features/{MODEL}/{name}"),
                                  ("GET", f"/features/{MODEL}/{name}.json"), ("GET", f"/features/{name}/1.json"),
-                                 ("GET", f"/static-{name}"), ("GET", f"/vendor/{name}x"),
+                                 ("GET", f"/static-{name}"), ("GET", f"/evidence/{name}"), ("GET", f"/vendor/{name}x"),
                                  ("POST", f"/save_graph/{name}"), ("DELETE", f"/data/{name}.json"),
                                  ("PUT", f"/save_graph/{name}")):
                 status, body = raw(url, method, path, headers, b'{"qParams": {}}' if method != "GET" else None)

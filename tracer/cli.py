@@ -108,6 +108,10 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
         return
     print_label_result(result)
     click.echo(f"wrote {out} in {seconds:.2f}s")
+    if result.evidence is not None:
+        slug = Path(out).name.removesuffix(".json")
+        click.echo(f"wrote {evidence_path(out)}; see it with: featuredb trace serve {Path(out).parent} "
+                   f"(then open http://127.0.0.1:8032/evidence/{slug})")
 
 
 def evidence_path(graph_path: str | Path) -> Path:

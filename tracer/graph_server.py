@@ -42,6 +42,7 @@ from featuredb.schema import feature_key
 from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.limits import MAX_NAME_CHARS, MAX_SAVE_BYTES, BodyLimit
 from featuredb.store import FeatureStore
+from tracer.evidence_page import evidence_page
 from tracer.offline_frontend import ESCAPED_FILES, escaped_asset, offline_frontend
 
 VIEWER = Path(__file__).resolve().parent / "viewer"
@@ -50,6 +51,7 @@ TOKEN_HEADER = "x-featuredb-token"
 FEATURE_FILE = re.compile(r"[0-9]{1,30}\.json", re.ASCII)
 PAGE_HEADERS = {"cache-control": "no-store", "content-security-policy": "frame-ancestors 'none'",
                 "x-frame-options": "DENY", "x-content-type-options": "nosniff"}
+EVIDENCE_CSP = {"content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"}
 # Put into the served page: the page's own save requests (circuit-tracer's fetch of /save_graph/...) carry the token.
 SAVE_TOKEN_SCRIPT = """<script>
 (() => {
@@ -62,6 +64,28 @@ SAVE_TOKEN_SCRIPT = """<script>
     }
     return send(input, init);
   };
+  // A corner link to the graph's supernode evidence page, when trace label wrote one.
+  let shown = null;
+  const check = () => {
+    const slug = new URLSearchParams(location.search).get('slug');
+    if (slug === shown) return;
+    shown = slug;
+    document.getElementById('featuredb-evidence')?.remove();
+    if (!slug) return;
+    send('/evidence/' + encodeURIComponent(slug) + '.json').then((r) => {
+      if (!r.ok || shown !== slug || !document.body) return;
+      const a = document.createElement('a');
+      a.id = 'featuredb-evidence';
+      a.href = '/evidence/' + encodeURIComponent(slug);
+      a.target = '_blank';
+      a.textContent = 'supernode evidence';
+      a.style.cssText = 'position:fixed;right:12px;bottom:12px;z-index:9999;padding:4px 8px;background:#fff;'
+        + 'border:1px solid #999;border-radius:4px;font:13px system-ui,sans-serif;color:#1a4fb4';
+      document.body.appendChild(a);
+    }).catch(() => {});
+  };
+  window.addEventListener('load', check);
+  setInterval(check, 2000);
 })();
 </script>
 """
@@ -243,14 +267,23 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
 
     @app.get("/evidence/{name}")
     def evidence_file(name: str) -> Response:
-        """A graph's supernode evidence (GRAPH.evidence.json, written by trace label with the transcoders)."""
-        slug = check_name(name[:-5] if name.endswith(".json") else name, "graph")
+        """A graph's supernode evidence (GRAPH.evidence.json, written by trace label with the transcoders):
+        /evidence/SLUG.json the file, /evidence/SLUG the page that draws it."""
+        as_json = name.endswith(".json")
+        slug = check_name(name[:-5] if as_json else name, "graph")
         graphs = _graphs(folder)
         path = graphs[slug][0].with_name(f"{graphs[slug][0].stem}.evidence.json") if slug in graphs else None
         if path is None or not path.is_file():
             raise NotFoundError(f"no supernode evidence for graph {slug} (trace label computes it with the "
                                 "transcoders at hand)")
-        return FileResponse(path, media_type="application/json")
+        if as_json:
+            return FileResponse(path, media_type="application/json")
+        try:
+            evidence = json.loads(path.read_text(encoding="utf-8"))
+            page = evidence_page(slug, evidence if isinstance(evidence, dict) else {})
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError):
+            raise BadInputError(f"{path.name}: not a supernode evidence file") from None
+        return Response(page, media_type="text/html", headers=PAGE_HEADERS | EVIDENCE_CSP)
 
     app.get("/data/{name}")(graph_file)
     app.get("/graph_data/{name}")(graph_file)
