@@ -167,14 +167,14 @@ def test_supernodes_recover_planted_groups_at_moderate_noise() -> None:
         pg = plant_graph(noise=0.3, seed=seed)
         labels = {n["node_id"]: n["clerp"] for n in pg.graph["nodes"] if n["feature_type"] == "cross layer transcoder"}
         found = propose_supernodes(pg.graph, label_vectors(None, labels), pg.decoders,
-                                   SupernodeOptions(threshold=0.35, max_supernodes=100))
+                                   SupernodeOptions(max_supernodes=100))
         truth, pred = predicted_groups(pg.truth, [[s.label, *s.node_ids] for s in found])
         scores.append(adjusted_rand_score(truth, pred))
     assert sum(scores) / len(scores) >= 0.9 and min(scores) >= 0.8, scores
     # at heavy noise the groups are not recoverable: the score must be able to fall
     pg = plant_graph(noise=0.9, seed=0)
     labels = {n["node_id"]: n["clerp"] for n in pg.graph["nodes"] if n["feature_type"] == "cross layer transcoder"}
-    found = propose_supernodes(pg.graph, label_vectors(None, labels), pg.decoders, SupernodeOptions(threshold=0.35))
+    found = propose_supernodes(pg.graph, label_vectors(None, labels), pg.decoders, SupernodeOptions())
     assert adjusted_rand_score(*predicted_groups(pg.truth, [[s.label, *s.node_ids] for s in found])) < 0.8
 
 
@@ -198,7 +198,7 @@ def _graph(nodes: list[dict], scan: str = "elsewhere-model") -> dict:
 
 
 def test_groups_are_capped_and_leave_out_the_sink_and_uninfluential_nodes() -> None:
-    nodes = [_node(layer, 1, 2, '"Texas" after "the"', 0.05 - 0.001 * layer) for layer in range(12)]  # 12 alike
+    nodes = [_node(5, k, 2, '"Texas" after "the"', 0.05 - 0.001 * k) for k in range(1, 13)]  # 12 alike, one layer
     nodes += [_node(layer, 2, 0, '"Texas" after "the"', 0.2) for layer in range(3)]  # the sink position
     nodes += [_node(layer, 3, 2, '"Texas" after "the"', 0.0005) for layer in range(2)]  # next to no influence
     nodes += [_node(layer, 4, pos, f'punctuation "{ch}"', 0.1) for layer, (pos, ch) in enumerate([(3, ","), (3, ".")])]
@@ -210,12 +210,23 @@ def test_groups_are_capped_and_leave_out_the_sink_and_uninfluential_nodes() -> N
     assert not any(m.endswith("_0") for m in grouped)  # nothing at the sink position
     assert not any(m.startswith(("0_3_", "1_3_")) for m in grouped)
     texas = next(s for s in g.supernodes if s.label == '"Texas"')
-    assert texas.node_ids == [f"{layer}_1_2" for layer in range(8)]  # the 8 most influential
+    assert texas.node_ids == [f"5_{k}_2" for k in range(1, 9)]  # the 8 most influential
     assert g.ungrouped == {"at the sink position 0": 3, "outside the top 99% of feature influence": 2,
                            "over the group size cap 8": 4}
     punct = next(s for s in g.supernodes if s.kind != "content")
     assert punct.label == "punctuation" and punct.positions == [3]
     assert g.supernodes == [texas, punct]  # by summed influence: 8 x ~0.046 against 2 x 0.1
+
+
+def test_one_concept_at_two_depths_is_two_named_groups_and_takes_no_unrelated_neighbour() -> None:
+    nodes = [_node(layer, 1, 2, '"Texas" after "the"', 0.05 - 0.001 * layer) for layer in range(12)]
+    nodes += [_node(layer, 4, 3, f'punctuation "{ch}"', 0.1) for layer, ch in enumerate(",.")]
+    g = propose(_graph(nodes), label_vectors(None, {n["node_id"]: n["clerp"] for n in nodes}), None,
+                SupernodeOptions(max_size=8, influence=1.0))
+    groups = {s.label: s.node_ids for s in g.supernodes}
+    assert groups == {'"Texas" @ "b" L0-7': [f"{layer}_1_2" for layer in range(8)],
+                      '"Texas" @ "b" L8-11': [f"{layer}_1_2" for layer in range(8, 12)],
+                      "punctuation": ["0_4_3", "1_4_3"]}, groups
 
 
 def test_groups_span_nearby_positions_where_they_agree() -> None:

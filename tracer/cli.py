@@ -36,7 +36,7 @@ def trace_group() -> None:
               help="Most supernodes at one token position.")
 @click.option("--influence", default=0.95, show_default=True, type=click.FloatRange(0, 1),
               help="Group only the most influential feature nodes carrying this share of their influence.")
-@click.option("--threshold", default=0.35, show_default=True, type=click.FloatRange(-1, 1),
+@click.option("--threshold", default=0.4, show_default=True, type=click.FloatRange(-1, 1),
               help="Similarity a group must keep (average linkage) to be one supernode.")
 @click.option("--no-decoders", is_flag=True, help="Leave decoder-direction cosine out of the similarity.")
 @click.option("--transcoders", type=click.Path(file_okay=False),

@@ -25,9 +25,11 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import csr_matrix
 
 from featuredb.formats.graph_json import feature_node_dicts, is_feature_node
+from tracer.example_vectors import window_rows
 from tracer.supernode_names import supernode_name
 
-WEIGHTS = {"label": 0.45, "edges": 0.35, "decoder": 0.2}
+WEIGHTS = {"label": 0.45, "edges": 0.35, "decoder": 0.2, "examples": 0.3, "layers": 0.2}
+LAYER_SCALE = 10.0  # layer proximity exp(-|Δlayer| / LAYER_SCALE)
 SINK_POSITION = 0
 
 
@@ -35,7 +37,7 @@ SINK_POSITION = 0
 class SupernodeOptions:
     """--threshold, --min-size, --max-size, --max-per-position, --influence, --near, --max-supernodes, weights."""
 
-    threshold: float = 0.35
+    threshold: float = 0.4
     min_size: int = 2
     max_size: int = 8
     max_per_position: int = 4
@@ -43,6 +45,17 @@ class SupernodeOptions:
     near: int = 1  # groups at positions this far apart may merge
     max_supernodes: int = 50
     weights: dict[str, float] = field(default_factory=lambda: dict(WEIGHTS))
+
+
+@dataclass
+class NodeSignals:
+    """What is known of each node besides the graph's edges: label and decoder vectors, hashed top-example
+    windows (tracer.example_vectors) and layer numbers."""
+
+    labels: dict[str, np.ndarray]
+    decoders: dict[str, np.ndarray] | None = None
+    windows: dict[str, np.ndarray] | None = None
+    layers: dict[str, int] | None = None
 
 
 @dataclass
@@ -147,21 +160,27 @@ def _unit_rows(vectors: dict[str, np.ndarray], ids: list[str]) -> tuple[np.ndarr
     return out, have
 
 
-def similarity(graph: dict[str, Any], ids: list[str], label_vectors: dict[str, np.ndarray],
-               decoder_vectors: dict[str, np.ndarray] | None, weights: dict[str, float],
+def similarity(graph: dict[str, Any], ids: list[str], signals: NodeSignals, weights: dict[str, float],
                profiles: csr_matrix | None = None) -> np.ndarray:
-    """The combined similarity matrix of `ids`."""
+    """The combined similarity matrix of `ids`: the weighted mean of the signals each pair both has."""
     n = len(ids)
     total = np.zeros((n, n), dtype=np.float32)
     weight = np.zeros((n, n), dtype=np.float32)
     prof = profiles if profiles is not None else _edge_profiles(graph, ids)
     has_edges = np.asarray(prof.getnnz(axis=1) > 0)
-    signals = [("edges", (prof @ prof.T).toarray().astype(np.float32), has_edges)]
-    for name, vecs in (("label", label_vectors), ("decoder", decoder_vectors or {})):
+    parts = [("edges", (prof @ prof.T).toarray().astype(np.float32), has_edges)]
+    for name, vecs in (("label", signals.labels), ("decoder", signals.decoders or {})):
         unit = _unit_rows(vecs, ids)
         if unit is not None:
-            signals.append((name, unit[0] @ unit[0].T, unit[1]))
-    for name, sim, have in signals:
+            parts.append((name, unit[0] @ unit[0].T, unit[1]))
+    if signals.windows:
+        rows = window_rows(signals.windows, ids)
+        parts.append(("examples", (rows @ rows.T).toarray().astype(np.float32), np.asarray(rows.getnnz(axis=1) > 0)))
+    if signals.layers:
+        layer = np.array([signals.layers.get(i, np.nan) for i in ids], dtype=np.float32)
+        near = np.exp(-np.abs(layer[:, None] - layer[None, :]) / LAYER_SCALE)
+        parts.append(("layers", np.nan_to_num(near), ~np.isnan(layer)))
+    for name, sim, have in parts:
         w = weights.get(name, 0.0)
         if w <= 0:
             continue
@@ -192,18 +211,17 @@ def _cut(members: list[str], sim: np.ndarray, threshold: float, max_size: int) -
     return out
 
 
-def _mean_sim(graph: dict[str, Any], ids: list[str], label_vectors: dict[str, np.ndarray],
-              decoder_vectors: dict[str, np.ndarray] | None, opt: SupernodeOptions, prof: csr_matrix) -> float:
-    """Mean pairwise similarity of ids."""
-    sim = similarity(graph, ids, label_vectors, decoder_vectors, opt.weights, profiles=prof)
-    n = len(ids)
-    return float((sim.sum() - np.trace(sim)) / (n * (n - 1))) if n > 1 else 1.0
+def _linkage(graph: dict[str, Any], a: list[str], b: list[str], signals: NodeSignals, opt: SupernodeOptions,
+             prof: csr_matrix) -> float:
+    """Average linkage of two groups: the mean similarity of their cross pairs (as the cut within a position
+    uses; the mean over the union would let a tight group carry an unrelated one)."""
+    sim = similarity(graph, a + b, signals, opt.weights, profiles=prof)
+    return float(sim[:len(a), len(a):].mean())
 
 
-def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[str, int],
-                  label_vectors: dict[str, np.ndarray], decoder_vectors: dict[str, np.ndarray] | None,
+def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[str, int], signals: NodeSignals,
                   opt: SupernodeOptions, profile: Any) -> list[list[str]]:
-    """Merge pairs of groups at positions within opt.near whose union agrees as well as the cut threshold asks
+    """Merge pairs of groups at positions within opt.near whose average linkage reaches the cut threshold
     (best pair first), while the union stays within max_size. Each pair's agreement is computed once."""
     if opt.near <= 0:
         return groups
@@ -214,8 +232,7 @@ def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[s
         pa, pb = {pos_of[m] for m in live[a]}, {pos_of[m] for m in live[b]}
         if pa == pb or min(abs(x - y) for x in pa for y in pb) > opt.near or len(live[a]) + len(live[b]) > opt.max_size:
             return None
-        union = live[a] + live[b]
-        s = _mean_sim(graph, union, label_vectors, decoder_vectors, opt, profile(union))
+        s = _linkage(graph, live[a], live[b], signals, opt, profile(live[a] + live[b]))
         return s if s >= opt.threshold else None
 
     pairs: dict[tuple[int, int], float] = {}
@@ -239,8 +256,10 @@ def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[s
     return list(live.values())
 
 
-def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str, int]) -> None:
-    """Groups with the same name get the prompt token they sit at (`"in" @ " Dallas"`), else their position."""
+def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str, int],
+                layers: dict[str, int]) -> None:
+    """Groups with the same name get the prompt token they sit at (`"in" @ " Dallas"`), else their position;
+    those still alike (one concept at two depths) get their layers (`"in" @ " Dallas" L8-11`)."""
     tokens = (graph.get("metadata") or {}).get("prompt_tokens") or []
     names = Counter(s.label for s in groups)
     for s in groups:
@@ -248,13 +267,18 @@ def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str
             home = Counter(pos_of[m] for m in s.node_ids).most_common(1)[0][0]
             at = repr(str(tokens[home])).replace("'", '"') if 0 <= home < len(tokens) else f"position {home}"
             s.label = f"{s.label} @ {at}"
+    names = Counter(s.label for s in groups)
+    for s in groups:
+        depth = sorted({layers[m] for m in s.node_ids if m in layers})
+        if names[s.label] > 1 and depth:
+            s.label += f" L{depth[0]}" + (f"-{depth[-1]}" if len(depth) > 1 else "")
 
 
 def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
             decoder_vectors: dict[str, np.ndarray] | None = None, options: SupernodeOptions | None = None,
-            node_ids: list[str] | None = None) -> Grouping:
+            node_ids: list[str] | None = None, windows: dict[str, np.ndarray] | None = None) -> Grouping:
     """Supernodes over the graph's influential feature nodes (or those of `node_ids`), best first, and what was
-    left out."""
+    left out. `windows`: each node's hashed top-example windows (tracer.example_vectors), when a store has them."""
     opt = options or SupernodeOptions()
     by_id = feature_node_dicts(graph)
     ids = node_ids if node_ids is not None else [n["node_id"] for n in graph["nodes"] if is_feature_node(n)]
@@ -277,16 +301,19 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
         return all_profiles[[row[m] for m in members]]
 
     clerps = {i: str(by_id[i].get("clerp") or "").strip() for i in cand}
-    signals = {"labels": sum(1 for i in cand if i in label_vectors),
-               "edges": int((all_profiles.getnnz(axis=1) > 0).sum()) if cand else 0,
-               "decoders": sum(1 for i in cand if i in (decoder_vectors or {})),
-               "influence": sum(1 for i in cand if i in own)}
+    layers = {i: int(by_id[i]["layer"]) for i in cand if str(by_id[i].get("layer", "")).lstrip("-").isdigit()}
+    signals = NodeSignals(label_vectors, decoder_vectors, windows, layers)
+    counts = {"labels": sum(1 for i in cand if i in label_vectors),
+              "edges": int((all_profiles.getnnz(axis=1) > 0).sum()) if cand else 0,
+              "decoders": sum(1 for i in cand if i in (decoder_vectors or {})),
+              "top examples": sum(1 for i in cand if i in (windows or {})),
+              "influence": sum(1 for i in cand if i in own)}
     by_pos: dict[int, list[str]] = defaultdict(list)
     for i in cand:
         by_pos[pos_of[i]].append(i)
     groups: list[list[str]] = []
     for pos, members in sorted(by_pos.items()):
-        sim = similarity(graph, members, label_vectors, decoder_vectors, opt.weights, profiles=profile(members))
+        sim = similarity(graph, members, signals, opt.weights, profiles=profile(members))
         groups += _cut(members, sim, opt.threshold, opt.max_size)
     capped = []
     for g in groups:
@@ -306,7 +333,7 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
         gs.sort(key=lambda g: (-sum(importance(m) for m in g), -len(g), min(g)))
         groups += gs[:opt.max_per_position]
         left[f"over {opt.max_per_position} groups at its position"] += sum(len(g) for g in gs[opt.max_per_position:])
-    groups = _merge_nearby(graph, groups, pos_of, label_vectors, decoder_vectors, opt, profile)
+    groups = _merge_nearby(graph, groups, pos_of, signals, opt, profile)
     grouped = {m for g in groups for m in g}
     counted = sum(v for k, v in left.items() if k.startswith("over "))
     left["no similar node nearby"] += sum(1 for i in cand if i not in grouped) - counted
@@ -316,11 +343,11 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
         name, kind = supernode_name([clerps[m] for m in g], [pos_of[m] for m in g])
         out.append(Supernode(name, g, sum(importance(m) for m in g), sorted({pos_of[m] for m in g}), kind))
     out.sort(key=lambda s: (-s.score, -len(s.node_ids), s.node_ids[0]))
-    _tell_apart(out, graph, pos_of)
+    _tell_apart(out, graph, pos_of, layers)
     kept = out[:opt.max_supernodes]
     if len(out) > opt.max_supernodes:
         left[f"over {opt.max_supernodes} supernodes"] += sum(len(s.node_ids) for s in out[opt.max_supernodes:])
-    return Grouping(kept, len(ids), {k: v for k, v in left.items() if v}, signals)
+    return Grouping(kept, len(ids), {k: v for k, v in left.items() if v}, counts)
 
 
 def propose_supernodes(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],

@@ -11,6 +11,7 @@ from featuredb.formats.graph_json import check_graph, decode_qparams, feature_no
 from featuredb.graph_identity import graph_model
 from featuredb.neuronpedia.sync import subgraph_body
 from tracer.decoders import decoder_vectors
+from tracer.example_vectors import example_windows
 from tracer.graph_labelling import LabelReport, label_graph
 from tracer.label_vectors import label_vectors
 from tracer.node_mapping import map_nodes
@@ -98,7 +99,8 @@ def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", mode
     labels = {i: str(by_id[i].get("clerp") or "").strip() for i in ids}
     vectors = label_vectors(store, labels)
     decoders = decoder_vectors(store, mapping) if use_decoders and mapping is not None else {}
-    grouping = propose(graph, vectors, decoders, options, node_ids=ids)
+    windows = example_windows(store, mapping) if mapping is not None else {}
+    grouping = propose(graph, vectors, decoders, options, node_ids=ids, windows=windows)
     proposed = grouping.supernodes
     evidence, dropped = None, []
     if evidence_model is not None and proposed:
