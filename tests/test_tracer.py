@@ -22,7 +22,9 @@ from featuredb.identity import cantor_pair
 from featuredb.neuronpedia import NeuronpediaClient
 from featuredb.neuronpedia.client import RetryPolicy
 from loopback import serve_in_thread
+from tracer.example_vectors import example_windows, window_rows
 from tracer.graph_server import VIEWER, create_graph_app
+from tracer.node_mapping import map_nodes
 from tracer.label_vectors import label_vectors
 from tracer.planted_graph import plant_graph, predicted_groups
 from tracer.supernodes import SupernodeOptions, propose, propose_supernodes
@@ -227,6 +229,35 @@ def test_one_concept_at_two_depths_is_two_named_groups_and_takes_no_unrelated_ne
     assert groups == {'"Texas" @ "b" L0-7': [f"{layer}_1_2" for layer in range(8)],
                       '"Texas" @ "b" L8-11': [f"{layer}_1_2" for layer in range(8, 12)],
                       "punctuation": ["0_4_3", "1_4_3"]}, groups
+
+
+@pytest.mark.parametrize("corpus_rows", [True, False], ids=["ingested", "imported-without-corpus-rows"])
+def test_features_that_share_their_top_examples_are_grouped(store_db: Path, corpus_rows: bool) -> None:
+    """Features 5 and 7 peak on the same examples (7's are a copy of 5's), 9 on others; their labels, edges and
+    layer say nothing either way. Only the shared examples can put 5 and 7 together."""
+    with FeatureStore(store_db) as store:
+        key5, key7 = (store.con.execute('SELECT DISTINCT feature_key FROM activations WHERE "index" = ?',
+                                        [i]).fetchone()[0] for i in (5, 7))
+        store.con.execute("DELETE FROM activations WHERE feature_key = ?", [key7])
+        store.con.execute(f"""INSERT INTO activations SELECT * REPLACE ('copy-' || id AS id, 7 AS "index",
+                              ? AS feature_key{', NULL AS "dataIndex"' if not corpus_rows else ''})
+                              FROM activations WHERE feature_key = ?""", [key7, key5])
+        if not corpus_rows:
+            store.con.execute('UPDATE activations SET "dataIndex" = NULL')
+        else:
+            store.con.execute("""UPDATE activations SET "dataIndex" = coalesce("dataIndex", id)""")
+        nodes = [feat(5, clerp="alpha particles"), feat(7, clerp="tax law"), feat(9, clerp="guitar chords")]
+        graph = graph_of(nodes, [])
+        mapping = map_nodes(store, graph)
+        windows = example_windows(store, mapping)
+        g = propose(graph, label_vectors(None, {n["node_id"]: n["clerp"] for n in nodes}), None,
+                    SupernodeOptions(influence=1.0), windows=windows)
+    rows = window_rows(windows, ["6_5_1", "6_7_1", "6_9_1"])
+    sim = (rows @ rows.T).toarray()
+    assert sim[0, 1] == pytest.approx(1.0, abs=1e-5) and sim[0, 2] < 0.5, sim
+    assert [s.node_ids for s in g.supernodes] == [["6_5_1", "6_7_1"]] or \
+        [sorted(s.node_ids) for s in g.supernodes] == [["6_5_1", "6_7_1"]], g.supernodes
+    assert g.signals["top examples"] == 3
 
 
 def test_groups_span_nearby_positions_where_they_agree() -> None:

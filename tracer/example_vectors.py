@@ -22,24 +22,24 @@ def example_windows(store: Any, mapping: NodeMapping | None) -> dict[str, np.nda
     if mapping is None or not mapping.mapped:
         return {}
     keys = sorted({m.key for m in mapping.mapped})
-    top = f'''FROM activations WHERE feature_key IN (SELECT v FROM _graph_example_keys) AND "maxValue" > 0
-                AND "maxValueTokenIndex" IS NOT NULL {{extra}}
-              QUALIFY row_number() OVER (PARTITION BY feature_key ORDER BY "maxValue" DESC, id) <= {TOP}'''
+    # each feature's TOP strongest examples (max_by keeps a heap per feature: no sort of all rows)
+    query = '''SELECT feature_key, max_by({bucket} % {buckets}, "maxValue", {top}) FROM activations
+                 WHERE feature_key IN (SELECT v FROM _graph_example_keys) AND "maxValue" > 0
+                   AND "maxValueTokenIndex" IS NOT NULL {extra} GROUP BY feature_key'''
     buckets: dict[str, set[int]] = {}
     with registered_values(store.con, "_graph_example_keys", keys):
         # where each example came from (corpus row and peak token): narrow columns, fast
-        rows = store.con.execute(f'''SELECT feature_key, hash("dataSource", "dataIndex", "maxValueTokenIndex")
-                                     % {BUCKETS} {top.format(extra='AND "dataIndex" IS NOT NULL')}''').fetchall()
-    for key, bucket in rows:
-        buckets.setdefault(key, set()).add(int(bucket))
-    rest = [k for k in keys if k not in buckets]
+        rows = store.con.execute(query.format(bucket='hash("dataSource", "dataIndex", "maxValueTokenIndex")',
+                                              buckets=BUCKETS, top=TOP, extra='AND "dataIndex" IS NOT NULL')).fetchall()
+    found = {r[0] for r in rows}
+    rest = [k for k in keys if k not in found]
     if rest:  # examples without a corpus row (an import): the tokens up to the peak
         with registered_values(store.con, "_graph_example_keys", rest):
-            rows = store.con.execute(f'''SELECT feature_key, hash(list_slice(tokens,
-                greatest("maxValueTokenIndex" - {WINDOW - 2}, 1), "maxValueTokenIndex" + 1)) % {BUCKETS}
-                {top.format(extra="")}''').fetchall()
-        for key, bucket in rows:
-            buckets.setdefault(key, set()).add(int(bucket))
+            rows += store.con.execute(query.format(
+                bucket=f'hash(list_slice(tokens, greatest("maxValueTokenIndex" - {WINDOW - 2}, 1), '
+                       '"maxValueTokenIndex" + 1))', buckets=BUCKETS, top=TOP, extra="")).fetchall()
+    for key, hits in rows:
+        buckets[key] = {int(b) for b in hits}
     return {m.node.node_id: np.array(sorted(buckets[m.key]), dtype=np.int64) for m in mapping.mapped
             if m.key in buckets}
 
