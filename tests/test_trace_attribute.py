@@ -90,9 +90,11 @@ def test_every_kept_supernode_has_evidence_beyond_random(attributed: tuple[Path,
     assert all(pos[m] > 0 for s in ours for m in s[1:]), "nothing at the sink position"
     with serve_in_thread(create_graph_app(out.parent, None)) as url:  # trace serve shows it beside the graph
         assert httpx.get(f"{url}/evidence/dallas.json").json() == evidence
-        page = html.unescape(httpx.get(f"{url}/evidence/dallas").text)  # and draws it
-    assert all(e["label"] in page for e in evidence["supernodes"])
-    assert page.count("beyond random") - 1 == sum(e["beyond_random"] for e in evidence["supernodes"])
+        page = httpx.get(f"{url}/evidence/dallas").text  # and draws it
+    assert all(e["label"] in html.unescape(page) for e in evidence["supernodes"])
+    kept = sum(e["beyond_random"] for e in evidence["supernodes"])
+    assert page.count("<td class=yes>beyond random</td>") == kept
+    assert page.count("<td class=no>not beyond</td>") == len(evidence["supernodes"]) - kept
 
 
 def test_intervene_moves_the_answer_as_the_evidence_measured(attributed: tuple[Path, dict[str, Any]]) -> None:
