@@ -608,3 +608,48 @@ def test_intervene_finds_a_supernode_by_label_and_names_the_choices_when_it_cann
         find_supernode(graph, "nope")
     with pytest.raises(BadInputError, match="2 supernodes match"):
         find_supernode(graph, '"o')
+
+
+class ZeroingModel:
+    """A stand-in for circuit-tracer's ReplacementModel: the target token's logit falls by a fixed amount per
+    zeroed feature (features 0-2 by 2.0 each, every other active feature by 0.05). It counts the calls."""
+
+    class Tokenizer:
+        def decode(self, ids: list[int]) -> str:
+            return f"t{ids[0]}"
+
+    def __init__(self) -> None:
+        import torch
+
+        self.tokenizer = self.Tokenizer()
+        self.calls = 0
+        self.base = torch.zeros(1, 3, 10)
+        self.base[0, -1, 7] = 3.0  # the target, token 7
+        self.acts = torch.ones(4, 3, 40)  # 4 layers, 3 positions, 40 active features each
+
+    def get_activations(self, prompt: str) -> tuple[Any, Any]:
+        return self.base.clone(), self.acts
+
+    def feature_intervention(self, prompt: str, interventions: list[Any], return_activations: bool = False
+                             ) -> tuple[Any, None]:
+        self.calls += 1
+        out = self.base.clone()
+        out[0, -1, 7] -= sum(2.0 if f < 3 else 0.05 for _, _, f, _ in interventions)
+        return out, None
+
+
+def test_evidence_runs_every_random_set_unless_the_first_half_already_rules_a_proposal_out() -> None:
+    from tracer.supernode_evidence import supernode_evidence
+    from tracer.supernodes import Supernode
+
+    graph = {"metadata": {"prompt": "x"}, "nodes": [{"node_id": "9_7_2", "feature": 7, "feature_type": "logit",
+                                                     "clerp": 'Output "t7"', "is_target_logit": True}]}
+    strong = Supernode("strong", ["1_0_2", "2_1_2", "3_2_2"], 1.0)  # the features that matter
+    weak = Supernode("weak", ["1_30_2"], 1.0)  # one feature like any random one: never beyond
+    model = ZeroingModel()
+    report = supernode_evidence(model, graph, [strong, weak], n_random=8)
+    got = {e.label: e for e in report.supernodes}
+    assert got["strong"].beyond_random and got["strong"].random_n == 8
+    assert not got["weak"].beyond_random and got["weak"].random_n == 4
+    assert model.calls == 2 + 8 + 4
+    assert report.target == "t7" and report.top5_before[0][0] == "t7"

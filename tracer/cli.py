@@ -318,7 +318,8 @@ def serve_command(directory: str, host: str, port: int, frontend: str | None, db
 
     The page is circuit-tracer's frontend, offline, once `featuredb trace frontend` has fetched it;
     else circuit-tracer's installed assets; else featuredb's small viewer.
-    Open http://127.0.0.1:8032/index.html?slug=SLUG (SLUG is the file name without .json).
+    Open http://127.0.0.1:8032/index.html?slug=SLUG (SLUG is the file name without .json), and
+    http://127.0.0.1:8032/evidence/SLUG for the supernodes' causal evidence, where trace label wrote it.
 
     \b
     Example:

@@ -76,7 +76,8 @@ def demo_command(profile: str, data_dir: str, corpus: str, no_graphs: bool, devi
         slug = next(iter(DEMO_PROMPTS))
         click.echo("Open the graphs in circuit-tracer's frontend, with feature panels from the store:\n"
                    f"  featuredb trace frontend && featuredb trace serve {summary.graphs_dir} --db {summary.db}\n"
-                   f"  then http://127.0.0.1:8032/index.html?slug={slug}")
+                   f"  then http://127.0.0.1:8032/index.html?slug={slug}\n"
+                   f"  and the supernodes' causal evidence at http://127.0.0.1:8032/evidence/{slug}")
     click.echo("Try next:\n"
                f"  featuredb info --db {summary.db}\n"
                f'  featuredb search "capital city" --db {summary.db}\n'

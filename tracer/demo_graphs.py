@@ -65,5 +65,7 @@ def _print(s: dict[str, Any], echo: Callable[[str], None]) -> None:
          f"({layers[0] if layers else '-'}-{layers[-1] if layers else '-'}), {s['links']} links; "
          f"replacement {s['replacement_score']:.3f}, completeness {s['completeness_score']:.3f}; "
          f"attribution {s['timings']['attribute']:.1f}s, labels + supernodes {s['timings']['label_and_group']:.2f}s")
-    echo("   supernodes beyond random when zeroed: " + ("; ".join(f"{label!r} ({n})" for label, n in s["supernodes"][:6])
-                                                      or "none") + f" ({s['dropped_without_evidence']} dropped)")
+    kept = len(s["supernodes"])
+    echo(f"   {kept} of {kept + s['dropped_without_evidence']} supernodes beyond random when zeroed: "
+         + ("; ".join(f"{label!r} ({n})" for label, n in s["supernodes"][:6]) or "none")
+         + (f"; ... (all in {s['file'].removesuffix('.json')}.evidence.json)" if kept > 6 else ""))

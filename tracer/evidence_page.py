@@ -74,7 +74,8 @@ def evidence_page(slug: str, evidence: dict[str, Any]) -> str:
             f"at p = {float(evidence.get('p_target') or 0):.3f}. Top-5 as is: {_predictions(evidence.get('top5_before') or [])}."
             f"<br>Each supernode's features were zeroed (circuit-tracer feature intervention) and compared with "
             f"{int(evidence.get('n_random') or 0)} random sets of active features matched by layer and position; "
-            f"a proposal is beyond random when |Δp| exceeds the random mean by {float(evidence.get('sds') or 0):g} sd. "
+            f"a proposal is beyond random when |Δp| exceeds the random mean by {float(evidence.get('sds') or 0):g} sd "
+            f"(one at or below every set of the first half cannot be, and is not run against the rest). "
             f"{kept} of {len(sups)} beyond random; computed in {float(evidence.get('seconds') or 0):.1f} s.</p>"
             f"{table}<p class=sub><a href='/index.html?slug={link}'>back to the graph</a> · "
             f"<a href='/evidence/{link}.json'>JSON</a></p></body></html>")
