@@ -260,6 +260,18 @@ def test_features_that_share_their_top_examples_are_grouped(store_db: Path, corp
     assert g.signals["top examples"] == 3
 
 
+def test_every_proposed_name_is_unique() -> None:
+    from tracer.supernodes import Supernode, _tell_apart
+
+    groups = [Supernode('"the"', ids, 1.0) for ids in (["0_1_6", "0_2_6"], ["0_3_6", "0_4_6"], ["2_5_6", "2_6_6"],
+                                                          ["0_7_1", "0_8_1"])]
+    layers = {m: int(m.split("_")[0]) for g in groups for m in g.node_ids}
+    _tell_apart(groups, {"metadata": {"prompt_tokens": ["<bos>", "The", "a", "b", "c", "d", " the"]}},
+                {m: int(m.split("_")[2]) for m in layers}, layers)
+    assert [g.label for g in groups] == ['"the" @ " the" L0 #1', '"the" @ " the" L0 #2', '"the" @ " the" L2',
+                                         '"the" @ "The"']
+
+
 def test_groups_span_nearby_positions_where_they_agree() -> None:
     nodes = [_node(layer, 1, 1 + layer % 2, '"Dallas" (context: texas)', 0.05 + 0.01 * layer) for layer in range(4)]
     nodes += [_node(layer, 2, 4, '"Dallas" (context: texas)', 0.05 + 0.01 * layer) for layer in range(2)]

@@ -259,7 +259,8 @@ def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[s
 def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str, int],
                 layers: dict[str, int]) -> None:
     """Groups with the same name get the prompt token they sit at (`"in" @ " Dallas"`), else their position;
-    those still alike (one concept at two depths) get their layers (`"in" @ " Dallas" L8-11`)."""
+    those still alike (one concept at two depths) get their layers (`"in" @ " Dallas" L8-11`), and any still
+    alike a number (`#1` the strongest)."""
     tokens = (graph.get("metadata") or {}).get("prompt_tokens") or []
     names = Counter(s.label for s in groups)
     for s in groups:
@@ -272,6 +273,11 @@ def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str
         depth = sorted({layers[m] for m in s.node_ids if m in layers})
         if names[s.label] > 1 and depth:
             s.label += f" L{depth[0]}" + (f"-{depth[-1]}" if len(depth) > 1 else "")
+    names, seen = Counter(s.label for s in groups), Counter[str]()
+    for s in groups:  # still alike (same token, same layers): numbered, strongest first
+        if names[s.label] > 1:
+            seen[s.label] += 1
+            s.label += f" #{seen[s.label]}"
 
 
 def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
