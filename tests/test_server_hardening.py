@@ -354,7 +354,10 @@ def test_the_evidence_page_shows_script_payloads_as_text_and_refuses_a_broken_fi
                 "seconds": 1.0, "supernodes": [{"label": XSS.replace("pwned", "pwned-label"), "node_ids": ["6_1_1"],
                                                 "delta_p": -0.1, "top5_after": [], "random_mean": 0.01,
                                                 "random_sd": 0.005, "random_n": 8, "beyond_random": True,
-                                                "margin_sds": 18.0}]}
+                                                "margin_sds": 18.0},
+                                               {"label": "alike", "node_ids": ["6_2_2"], "delta_p": -0.1,
+                                                "top5_after": [], "random_mean": 0.01, "random_sd": 0.0,
+                                                "random_n": 8, "beyond_random": True, "margin_sds": 9e7}]}
     (graphs / "g.evidence.json").write_text(json.dumps(evidence))
     with serve_in_thread(create_graph_app(graphs, None, frontend=VIEWER)) as url:
         got = httpx.get(f"{url}/evidence/g")
@@ -372,6 +375,7 @@ def test_the_evidence_page_shows_script_payloads_as_text_and_refuses_a_broken_fi
         assert repr(XSS.replace("pwned", f"pwned-{where}")) in text, where
     assert XSS.replace("pwned", "pwned-label") in text
     assert "beyond random" in text and "+18.0" in text
+    assert "random sd ≈ 0" in text and "90000000" not in text, "no margin from random sets that all moved p alike"
     assert broken.status_code == 400 and "g.evidence.json" in broken.json()["error"], broken.text
     assert missing.status_code == 404 and "no supernode evidence for graph g" in missing.json()["error"]
 

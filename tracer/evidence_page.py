@@ -41,6 +41,15 @@ def _bar(delta: float, mean: float, sd: float, scale: float) -> str:
             '<span class="zero"></span></div>')
 
 
+def _margin(margin: Any, sd: float) -> str:
+    """The margin in sd; with random sets that all moved p alike (sd about 0) a number would mean nothing."""
+    if margin is None:
+        return "—"
+    if sd < 1e-5:
+        return "random sd ≈ 0"
+    return f"{float(margin):+.1f}"
+
+
 def evidence_page(slug: str, evidence: dict[str, Any]) -> str:
     """The HTML page for one graph's GRAPH.evidence.json (every string from the file escaped)."""
     sups = evidence.get("supernodes") or []
@@ -58,7 +67,7 @@ def evidence_page(slug: str, evidence: dict[str, Any]) -> str:
             f"<td>{_bar(float(s.get('delta_p') or 0), float(s.get('random_mean') or 0), float(s.get('random_sd') or 0), scale)}</td>"
             f"<td class=num>{float(s.get('random_mean') or 0):.4f} ± {float(s.get('random_sd') or 0):.4f} "
             f"(n={int(s.get('random_n') or 0)})</td>"
-            f"<td class=num>{'—' if margin is None else f'{float(margin):+.1f}'}</td>"
+            f"<td class=num>{_margin(margin, float(s.get('random_sd') or 0))}</td>"
             f"<td class={'yes' if beyond else 'no'}>{'beyond random' if beyond else 'not beyond'}</td>"
             f"<td class=preds>{_predictions(s.get('top5_after') or [])}</td>"
             "</tr>")
