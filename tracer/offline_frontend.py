@@ -54,9 +54,10 @@ PATCHES = (
 )
 
 
-# What `trace serve` changes as it serves circuit-tracer's page (and one fix, last) (any copy: offline, installed or built before this
+# What `trace serve` changes as it serves circuit-tracer's page (any copy: offline, installed or built before this
 # table existed): the page puts graph fields (labels, node fields in tooltips, `vis_link`, layer names) into HTML
-# unescaped. (file under the assets, text circuit-tracer has, escaped text); a text not there is left alone.
+# unescaped, and (the last row) drops the graph file's supernodes. (file under the assets, text circuit-tracer
+# has, changed text); a text not there is left alone.
 ESCAPE_HELPERS = (
     "window.featuredbEscape = window.featuredbEscape || (s => String(s ?? '').replace(/[&<>\"'`]/g,\n"
     "  c => '&#' + c.charCodeAt(0) + ';'));\n"

@@ -7,11 +7,12 @@ Only nodes that matter are grouped: the most influential feature nodes that toge
 pruned graph keeps a prefix of that order, so consecutive differences are each node's own share).
 Similarity of two feature nodes is a weighted mean of the signals both have: label cosine (MiniLM),
 signed edge-profile cosine (incoming and outgoing weights, as proposed in Neuronpedia issue 145 /
-PR 229) and decoder-direction cosine. Each position's nodes (from every layer) are clustered by
-average linkage and cut at `threshold`; clusters over `max_size` are cut finer; groups at nearby
-positions (within `near`) merge where they agree as well as a group's own members do, as in
-Neuronpedia's hand-made subgraphs. At most `max_per_position` groups per position are kept, the
-most influential first. Every node left out is counted with its reason.
+PR 229), decoder-direction cosine, shared top examples (tracer.example_vectors) and layer proximity.
+Each position's nodes (from every layer) are clustered by average linkage and cut at `threshold`;
+clusters over `max_size` are cut finer; groups at nearby positions (within `near`) merge where their
+average linkage reaches `threshold`, as in Neuronpedia's hand-made subgraphs. At most
+`max_per_position` groups per position are kept, the most influential first. Every node left out is
+counted with its reason.
 """
 
 from __future__ import annotations
