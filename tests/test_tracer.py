@@ -665,3 +665,24 @@ def test_evidence_runs_every_random_set_unless_the_first_half_already_rules_a_pr
     assert not got["weak"].beyond_random and got["weak"].random_n == 4
     assert model.calls == 2 + 8 + 4
     assert report.target == "t7" and report.top5_before[0][0] == "t7"
+
+
+def test_random_sets_are_as_large_as_the_proposal_even_where_few_features_are_active() -> None:
+    """Four members at (layer 1, position 2), where only five features are active: each random set still zeroes
+    four distinct non-members, the one left there and three from the nearest layers at that position."""
+    import numpy as np
+
+    from tracer.supernode_evidence import _random_sets
+
+    active = np.zeros((4, 3, 40))
+    active[1, 2, :5] = 1.0
+    active[0, 2, 10:20] = 1.0
+    active[2, 2, 20:30] = 1.0
+    members = [(1, f, 2) for f in range(4)]
+    sets = _random_sets(members, active, 8, np.random.default_rng(0))
+    assert len(sets) == 8
+    for chosen in sets:
+        assert len(chosen) == len(set(chosen)) == 4 and not set(chosen) & set(members)
+        assert (1, 4, 2) in chosen and all(pos == 2 and layer in (0, 2) for layer, _, pos in chosen
+                                           if (layer, pos) != (1, 2))
+    assert len({tuple(sorted(c)) for c in sets}) > 1, "the sets differ"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,20 +103,36 @@ def top_predictions(model: Any, probs: Any) -> list[list[Any]]:
 
 def _random_sets(members: list[tuple[int, int, int]], active: Any, n: int,
                  rng: np.random.Generator) -> list[list[tuple[int, int, int]]]:
-    """n sets of active features, each member replaced by another active feature at its (layer, position)."""
+    """n sets of as many distinct active features as `members`, matched by layer and position: each
+    (layer, position) contributes as many features as the members there, drawn without replacement from its
+    other active features; where too few are active there, the rest come from the nearest layers at that
+    position (a set of the same size, never one feature counted twice)."""
     taken = set(members)
+    n_layers = active.shape[0]
     pools: dict[tuple[int, int], np.ndarray] = {}
-    for layer, _, pos in members:
+
+    def pool(layer: int, pos: int) -> np.ndarray:
         if (layer, pos) not in pools:
             idx = np.flatnonzero(active[layer, pos] > 0)
             pools[(layer, pos)] = np.array([i for i in idx if (layer, int(i), pos) not in taken], dtype=np.int64)
+        return pools[(layer, pos)]
+
+    need = Counter((layer, pos) for layer, _, pos in members)
     out = []
     for _ in range(n):
-        chosen = []
-        for layer, _, pos in members:
-            pool = pools[(layer, pos)]
-            if len(pool):
-                chosen.append((layer, int(rng.choice(pool)), pos))
+        chosen: list[tuple[int, int, int]] = []
+        for (layer, pos), count in sorted(need.items()):
+            used = set(chosen)
+            for d in range(n_layers):
+                for near in sorted({layer - d, layer + d}):
+                    if count and 0 <= near < n_layers:
+                        free = [int(i) for i in pool(near, pos) if (near, int(i), pos) not in used]
+                        pick = rng.choice(free, size=min(count, len(free)), replace=False) if free else []
+                        chosen += [(near, int(i), pos) for i in pick]
+                        used.update(chosen)
+                        count -= len(pick)
+                if not count:
+                    break
         if chosen:
             out.append(chosen)
     return out
