@@ -686,3 +686,14 @@ def test_random_sets_are_as_large_as_the_proposal_even_where_few_features_are_ac
         assert (1, 4, 2) in chosen and all(pos == 2 and layer in (0, 2) for layer, _, pos in chosen
                                            if (layer, pos) != (1, 2))
     assert len({tuple(sorted(c)) for c in sets}) > 1, "the sets differ"
+
+
+def test_trace_label_option_defaults_are_the_supernode_defaults() -> None:
+    """The CLI writes the defaults out (it imports the grouping lazily); they must not drift from SupernodeOptions."""
+    from tracer.cli import label_command
+
+    defaults = {p.name: p.default for p in label_command.params}
+    opt = SupernodeOptions()
+    assert (defaults["threshold"], defaults["max_size"], defaults["max_per_position"], defaults["influence"],
+            defaults["min_size"], defaults["max_supernodes"]) == \
+        (opt.threshold, opt.max_size, opt.max_per_position, opt.influence, opt.min_size, opt.max_supernodes)
