@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,6 +67,19 @@ def test_topk_by_token_equals_inference_search(server: str, tiny: dict[str, Path
         assert [f["activationValue"] for f in r["topFeatures"]] == pytest.approx([f.activation for f in w.top_features])
         assert all(f["feature"]["index"] == str(f["featureIndex"]) and "frac_nonzero" in f["feature"]
                    for f in r["topFeatures"])
+
+
+def test_search_page_runs_a_text_and_links_what_fires(server: str, tiny: dict[str, Path]) -> None:
+    """The web UI's inference mode: the text's strongest features, linked to their pages, as inference_search."""
+    page = httpx.get(server + "/search", params={"q": TEXT, "mode": "inference"}, timeout=120)
+    assert page.status_code == 200, page.text[:500]
+    with FeatureStore(tiny["db"], read_only=True) as store:
+        want = inference_search(store, "tiny", TEXT, limit=30)
+    assert want.overall
+    strongest = page.text.split("Strongest features over the text", 1)[1].split("By token", 1)[0]
+    linked = re.findall(r'href="/tiny/([^/"]+)/([0-9]+)"', strongest)
+    assert linked == [(f.source, str(f.index)) for f in want.overall]
+    assert all(f'<span class="chip">{html.escape(t.token)}</span>' in page.text for t in want.by_token)
 
 
 def test_topk_density_threshold_drops_dense_features(server: str) -> None:

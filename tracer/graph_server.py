@@ -42,7 +42,10 @@ from featuredb.schema import feature_key
 from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.limits import MAX_NAME_CHARS, MAX_SAVE_BYTES, BodyLimit
 from featuredb.store import FeatureStore
+from featuredb.graph_usage import GraphUse
+from featuredb.server.web_routes import web_router
 from tracer.evidence_page import evidence_page
+from tracer.graph_feature_links import FolderGraphs, store_identity
 from tracer.offline_frontend import ESCAPED_FILES, escaped_asset, offline_frontend
 
 VIEWER = Path(__file__).resolve().parent / "viewer"
@@ -258,11 +261,15 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         return {"graphs": [{k: meta[k] for k in METADATA_KEYS if k in meta} | {"slug": slug}
                            for slug, (_, meta, _, _) in _graphs(folder).items()]}
 
+    linked = FolderGraphs(store_identity(view)) if store is not None else None
+
     def graph_file(name: str) -> Response:
         slug = check_name(name[:-5] if name.endswith(".json") else name, "graph")
         graphs = _graphs(folder)
         if slug not in graphs:
             raise NotFoundError(f"no graph {slug} in the graph folder")
+        if linked is not None:  # each feature node's title links to its feature page
+            return Response(linked.linked_bytes(graphs[slug][0]), media_type="application/json")
         return FileResponse(graphs[slug][0], media_type="application/json")
 
     @app.get("/evidence/{name}")
@@ -326,6 +333,10 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         write_qparams(graphs[slug][0], body["qParams"], save_lock)
         return {"success": True}
 
+    if linked is not None:  # feature pages (/{model}/{source}/{index}, /search), listing the folder's graphs
+        def folder_uses(_store: FeatureStore, model: str, source: str, index: int) -> list[GraphUse]:
+            return linked.uses({slug: g[0] for slug, g in _graphs(folder).items()}, model, source, index)
+        app.include_router(web_router(view, folder_uses, home=False))
     app.mount("/", PageFiles(frontend or default_frontend()[0], token), name="frontend")
     return app
 

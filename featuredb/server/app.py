@@ -20,8 +20,11 @@ from featuredb.search.inference import InferenceBackend
 from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.fields import Index, Name, int_in
 from featuredb.server.graph_routes import UPLOAD_PREFIX, graph_router
-from featuredb.server.inference_routes import inference_router
+from featuredb.server.inference_routes import LazyBackend, inference_router
 from featuredb.server.upload_routes import upload_router
+from featuredb.server.web_routes import web_router
+from featuredb.server.page_layout import path_part
+from featuredb.graph_usage import StoreGraphUses
 from featuredb.server.limits import (MAX_ACTS_TO_RETURN, MAX_BODY_BYTES, MAX_FEATURES_PER_REQUEST, MAX_GRAPH_BYTES,
                                      MAX_INDEX, MAX_NAME_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, MAX_SOURCES, BodyLimit,
                                      openapi_error_responses)
@@ -214,9 +217,12 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
         rows = search_explanations(view(), body.query, offset=body.offset, limit=MAX_SEARCH_RESULTS)
         return search_response(body.model_dump(), rows, body.offset)
 
-    app.include_router(inference_router(view, store, backend))
+    runner = LazyBackend(store, backend)
+    app.include_router(inference_router(view, runner))
     app.include_router(graph_router(view, write_token))
     app.include_router(upload_router(view, write_token))
+    graph_uses = StoreGraphUses(lambda model, slug: f"/graphs/{path_part(model)}/{path_part(slug)}.json")
+    app.include_router(web_router(view, graph_uses, runner))  # last: /{modelId}/{layer}/{index} takes what is left
 
     def openapi() -> dict[str, Any]:
         return openapi_error_responses(FastAPI.openapi(app))

@@ -106,18 +106,25 @@ def _explanation_neurons(store: FeatureStore, model: str, keys: set[tuple[str, i
     return out
 
 
-def inference_router(view: Callable[[], FeatureStore], store: FeatureStore,
-                     backend: InferenceBackend | None = None) -> APIRouter:
-    """The three inference routes; the backend (the ingest package's model runner) loads on first use."""
-    router = APIRouter(tags=["Search via Inference"])
-    holder: dict[str, Any] = {"backend": backend}
-    lock = threading.Lock()
+class LazyBackend:
+    """The inference backend (the ingest package's model runner), loaded on first use and shared by the routes
+    and the search page, so the model is loaded once."""
 
-    def runner() -> InferenceBackend:
-        with lock:
-            if holder["backend"] is None:
-                holder["backend"] = load_backend(store)
-            return holder["backend"]
+    def __init__(self, store: FeatureStore, backend: InferenceBackend | None = None) -> None:
+        self.store, self.backend = store, backend
+        self._lock = threading.Lock()
+
+    def __call__(self) -> InferenceBackend:
+        """The backend, loading it on the first call."""
+        with self._lock:
+            if self.backend is None:
+                self.backend = load_backend(self.store)
+            return self.backend
+
+
+def inference_router(view: Callable[[], FeatureStore], runner: LazyBackend) -> APIRouter:
+    """The inference routes, answered by `runner`'s backend."""
+    router = APIRouter(tags=["Search via Inference"])
 
     def topk_by_token(body: TopKByTokenRequest, text: str, threshold: float, with_neurons: bool) -> dict[str, Any]:
         if not text.strip():
