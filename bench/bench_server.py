@@ -5,6 +5,10 @@
 `--only export` runs just the circuit-tracer export rows: the per-feature JSON layout against the compact one
 (index.json.gz + layer_{L}.bin) on a demo-sized store (`--export-features`, default 2,048 as `sample-export`).
 
+`--only pages` runs just the web UI rows: time to first byte (httpx) and time to load in headless Chromium (the
+browser's own navigation timing, load event end) of feature pages and search pages of every mode, on the
+500,000-feature store of bench_search.py (`bench/out/search/search-500000.duckdb`, generated when absent).
+
 `--only client` runs just Neuronpedia's official Python client (`neuronpedia` 1.2.1): its GET feature from one
 client, one request at a time, against plain httpx on a kept-alive connection in the same run.
 
@@ -157,6 +161,88 @@ def bench_official_client(db: Path, docs_db: Path, n: int, n_features: int) -> l
     return rows
 
 
+PAGE_MODES = ("text", "semantic", "auto", "token", "logit")
+PAGE_GOALS = {"feature page": 300, "search": 500}  # ms to load in Chromium, on 2 cores
+
+
+def _ttfb(client: httpx.Client, url: str) -> float:
+    """Milliseconds until the first byte of the body arrives."""
+    t = time.perf_counter()
+    with client.stream("GET", url) as r:
+        chunks = r.iter_raw()
+        next(chunks, b"")
+        first = time.perf_counter()
+        for _ in chunks:
+            pass
+        assert r.status_code == 200, (url, r.status_code)
+    return (first - t) * 1000
+
+
+def _load_ms(page: object, url: str) -> float:
+    """The page's load time in Chromium: navigation start to the end of its load event (browser timing)."""
+    page.call("Page.navigate", url=url)  # type: ignore[attr-defined]
+    return float(page.wait_for(  # type: ignore[attr-defined]
+        f"(() => {{ const n = performance.getEntriesByType('navigation')[0]; return location.href === {url!r} && n "
+        "&& n.loadEventEnd > 0 ? n.loadEventEnd - n.startTime : 0; })()"))
+
+
+def bench_pages(n: int = 40) -> list[tuple[str, str]]:
+    """Feature and search pages of `featuredb serve` on the 500,000-feature search store: TTFB and load."""
+    import tempfile
+    import urllib.parse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from bench_search import build_store, vocabulary
+    from chromium_page import chromium_tab
+
+    vocab = vocabulary()
+    store = ROOT / "bench" / "out" / "search" / "search-500000.duckdb"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        print(f"generating the 500,000-feature store at {store} (once) ...", flush=True)
+        build_store(store, 500_000, vocab)
+    rng = random.Random(7)
+    features = [f"/bench-model/{i % 30}-bench-16k/{i // 30}" for i in rng.sample(range(500_000), n)]
+    queries = {m: [] for m in PAGE_MODES}
+    for mode in PAGE_MODES:
+        for _ in range(n // 4):
+            words = " ".join(rng.sample(vocab[:2000], 2)) if mode in ("text", "semantic", "auto") \
+                else " " + rng.choice(vocab[:2000])
+            queries[mode].append("/search?" + urllib.parse.urlencode({"q": words, "mode": mode}))
+    rows: list[tuple[str, str]] = []
+    with _server(store, workers=1) as base, httpx.Client(base_url=base, timeout=60) as client:
+        for mode in PAGE_MODES:  # warm-up: search context, MiniLM, DuckDB's caches
+            client.get(queries[mode][0])
+        client.get(features[0])
+        ttfb = {"feature page": [_ttfb(client, u) for u in features[1:]]}
+        for mode in PAGE_MODES:
+            ttfb[f"search, {mode}"] = [_ttfb(client, u) for u in queries[mode][1:]]
+        loads: dict[str, list[float]] = {}
+        with tempfile.TemporaryDirectory() as work, chromium_tab(Path(work)) as page:
+            page.call("Page.enable")
+            _load_ms(page, base + "/search")
+            rng.shuffle(features)
+            loads["feature page"] = [_load_ms(page, base + u) for u in features[1:]]
+            for mode in PAGE_MODES:
+                loads[f"search, {mode}"] = [_load_ms(page, base + u) for u in queries[mode][1:]]
+    worst_search = 0.0
+    for name in ttfb:
+        t, ld = sorted(ttfb[name]), sorted(loads[name])
+        goal = PAGE_GOALS["feature page" if name == "feature page" else "search"]
+        p50 = statistics.median(ld)
+        if name != "feature page":
+            worst_search = max(worst_search, p50)
+        rows.append((f"{name}: TTFB p50 / p95", f"{statistics.median(t):.1f} / {t[int(0.95 * len(t)) - 1]:.1f} ms"))
+        rows.append((f"{name}: load in Chromium p50 / p95",
+                     f"{p50:.1f} / {ld[int(0.95 * len(ld)) - 1]:.1f} ms (goal <= {goal}: "
+                     f"{'met' if p50 <= goal else 'MISSED'})"))
+    feat = statistics.median(loads["feature page"])
+    rows.append(("web UI, 500,000 features: feature page / slowest search mode load p50",
+                 f"{feat:.0f} ms / {worst_search:.0f} ms (goals 300 / 500)"))
+    return rows
+
+
 def _served_stores(out: Path, n_features: int) -> tuple[Path, Path]:
     """The benchmark store and a copy with feature documents, built once."""
     db = out / "served.duckdb"
@@ -185,13 +271,16 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=10_000)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--export-features", type=int, default=2048, help="store size for the export rows")
-    ap.add_argument("--only", choices=["export", "client"], help="run only these rows")
+    ap.add_argument("--only", choices=["export", "client", "pages"], help="run only these rows")
     ap.add_argument("--out", default="bench/out/server")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.only == "export":
         _print(bench_export(out, args.export_features))
+        return
+    if args.only == "pages":
+        _print(bench_pages())
         return
     if args.only == "client":
         _print(bench_official_client(*_served_stores(out, args.features), 500, args.features))
@@ -233,6 +322,7 @@ def main() -> None:
         rows.append((f"{name}: throughput", f"{len(lat) / wall:,.0f} requests/s (goal >= 500)"))
     rows += bench_official_client(db, docs_db, 500, args.features)
     rows += bench_export(out, args.export_features)
+    rows += bench_pages()
     _print(rows)
 
 

@@ -320,6 +320,8 @@ def serve_command(directory: str, host: str, port: int, frontend: str | None, db
     else circuit-tracer's installed assets; else featuredb's small viewer.
     Open http://127.0.0.1:8032/index.html?slug=SLUG (SLUG is the file name without .json), and
     http://127.0.0.1:8032/evidence/SLUG for the supernodes' causal evidence, where trace label wrote it.
+    With the store, feature pages are served here too (/{model}/{source}/{index}, /search): a node's
+    title in the feature panel links to its page, and the page lists the folder's graphs using it.
 
     \b
     Example:

@@ -84,4 +84,5 @@ def demo_command(profile: str, data_dir: str, corpus: str, no_graphs: bool, devi
                f'  featuredb search "The hurricane hit Florida" --mode inference --db {summary.db}\n'
                f'  featuredb trace attribute "The capital of Texas is" --transcoders {summary.transcoders} '
                f"-o {Path(summary.graphs_dir) / 'texas.json'} --label --db {summary.db}\n"
-               f"  featuredb serve --db {summary.db}        # Neuronpedia-compatible API on 127.0.0.1:3000")
+               f"  featuredb serve --db {summary.db}        # feature pages at http://127.0.0.1:3000/ "
+               "and Neuronpedia's API")

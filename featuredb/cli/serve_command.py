@@ -17,6 +17,9 @@ from featuredb.cli.common import db_option
 def serve_command(host: str, port: int, write_token: str | None, workers: int, db: str) -> None:
     """Serve Neuronpedia's API over the store: features, explanation search, inference search, graphs.
 
+    Web pages: search at / (every mode), a dashboard per feature at /{model}/{source}/{index}
+    (Neuronpedia's URL shapes; open http://127.0.0.1:3000/ in a browser).
+
     Routes: GET /api/feature/{model}/{source}/{index}, POST /api/features, POST /api/explanation/search*,
     POST /api/search-topk-by-token, /api/activation/new and /api/search-all (models ingested here),
     GET /api/graph/{model}/{slug} (graphs from `featuredb import graph`); with --write-token also graph
