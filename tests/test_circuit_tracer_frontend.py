@@ -17,7 +17,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from conftest import MODEL
+from conftest import MODEL, SOURCE
 from featuredb.cli.root import cli
 from featuredb.errors import BadInputError
 from featuredb.identity import cantor_pair
@@ -133,6 +133,9 @@ def test_circuit_tracers_frontend_shows_labels_and_examples_offline(store_db: Pa
     assert not errors, errors
     for label in ("max-act-logits label", "Texas state", "football game"):  # clicked node; supernodes
         assert label in dom, page.stdout[:3000]
+    # the clicked node's title in the feature panel links to its feature page on the same server
+    title = re.search(r'<div class="feature-title[^"]*">Feature&nbsp;<a [^>]*>', page.stdout)
+    assert title and f'href="/{MODEL}/{SOURCE}/1"' in title.group(0), title
     # the graph file's supernodes are drawn as supernodes in the subgraph panel (circuit-tracer's own page drops
     # qParams.supernodes unless the URL has ?supernodes=; trace serve mends that)
     proposed = json.loads((graphs / "dallas.json").read_text())["qParams"]["supernodes"]
