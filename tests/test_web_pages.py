@@ -137,6 +137,13 @@ def test_pages_say_what_is_wrong_as_html(served: str) -> None:
     assert r.status_code == 404 and "<script>alert(1)</script>" not in r.text and "&lt;script&gt;" in r.text
     r = httpx.get(served + "/search", params={"q": "Texas", "mode": "inference"})  # no model runs on this store
     assert r.status_code in (400, 404) and 'class="error"' in r.text
+    for path in ("/%00/x/1", f"/{MODEL}/{SOURCE}/99999999999999999999999999", "/" + "x" * 5000 + "/y/1"):
+        r = httpx.get(served + path)
+        assert r.status_code == 404 and "no such feature" in r.text and "\x00" not in r.text, path
+    for params in ({"q": "x", "mode": "m" * 5000}, {"q": "x" * 20_000}):
+        r = httpx.get(served + "/search", params=params)
+        assert r.status_code == 400 and 'class="error"' in r.text and len(r.text) < 20_000
+    assert httpx.head(served + f"/{MODEL}/{SOURCE}/5").status_code == 200
     # the API's own routes are untouched by the page routes
     assert httpx.get(served + f"/api/feature/{MODEL}/{SOURCE}/5").json()["index"] == "5"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 from featuredb.errors import FeatureDBError, NotFoundError
@@ -50,9 +50,12 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
         models = _models(store)
         q = q.strip()
         if mode not in PAGE_MODES:
-            return html(search_page(q, "auto", model, models=models,
-                                    error=f"unknown search mode {mode!r}; expected one of {', '.join(PAGE_MODES)}"),
+            return html(search_page(q or "?", "auto", model, models=models,
+                                    error=f"unknown search mode {mode[:20]!r}; expected one of {', '.join(PAGE_MODES)}"),
                         400)
+        if len(q) > MAX_QUERY_CHARS or len(model) > MAX_NAME_CHARS:
+            return html(search_page(q[:100] + "…", mode, "", models=models,
+                                    error=f"the query is longer than {MAX_QUERY_CHARS} characters"), 400)
         if not q:
             return html(search_page("", mode, model, models=models, summary=_summary(store)))
         try:
@@ -71,31 +74,30 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
         except FeatureDBError as e:
             return html(search_page(q, mode, model, models=models, error=str(e)), 400)
 
-    @router.get("/search")
-    def search_view(q: str = Query("", max_length=MAX_QUERY_CHARS), mode: str = Query("auto", max_length=20),
-                    model: str = Query("", max_length=MAX_NAME_CHARS)) -> HTMLResponse:
+    @router.api_route("/search", methods=["GET", "HEAD"])
+    def search_view(q: str = "", mode: str = "auto", model: str = "") -> HTMLResponse:
         """Search features in any mode; without q, the start page."""
         return search_response(q, mode, model)
 
-    @router.get("/search-explanations/")
-    @router.get("/search-explanations")
-    def search_explanations_view(q: str = Query("", max_length=MAX_QUERY_CHARS),
-                                 modelId: str = Query("", max_length=MAX_NAME_CHARS)) -> HTMLResponse:
+    @router.api_route("/search-explanations/", methods=["GET", "HEAD"])
+    @router.api_route("/search-explanations", methods=["GET", "HEAD"])
+    def search_explanations_view(q: str = "", modelId: str = "") -> HTMLResponse:
         """Neuronpedia's explanation-search URL (?q=...&modelId=...), answered by the fused explanation search."""
         return search_response(q, "auto", modelId)
 
     if home:
-        @router.get("/")
+        @router.api_route("/", methods=["GET", "HEAD"])
         def home_view() -> HTMLResponse:
             """The start page: the search page without a query."""
             return search_response("", "auto", "")
 
-    @router.get("/{modelId}/{layer}/{index:int}")
+    @router.api_route("/{modelId}/{layer}/{index:int}", methods=["GET", "HEAD"])
     def feature_view(modelId: str, layer: str, index: int) -> HTMLResponse:
         """A feature's dashboard (Neuronpedia's /{modelId}/{layer}/{index})."""
         store = view()
         models = _models(store)
-        if len(modelId) > MAX_NAME_CHARS or len(layer) > MAX_NAME_CHARS or not 0 <= index <= MAX_INDEX:
+        if (len(modelId) > MAX_NAME_CHARS or len(layer) > MAX_NAME_CHARS or not 0 <= index <= MAX_INDEX
+                or not (modelId + layer).isprintable()):
             return html(_not_found(models, "no such feature"), 404)
         try:
             feature: dict[str, Any] = store.get_feature(modelId, layer, index).model_dump(mode="json")
