@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.explanation_search import search_explanations
 from featuredb.feature_docs import FeatureDocs
+from featuredb.graph_usage import StoreGraphUses
 from featuredb.identity import parse_index
 from featuredb.models import Feature
 from featuredb.search.inference import InferenceBackend
@@ -21,13 +22,12 @@ from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.fields import Index, Name, int_in
 from featuredb.server.graph_routes import UPLOAD_PREFIX, graph_router
 from featuredb.server.inference_routes import LazyBackend, inference_router
-from featuredb.server.upload_routes import upload_router
-from featuredb.server.web_routes import web_router
-from featuredb.server.page_layout import path_part
-from featuredb.graph_usage import StoreGraphUses
 from featuredb.server.limits import (MAX_ACTS_TO_RETURN, MAX_BODY_BYTES, MAX_FEATURES_PER_REQUEST, MAX_GRAPH_BYTES,
                                      MAX_INDEX, MAX_NAME_CHARS, MAX_OFFSET, MAX_QUERY_CHARS, MAX_SOURCES, BodyLimit,
                                      openapi_error_responses)
+from featuredb.server.page_layout import path_part
+from featuredb.server.upload_routes import upload_router
+from featuredb.server.web_routes import web_router
 from featuredb.store import FeatureStore
 
 MAX_SEARCH_RESULTS = 20  # Neuronpedia's MAX_EXPLANATION_SEARCH_RESULTS
