@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
 from featuredb.identity import source_id
@@ -52,8 +53,11 @@ def _vocab(tokenizer: Any) -> pa.Array:
 
 
 def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerState], tokens_counted: int,
-                  bank: dict[int, np.ndarray], windows: int) -> tuple[int, int]:
-    """Replace each source's features and activations in one transaction; returns (live, dead) features."""
+                  bank: dict[int, np.ndarray], windows: int, progress: bool | None = None) -> tuple[int, int]:
+    """Replace each source's features and activations in one transaction; returns (live, dead) features.
+
+    Layers are turned into rows and written one at a time, and each layer's state is dropped from `states` once
+    written, so the write holds one layer's rows at a time (all 30 layers' rows at once peaked at 19 GB)."""
     cfg = ing.cfg
     vocab = _vocab(ing.lm.tokenizer)
     W_U = unembedding(ing.lm.model).detach()
@@ -62,15 +66,6 @@ def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerS
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     model = ing.lm.model
     live = dead = 0
-    tables: list[tuple[str, pa.Table, pa.Table]] = []
-    for t in ing.tset.transcoders:
-        src = source_id(t.layer, ing.set_name)
-        lstats = logit_stats(t.W_dec, W_U)
-        feats, acts = layer_records(ing.lm.model_id, src, ing.set_name, states[t.layer], tokens_counted, bank,
-                                    vocab, lstats, opts)
-        n_live = int((states[t.layer].nonzero > 0).sum())
-        live, dead = live + n_live, dead + t.d_transcoder - n_live
-        tables.append((src, feats, acts))
     t0 = ing.tset.transcoders[0]
     model_row = pl.DataFrame([{
         "id": ing.lm.model_id, "displayName": ing.lm.model_id, "displayNameShort": ing.lm.model_id,
@@ -96,13 +91,24 @@ def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerS
                            "hook_out": t.hook_out, "activation": t.activation, "k": t.k,
                            "d_transcoder": t.d_transcoder, "bos_excluded": True, "sink_positions_excluded": SINK_POSITIONS}),
     } for t in ing.tset.transcoders])
-    with store.transaction() as con:
+    bar = tqdm(total=len(ing.tset.transcoders), unit="layer", desc="write", disable=None if progress is None
+               else not progress)
+    with store.transaction() as con, bar:
         store.upsert({"models": model_row, "source_sets": set_row, "sources": source_rows}, in_transaction=False)
-        for src, feats, acts in tables:
+        for t in ing.tset.transcoders:
+            src = source_id(t.layer, ing.set_name)
+            state = states.pop(t.layer)
+            feats, acts = layer_records(ing.lm.model_id, src, ing.set_name, state, tokens_counted, bank, vocab,
+                                        logit_stats(t.W_dec, W_U), opts)
+            n_live = int((state.nonzero > 0).sum())
+            live, dead = live + n_live, dead + t.d_transcoder - n_live
+            del state
             for table in ("features", "activations"):
                 con.execute(f'DELETE FROM "{table}" WHERE "modelId" = ? AND "layer" = ?', [ing.lm.model_id, src])
             store.upsert({"features": feats, "activations": acts}, in_transaction=False,
                          scope=(ing.lm.model_id, src))
+            del feats, acts
+            bar.update(1)
     return live, dead
 
 
@@ -143,7 +149,7 @@ def run_ingest(cfg: IngestConfig, db: str | None, *, resume: bool = False, check
     else:
         with FeatureStore(db) as store:
             live, dead = write_records(store, ing, ing.states, ing.progress.tokens_counted, ing.bank,
-                                       ing.progress.windows_seen)
+                                       ing.progress.windows_seen, progress)
         summary.live_features, summary.dead_features = live, dead
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
@@ -178,7 +184,7 @@ def merge_shards(paths: list[str], db: str | None, *, device: str | None = None,
     tokens = sum(s["progress"]["tokens_counted"] for s in saved)
     windows = sum(s["progress"]["windows_seen"] for s in saved)
     with FeatureStore(db) as store:
-        live, dead = write_records(store, ing, states, tokens, bank, windows)
+        live, dead = write_records(store, ing, states, tokens, bank, windows, progress)
     return IngestSummary(model_id=ing.lm.model_id, sources=[source_id(l, ing.set_name) for l in ing.tset.layers],
                          tokens=windows * cfg.ctx_len, windows=windows, live_features=live, dead_features=dead,
                          seconds=time.perf_counter() - started, corpus=saved[0]["corpus"])
