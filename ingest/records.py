@@ -60,6 +60,20 @@ def _example_table(model_id: str, source: str, feats: np.ndarray, wins: np.ndarr
     })
 
 
+def _count_below(hist: np.ndarray, x: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
+    """Per row, how many of the histogram's activations lie below x (within a bin, spread evenly in log10);
+    all of them from the row's maximum activation `top` on."""
+    with np.errstate(divide="ignore"):
+        pos = (np.log10(np.maximum(x, 1e-30)) - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE
+    pos = np.clip(pos, 0.0, float(HIST_BINS))
+    j = np.minimum(np.floor(pos).astype(np.int64), HIST_BINS - 1)
+    cum = np.concatenate([np.zeros((len(hist), 1)), np.cumsum(hist, axis=1)], axis=1)
+    whole = np.take_along_axis(cum, j[:, None], axis=1)[:, 0]
+    part = np.take_along_axis(hist, j[:, None], axis=1)[:, 0] * (pos - j)
+    below = np.where(x <= 0, 0.0, whole + part)
+    return below if top is None else np.where(x >= top, hist.sum(axis=1), below)
+
+
 def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptions
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per feature and interval, the examples with the smallest priority among reservoir and top windows.
@@ -100,13 +114,12 @@ def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptio
     acts = np.where((chosen < k)[:, None],
                     state.top_acts.numpy()[feats, np.minimum(chosen, k - 1)],
                     state.res_acts.numpy()[feats, np.maximum(chosen - k, 0)])
-    # binContains: share of the feature's nonzero activations whose histogram centre lies in (lo, hi]
-    hist = state.hist.numpy()[feats]
-    cum = np.concatenate([np.zeros((len(feats), 1), np.int64), np.cumsum(hist, axis=1)], axis=1)
+    # binContains: share of the feature's nonzero activations in (lo, hi], read off the histogram with each bin's
+    # count spread evenly over its log-width (whole bins by centre gave 0% to a top interval narrower than a bin)
+    hist = state.hist.numpy()[feats].astype(np.float64)
     lo, hi = edges[rows, bins], edges[rows, bins + 1]
-    centres = hist_centres()
-    upto = lambda x: np.take_along_axis(cum, np.searchsorted(centres, x, side="right")[:, None], axis=1)[:, 0]  # noqa: E731
-    contains = (upto(hi) - upto(lo)).astype(np.float64) / np.maximum(hist.sum(axis=1), 1)
+    top = max_act[feats]  # no activation lies above the feature's maximum, whatever its bin's width
+    contains = (_count_below(hist, hi, top) - _count_below(hist, lo, top)) / np.maximum(hist.sum(axis=1), 1)
     return (feats.astype(np.int64), win[rows, cols].astype(np.int64), acts.astype(np.float32),
             np.stack([lo, hi, contains], axis=1).astype(np.float64))
 

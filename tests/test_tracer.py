@@ -697,3 +697,22 @@ def test_trace_label_option_defaults_are_the_supernode_defaults() -> None:
     assert (defaults["threshold"], defaults["max_size"], defaults["max_per_position"], defaults["influence"],
             defaults["min_size"], defaults["max_supernodes"]) == \
         (opt.threshold, opt.max_size, opt.max_per_position, opt.influence, opt.min_size, opt.max_supernodes)
+
+
+def test_trace_serve_finds_the_checkouts_offline_frontend_from_any_directory(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started outside the checkout, trace serve still serves the offline page `make demo` built there (the CDN
+    copy stays blank offline)."""
+    import tracer.graph_server as graph_server
+    from tracer.offline_frontend import COMPAT
+
+    built = tmp_path / "checkout" / "data" / "circuit-tracer-frontend"
+    (built / "site" / "vendor").mkdir(parents=True)
+    (built / "site" / "index.html").write_text("<html></html>")
+    (built / "site" / "vendor" / COMPAT.name).write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(graph_server, "CHECKOUT_DIR", built)
+    site, which = graph_server.default_frontend()
+    assert site == built / "site" and "offline copy" in which

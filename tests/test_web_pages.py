@@ -144,6 +144,10 @@ def test_pages_say_what_is_wrong_as_html(served: str) -> None:
         r = httpx.get(served + "/search", params=params)
         assert r.status_code == 400 and 'class="error"' in r.text and len(r.text) < 20_000
     assert httpx.head(served + f"/{MODEL}/{SOURCE}/5").status_code == 200
+    for path in (f"/{MODEL}/{SOURCE}/-1", f"/{MODEL}/{SOURCE}/1e3", f"/{MODEL}/{SOURCE}/abc"):  # mistyped index
+        r = httpx.get(served + path)
+        assert r.status_code == 404 and "text/html" in r.headers["content-type"] and "whole number" in r.text
+    assert httpx.get(served + "/api/nothing/here").headers["content-type"] == "application/json"
     # the API's own routes are untouched by the page routes
     assert httpx.get(served + f"/api/feature/{MODEL}/{SOURCE}/5").json()["index"] == "5"
 
@@ -160,7 +164,7 @@ def test_feature_page_lists_the_stored_graphs_that_use_it(served: str) -> None:
     page5 = httpx.get(served + f"/{MODEL}/{SOURCE}/5").text
     assert f'href="/graphs/{MODEL}/texas-graph.json"' in page5
     assert "other-set-graph" not in page5  # a graph of another source set uses another feature 5
-    assert '<span class="chip"> capital</span>' in page5  # the prompt token its node sits at
+    assert 'title="prompt token"> capital</span>' in page5  # the prompt token its node sits at
     assert "No graph in the store has this feature" in httpx.get(served + f"/{MODEL}/{SOURCE}/4").text
 
 
@@ -178,5 +182,35 @@ def test_trace_serve_links_graph_nodes_to_feature_pages_and_back(web_db: Path, t
         assert httpx.get(url + f"/{MODEL}/{SOURCE}/8").status_code == 200
         assert "folder-graph" not in httpx.get(url + f"/{MODEL}/{SOURCE}/8").text
         assert httpx.get(url + "/search", params={"q": "max-act label", "mode": "text"}).status_code == 200
+        assert 'value="inference"' not in httpx.get(url + "/search").text  # trace serve runs no model
+        assert httpx.get(url + f"/{MODEL}/{SOURCE}/9").text.count("/api/feature") == 0  # no API here to link
         home = httpx.get(url + "/")  # `/` stays the graph view
         assert home.headers["content-type"].startswith("text/html") and "Search features" not in home.text
+
+
+def test_model_and_source_pages_and_the_last_features_next_link(served: str) -> None:
+    model = httpx.get(served + f"/{MODEL}")
+    assert model.status_code == 200 and f'href="/{MODEL}/{SOURCE}"' in model.text
+    source = httpx.get(served + f"/{MODEL}/{SOURCE}")
+    assert source.status_code == 200 and "40 features" in source.text and f'href="/{MODEL}/{SOURCE}/39"' in source.text
+    last = httpx.get(served + f"/{MODEL}/{SOURCE}/39").text
+    assert 'rel="prev"' in last and 'rel="next"' not in last  # no link to a feature that is not there
+    assert 'rel="next"' in httpx.get(served + f"/{MODEL}/{SOURCE}/38").text
+    assert httpx.get(served + "/no-such-model").status_code == 404
+
+
+def test_search_filters_and_more_results(served: str, web_db: Path) -> None:
+    with FeatureStore(web_db, read_only=True) as store:
+        dense = store.con.execute('SELECT "index" FROM features ORDER BY frac_nonzero DESC LIMIT 1').fetchone()[0]
+        sparse_limit = store.con.execute("SELECT median(frac_nonzero) FROM features").fetchone()[0]
+    common = {"q": "label", "mode": "text"}
+    everything = httpx.get(served + "/search", params={**common, "limit": 200}).text
+    filtered = httpx.get(served + "/search", params={**common, "max_density": sparse_limit, "limit": 200}).text
+    assert filtered.count('class="hit"') < everything.count('class="hit"')
+    assert f'/{SOURCE}/{dense}"' not in filtered
+    assert httpx.get(served + "/search", params={**common, "layers": "7-9"}).text.count('class="hit"') == 0
+    assert httpx.get(served + "/search", params={**common, "layers": "6"}).text.count('class="hit"') > 0
+    bad = httpx.get(served + "/search", params={**common, "max_density": "lots"})
+    assert bad.status_code == 400 and "max density" in bad.text
+    one = httpx.get(served + "/search", params={**common, "limit": 1}).text
+    assert one.count('class="hit"') == 1 and "the first 1 feature<" in one and "limit=2" in one

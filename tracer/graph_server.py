@@ -46,7 +46,7 @@ from featuredb.server.web_routes import web_router
 from featuredb.store import FeatureStore
 from tracer.evidence_page import evidence_page
 from tracer.graph_feature_links import FolderGraphs, store_identity
-from tracer.offline_frontend import ESCAPED_FILES, escaped_asset, offline_frontend
+from tracer.offline_frontend import CHECKOUT_DIR, ESCAPED_FILES, escaped_asset, offline_frontend
 
 VIEWER = Path(__file__).resolve().parent / "viewer"
 METADATA_KEYS = ("slug", "scan", "prompt_tokens", "prompt", "title_prefix", "node_threshold", "schema_version")
@@ -188,12 +188,13 @@ def circuit_tracer_frontend() -> Path | None:
 def default_frontend() -> tuple[Path, str]:
     """The page to serve and its name: the offline copy `trace frontend` built, else circuit-tracer's
     installed assets (which load their libraries from CDNs), else featuredb's viewer."""
-    site = offline_frontend()
+    site = offline_frontend() or offline_frontend(CHECKOUT_DIR)  # the working directory's, else the checkout's
     if site is not None:
         return site, f"circuit-tracer's frontend, offline copy in {site}"
     installed = circuit_tracer_frontend()
     if installed is not None:
-        return installed, "circuit-tracer's frontend (installed; its libraries load from CDNs)"
+        return installed, ("circuit-tracer's frontend (installed; its libraries load from CDNs, so offline the page "
+                           "stays blank: run `featuredb trace frontend` once)")
     return VIEWER, "featuredb's viewer (run `featuredb trace frontend` for circuit-tracer's)"
 
 
@@ -235,7 +236,8 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     token = secrets.token_urlsafe(24)
     app = FastAPI(title="featuredb trace serve")
     app.state.save_token = token
-    install_error_handlers(app, hidden_paths(the_graph_folder=folder, the_store=db))
+    hidden = hidden_paths(the_graph_folder=folder, the_store=db)
+    install_error_handlers(app, hidden)
     app.add_middleware(BodyLimit, limit_for=lambda _path: MAX_SAVE_BYTES)
 
     def view() -> FeatureStore:
@@ -336,7 +338,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     if linked is not None:  # feature pages (/{model}/{source}/{index}, /search), listing the folder's graphs
         def folder_uses(_store: FeatureStore, model: str, source: str, index: int) -> list[GraphUse]:
             return linked.uses({slug: g[0] for slug, g in _graphs(folder).items()}, model, source, index)
-        app.include_router(web_router(view, folder_uses, home=False))
+        app.include_router(web_router(view, folder_uses, site=False, hidden=hidden))
     app.mount("/", PageFiles(frontend or default_frontend()[0], token), name="frontend")
     return app
 

@@ -123,7 +123,8 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
                   description="Neuronpedia's API routes over a local featuredb store. Limits: see the README.")
     app.state.store = store
     app.state.write_token = write_token
-    install_error_handlers(app, hidden_paths(the_store=db))
+    hidden = hidden_paths(the_store=db)
+    install_error_handlers(app, hidden)
     app.add_middleware(BodyLimit, limit_for=body_limit)
 
     def feature_json(model: str, layer: str, index: int | str, max_acts: int | None = None) -> dict[str, Any]:
@@ -222,7 +223,7 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
     app.include_router(graph_router(view, write_token))
     app.include_router(upload_router(view, write_token))
     graph_uses = StoreGraphUses(lambda model, slug: f"/graphs/{path_part(model)}/{path_part(slug)}.json")
-    app.include_router(web_router(view, graph_uses, runner))  # last: /{modelId}/{layer}/{index} takes what is left
+    app.include_router(web_router(view, graph_uses, runner, hidden=hidden))  # last: /{modelId}/{layer}/{index} takes what is left
 
     def openapi() -> dict[str, Any]:
         return openapi_error_responses(FastAPI.openapi(app))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from featuredb.graph_usage import GraphUse
-from featuredb.server.page_charts import example_html, histogram_svg, logit_list, shown_token
-from featuredb.server.page_layout import esc, feature_url, page
+from featuredb.server.page_charts import example_html, histogram_svg, logit_list, token_label
+from featuredb.server.page_layout import SearchForm, density_text, esc, feature_url, page
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 
@@ -54,7 +54,10 @@ def _intervals(acts: list[dict[str, Any]], scale: float) -> str:
     parts = []
     for (lo, hi), members in sorted(groups.items(), key=lambda kv: -kv[0][1]):
         share = members[0].get("binContains")
-        contains = f" · {100 * float(share):.1f}% of activations" if share is not None and float(share) >= 0 else ""
+        contains = ""
+        if share is not None and float(share) >= 0:
+            pct = 100 * float(share)
+            contains = f" · {'under 0.1' if 0 < pct < 0.1 else f'{pct:.1f}'}% of activations"
         parts.append(f'<div class="bins">Interval {lo:.2f} – {hi:.2f}{contains}</div>'
                      + _example_rows(sorted(members, key=lambda a: -float(a.get("maxValue") or 0)), scale))
     return "".join(parts)
@@ -65,7 +68,7 @@ def _graphs(uses: list[GraphUse]) -> str:
         return '<p class="muted small">No graph in the store has this feature.</p>'
     rows = []
     for u in uses:
-        chips = "".join(f'<span class="chip">{esc(shown_token(t))}</span>' for t in u.tokens[:12])
+        chips = "".join(f'<span class="chip" title="prompt token">{esc(token_label(t))}</span>' for t in u.tokens[:12])
         act = f" · activation up to {u.max_activation:.2f}" if u.max_activation is not None else ""
         rows.append(f'<div class="hit"><a href="{esc(u.url)}">{esc(u.slug)}</a> '
                     f'<span class="muted small">{u.nodes} node{"s" if u.nodes != 1 else ""}{act}</span>'
@@ -73,29 +76,36 @@ def _graphs(uses: list[GraphUse]) -> str:
     return "".join(rows)
 
 
-def feature_page(feature: dict[str, Any], graphs: list[GraphUse], *, models: list[str] | None = None) -> str:
+def feature_page(feature: dict[str, Any], graphs: list[GraphUse], *, models: list[str] | None = None,
+                 n_features: int | None = None, api: bool = True, inference: bool = True) -> str:
     """The feature page: header with density and links, then explanations, logits and histograms on the left,
-    the top and interval examples on the right, and the graphs that use it."""
+    the top and interval examples on the right, and the graphs that use it. `n_features` hides "next" past
+    the last feature; `api` links the JSON (only `featuredb serve` has the API)."""
     model, source, index = str(feature.get("modelId")), str(feature.get("layer")), int(feature.get("index") or 0)
     acts = feature.get("activations") or []
     tops = [a for a in acts if _is_top(a)]
     intervals = [a for a in acts if not _is_top(a)]
     scale = max([float(feature.get("maxActApprox") or 0.0)] + [float(a.get("maxValue") or 0.0) for a in acts])
-    density = feature.get("frac_nonzero")
-    dens = f"{100 * float(density):.4g}%" if density is not None else "unknown"
+    dens = density_text(feature.get("frac_nonzero"))
     exps = feature.get("explanations") or []
     label = exps[0].get("description") if exps else None
     here = feature_url(model, source, index)
-    prev_link = (f'<a href="{esc(feature_url(model, source, index - 1))}" rel="prev">← {index - 1}</a> · '
-                 if index > 0 else "")
-    set_desc = (feature.get("sourceSet") or {}).get("description") or ""
+    links = []
+    if index > 0:
+        links.append(f'<a href="{esc(feature_url(model, source, index - 1))}" rel="prev">← {index - 1}</a>')
+    if n_features is None or index + 1 < n_features:
+        links.append(f'<a href="{esc(feature_url(model, source, index + 1))}" rel="next">{index + 1} →</a>')
+    if api:
+        links.append(f'<a href="/api/feature{esc(here)}">JSON</a>')
+    source_set = feature.get("sourceSet") or {}
+    if source_set.get("creatorId") not in (None, "featuredb"):  # made here (ingest, synthetic): not on Neuronpedia
+        links.append(f'<a href="{NEURONPEDIA}{esc(here)}" rel="noreferrer noopener" target="_blank">on Neuronpedia</a>')
+    set_desc = source_set.get("description") or ""
     head = (f'<div class="muted small">{esc(model)} · {esc(source)}{" · " + esc(set_desc) if set_desc else ""}</div>'
             f'<h1><span class="id">{esc(source)}/{index}</span></h1>'
             f'<div class="small">{f"<b>{esc(label)}</b> · " if label else ""}density <span class="num">{esc(dens)}</span>'
             f' · max activation <span class="num">{scale:.3g}</span></div>'
-            f'<div class="small">{prev_link}<a href="{esc(feature_url(model, source, index + 1))}" rel="next">'
-            f'{index + 1} →</a> · <a href="/api/feature{esc(here)}">JSON</a> · '
-            f'<a href="{NEURONPEDIA}{esc(here)}" rel="noreferrer noopener" target="_blank">on Neuronpedia</a></div>')
+            f'<div class="small">{" · ".join(links)}</div>')
     values = feature.get("freq_hist_data_bar_values") or []
     log_x = len(values) > 1 and float(values[0] or 0) > 0 and float(values[-1] or 0) / float(values[0]) > 100
     left = (f'<section class="card" id="explanations"><h2>Explanations</h2>{_explanations(exps)}</section>'
@@ -115,4 +125,5 @@ def feature_page(feature: dict[str, Any], graphs: list[GraphUse], *, models: lis
         right += (f'<section class="card" id="intervals"><h2>Interval examples <span class="muted small">'
                   f'{len(intervals)}</span></h2>{_intervals(intervals, scale)}</section>')
     body = f'{head}<div class="grid" style="margin-top:12px"><div>{left}</div><div>{right}</div></div>'
-    return page(f"{source}/{index} {label or ''}".strip(), body, model=model, models=models)
+    return page(f"{source}/{index} {label or ''}".strip(), body, form=SearchForm(model=model), models=models,
+                inference=inference)

@@ -18,12 +18,18 @@ def shown_token(token: Any) -> str:
     return str(token if token is not None else "").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
 
 
+def token_label(token: Any) -> str:
+    """A token standing alone (a chip, a logit): as shown_token, and a token of spaces only shown as "␣"s."""
+    text = shown_token(token)
+    return text.replace(" ", "␣") if text and not text.strip() else text
+
+
 def _number(x: Any) -> float:
     try:
         v = float(x)
     except (TypeError, ValueError):
         return 0.0
-    return v if math.isfinite(v) else 0.0
+    return v + 0.0 if math.isfinite(v) and v != 0 else 0.0  # no "-0.000"
 
 
 def example_html(tokens: list[Any], values: list[Any], scale: float, peak: int | None = None, *,
@@ -89,7 +95,7 @@ def logit_list(tokens: list[Any], values: list[Any], kind: str) -> str:
     rows = []
     for tok, v in pairs:
         width = 100 * abs(v) / top
-        rows.append(f'<div class="logit {kind}"><span class="tok">{esc(shown_token(tok))}</span>'
+        rows.append(f'<div class="logit {kind}"><span class="tok">{esc(token_label(tok))}</span>'
                     f'<span class="bar" style="background:linear-gradient(90deg,rgba({color},.55) {width:.0f}%,'
                     f'transparent {width:.0f}%)"></span><span class="v num">{v:+.2f}</span></div>')
     return "".join(rows)

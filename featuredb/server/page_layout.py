@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from html import escape
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +25,9 @@ a { color: var(--link); text-decoration: none; } a:hover, a:focus { text-decorat
 header { display: flex; gap: 16px; align-items: center; padding: 10px 20px; border-bottom: 1px solid var(--line);
   background: #fff; position: sticky; top: 0; z-index: 2; }
 header .brand { font-weight: 700; color: var(--ink); font-size: 16px; }
-header form { display: flex; gap: 6px; flex: 1; max-width: 760px; }
+header form { display: flex; gap: 6px; flex: 1; max-width: 980px; flex-wrap: wrap; align-items: center; }
+details.filters { font-size: 12px; color: var(--muted); } details.filters summary { cursor: pointer; }
+details.filters label { margin-left: 6px; } details.filters input { padding: 3px 5px; }
 input[type=search], select, input[type=text] { font: inherit; padding: 6px 8px; border: 1px solid #b9c0cc;
   border-radius: 5px; background: #fff; }
 input[type=search] { flex: 1; min-width: 160px; }
@@ -91,32 +94,67 @@ def feature_url(model: str, source: str, index: int | str) -> str:
     return f"/{path_part(model)}/{path_part(source)}/{path_part(index)}"
 
 
-def search_form(query: str = "", mode: str = "auto", model: str = "", models: list[str] | None = None) -> str:
-    """The header's search box: a GET form (Enter searches; every control is reachable by Tab)."""
-    options = "".join(f'<option value="{m}"{" selected" if m == mode else ""}>{esc(label)}</option>'
-                      for m, label in SEARCH_MODES)
+@dataclass
+class SearchForm:
+    """What the search box holds: the query, its mode and the filters (as typed, checked by the search)."""
+
+    q: str = ""
+    mode: str = "auto"
+    model: str = ""
+    layers: str = ""  # "3-7" or "5"
+    max_density: str = ""  # a fraction, e.g. 0.01
+    limit: int = 30
+
+    @property
+    def filtered(self) -> bool:
+        """True when a filter beyond the model is set."""
+        return bool(self.layers or self.max_density)
+
+
+def search_form(form: SearchForm, models: list[str] | None = None, inference: bool = True) -> str:
+    """The header's search box: a GET form (Enter searches; every control is reachable by Tab), with the
+    filters folded under "filters"."""
+    modes = [(m, label) for m, label in SEARCH_MODES if inference or m != "inference"]
+    options = "".join(f'<option value="{m}"{" selected" if m == form.mode else ""}>{esc(label)}</option>'
+                      for m, label in modes)
     model_field = ""
     if models and len(models) > 1:
         model_field = ('<select name="model" aria-label="model"><option value="">every model</option>'
-                       + "".join(f'<option value="{esc(m)}"{" selected" if m == model else ""}>{esc(m)}</option>'
+                       + "".join(f'<option value="{esc(m)}"{" selected" if m == form.model else ""}>{esc(m)}</option>'
                                  for m in models) + "</select>")
-    elif model:
-        model_field = f'<input type="hidden" name="model" value="{esc(model)}">'
+    elif form.model:
+        model_field = f'<input type="hidden" name="model" value="{esc(form.model)}">'
+    filters = (f'<details class="filters"{" open" if form.filtered else ""}><summary>filters</summary>'
+               f'<label>layers <input type="text" name="layers" value="{esc(form.layers)}" placeholder="e.g. 10-20" '
+               f'size="7" maxlength="20"></label> <label>max density <input type="text" name="max_density" '
+               f'value="{esc(form.max_density)}" placeholder="e.g. 0.01" size="7" maxlength="20"></label></details>')
     return (f'<form action="/search" method="get" role="search">'
-            f'<input type="search" id="q" name="q" value="{esc(query)}" placeholder="Search features (press /)" '
-            f'aria-label="search query" autocomplete="off" maxlength="500">'
+            f'<input type="search" id="q" name="q" value="{esc(visible(form.q))}" '
+            f'placeholder="Search features (press /)" aria-label="search query" autocomplete="off" maxlength="1000">'
             f'<select name="mode" aria-label="search mode">{options}</select>{model_field}'
-            f'<button type="submit">Search</button></form>')
+            f'<button type="submit">Search</button>{filters}</form>')
 
 
-def page(title: str, body: str, *, query: str = "", mode: str = "auto", model: str = "",
-         models: list[str] | None = None, autofocus: bool = False) -> str:
+def visible(text: str) -> str:
+    """Text from a request made printable (control characters dropped) before it is shown."""
+    return "".join(c for c in text if c.isprintable() or c in " \t")
+
+
+def density_text(density: float | None) -> str:
+    """A density (fraction of tokens) as a percentage, the same way on every page."""
+    if density is None:
+        return "unknown"
+    return f"{100 * float(density):.3g}%"
+
+
+def page(title: str, body: str, *, form: SearchForm | None = None, models: list[str] | None = None,
+         autofocus: bool = False, inference: bool = True) -> str:
     """A whole HTML page: header with the search form, then `body` (already escaped)."""
-    form = search_form(query, mode, model, models)
+    box = search_form(form or SearchForm(), models, inference)
     if autofocus:
-        form = form.replace('id="q"', 'id="q" autofocus', 1)
+        box = box.replace('id="q"', 'id="q" autofocus', 1)
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{esc(title)} · featuredb</title><style>{STYLE}</style></head><body>"
-            f'<header><a class="brand" href="/search">featuredb</a>{form}</header>'
+            f"<title>{esc(visible(title))} · featuredb</title><style>{STYLE}</style></head><body>"
+            f'<header><a class="brand" href="/search">featuredb</a>{box}</header>'
             f"<main>{body}</main><script>{SLASH_SCRIPT}</script></body></html>")

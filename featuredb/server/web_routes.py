@@ -1,26 +1,29 @@
 """The web UI's routes, in Neuronpedia's URL shapes: /search (every mode), /search-explanations/ and the feature
-page /{modelId}/{source}/{index}. Pages are HTML built from the store; a bad request is an HTML page saying why."""
+page /{modelId}/{source}/{index} (with `site`, also /, /{modelId} and /{modelId}/{source}). Pages are HTML built
+from the store; a bad request is an HTML page saying why."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.graph_usage import GraphUse
 from featuredb.search.api import MODES, search
-from featuredb.search.filters import SearchFilters
+from featuredb.search.filters import SearchFilters, parse_layer_range
 from featuredb.search.inference import InferenceBackend, inference_search
+from featuredb.server.errors import public_message
 from featuredb.server.feature_page import feature_page
 from featuredb.server.limits import MAX_INDEX, MAX_NAME_CHARS, MAX_QUERY_CHARS
-from featuredb.server.page_layout import PAGE_HEADERS, esc, page
-from featuredb.server.search_page import search_page, store_summary
+from featuredb.server.page_layout import PAGE_HEADERS, SearchForm, esc, feature_url, page, path_part
+from featuredb.server.search_page import MAX_LIMIT, search_page, store_summary
 from featuredb.store import FeatureStore
 
-SEARCH_HITS = 30
 PAGE_MODES = (*MODES, "inference")
+RESERVED = frozenset({"api", "graphs", "openapi.json", "docs", "redoc"})  # first path parts that are not models
 GraphUses = Callable[[FeatureStore, str, str, int], list[GraphUse]]
 
 
@@ -40,73 +43,184 @@ def _summary(store: FeatureStore) -> str:
     return store_summary([(m, s, int(n)) for m, s, n in rows])
 
 
-def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
-               backend: Callable[[], InferenceBackend] | None = None, *, home: bool = True) -> APIRouter:
-    """The pages; `home` also answers `/` with the search page (`trace serve` keeps `/` for its graph view)."""
-    router = APIRouter(include_in_schema=False)
+def _density(value: str) -> float | None:
+    if not value.strip():
+        return None
+    try:
+        d = float(value)
+    except ValueError:
+        raise FeatureDBError(f"max density {value[:20]!r}: expected a fraction such as 0.01") from None
+    if not 0 <= d <= 1:
+        raise FeatureDBError(f"max density {d}: expected a fraction between 0 and 1")
+    return d
 
-    def search_response(q: str, mode: str, model: str) -> HTMLResponse:
+
+def _form(params: dict[str, str], mode: str | None = None) -> SearchForm:
+    try:
+        limit = int(params.get("limit") or 30)
+    except ValueError:
+        limit = 30
+    return SearchForm(q=params.get("q", "").strip(), mode=mode or params.get("mode") or "auto",
+                      model=params.get("model", ""), layers=params.get("layers", "").strip(),
+                      max_density=params.get("max_density", "").strip(), limit=max(1, min(MAX_LIMIT, limit)))
+
+
+class SourceSizes:
+    """Features per source (for the feature page's "next" link), counted once per source and server."""
+
+    def __init__(self) -> None:
+        self._sizes: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, store: FeatureStore, model: str, source: str) -> int:
+        """1 + the largest index of the source's features."""
+        with self._lock:
+            if (model, source) in self._sizes:
+                return self._sizes[(model, source)]
+        row = store.con.execute('SELECT max("index") FROM features WHERE "modelId" = ? AND layer = ?',
+                                [model, source]).fetchone()
+        size = int(row[0]) + 1 if row and row[0] is not None else 0
+        with self._lock:
+            self._sizes[(model, source)] = size
+        return size
+
+
+def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
+               backend: Callable[[], InferenceBackend] | None = None, *, site: bool = True,
+               hidden: list[tuple[str, str]] | None = None) -> APIRouter:
+    """The pages. `site`: `featuredb serve` also answers `/` (the search page), `/{modelId}` and
+    `/{modelId}/{source}` and links the JSON API; `trace serve` keeps those paths for its graph view's files.
+    `hidden`: paths an error message must not show (as the API's error answers hide them)."""
+    router = APIRouter(include_in_schema=False)
+    sizes = SourceSizes()
+    can_infer = backend is not None
+
+    def message(e: Exception) -> str:
+        return public_message(str(e), hidden or [])
+
+    def search_response(form: SearchForm) -> HTMLResponse:
         store = view()
         models = _models(store)
-        q = q.strip()
-        if mode not in PAGE_MODES:
-            return html(search_page(q or "?", "auto", model, models=models,
-                                    error=f"unknown search mode {mode[:20]!r}; expected one of {', '.join(PAGE_MODES)}"),
-                        400)
-        if len(q) > MAX_QUERY_CHARS or len(model) > MAX_NAME_CHARS:
-            return html(search_page(q[:100] + "…", mode, "", models=models,
-                                    error=f"the query is longer than {MAX_QUERY_CHARS} characters"), 400)
-        if not q:
-            return html(search_page("", mode, model, models=models, summary=_summary(store)))
+        answer: dict[str, Any] = {"models": models, "can_infer": can_infer}
+        if form.mode not in PAGE_MODES or (form.mode == "inference" and not can_infer):
+            bad = form.mode
+            form.mode = "auto"
+            form.q = form.q or "?"
+            allowed = [m for m in PAGE_MODES if can_infer or m != "inference"]
+            return html(search_page(form, error=f"unknown search mode {bad[:20]!r}; expected one of "
+                                                f"{', '.join(allowed)}", **answer), 400)
+        if len(form.q) > MAX_QUERY_CHARS or len(form.model) > MAX_NAME_CHARS:
+            form.q, form.model = form.q[:100] + "…", ""
+            return html(search_page(form, error=f"the query is longer than {MAX_QUERY_CHARS} characters",
+                                    **answer), 400)
+        if not form.q:
+            return html(search_page(form, summary=_summary(store), **answer))
         try:
-            if mode == "inference":
-                chosen = model or (models[0] if len(models) == 1 else "")
+            density = _density(form.max_density)
+            layers = parse_layer_range(form.layers)
+            if form.mode == "inference":
+                chosen = form.model or (models[0] if len(models) == 1 else "")
                 if not chosen:
                     raise FeatureDBError("inference search runs one model: choose it in the model list")
-                if backend is None:
-                    raise FeatureDBError("this server does not run models (inference search is off)")
-                result = inference_search(store, chosen, q, limit=SEARCH_HITS, backend=backend())
-                return html(search_page(q, mode, model, models=models, inference=result))
-            hits = search(store, q, mode=mode, filters=SearchFilters(model=model or None), limit=SEARCH_HITS)
-            return html(search_page(q, mode, model, models=models, hits=hits))
+                result = inference_search(store, chosen, form.q, limit=form.limit, density_threshold=density,
+                                          backend=backend() if backend else None)
+                if layers:
+                    result.overall = [f for f in result.overall if _layer_in(f.source, layers)]
+                    for t in result.by_token:
+                        t.top_features = [f for f in t.top_features if _layer_in(f.source, layers)]
+                return html(search_page(form, inference=result, **answer))
+            filters = SearchFilters(model=form.model or None, layers=layers, max_density=density)
+            hits = search(store, form.q, mode=form.mode, filters=filters, limit=form.limit)
+            return html(search_page(form, hits=hits, **answer))
         except NotFoundError as e:
-            return html(search_page(q, mode, model, models=models, error=str(e)), 404)
+            return html(search_page(form, error=message(e), **answer), 404)
         except FeatureDBError as e:
-            return html(search_page(q, mode, model, models=models, error=str(e)), 400)
+            return html(search_page(form, error=message(e), **answer), 400)
 
     @router.api_route("/search", methods=["GET", "HEAD"])
-    def search_view(q: str = "", mode: str = "auto", model: str = "") -> HTMLResponse:
-        """Search features in any mode; without q, the start page."""
-        return search_response(q, mode, model)
+    def search_view(request: Request) -> HTMLResponse:
+        """Search features in any mode (?q=&mode=&model=&layers=&max_density=&limit=); without q, the start page."""
+        return search_response(_form(dict(request.query_params)))
 
     @router.api_route("/search-explanations/", methods=["GET", "HEAD"])
     @router.api_route("/search-explanations", methods=["GET", "HEAD"])
-    def search_explanations_view(q: str = "", modelId: str = "") -> HTMLResponse:
+    def search_explanations_view(request: Request) -> HTMLResponse:
         """Neuronpedia's explanation-search URL (?q=...&modelId=...), answered by the fused explanation search."""
-        return search_response(q, "auto", modelId)
+        params = dict(request.query_params)
+        params["model"] = params.get("modelId", "")
+        return search_response(_form(params, mode="auto"))
 
-    if home:
-        @router.api_route("/", methods=["GET", "HEAD"])
-        def home_view() -> HTMLResponse:
-            """The start page: the search page without a query."""
-            return search_response("", "auto", "")
+    def reserved(first: str) -> None:
+        if first in RESERVED:  # the API's own paths: its JSON error, not a page
+            raise NotFoundError("no such route")
+
+    def not_found(text: str) -> HTMLResponse:
+        body = f'<h1>Not found</h1><p class="error">{esc(text)}</p>'
+        return html(page("Not found", body, models=_models(view()), inference=can_infer), 404)
 
     @router.api_route("/{modelId}/{layer}/{index:int}", methods=["GET", "HEAD"])
     def feature_view(modelId: str, layer: str, index: int) -> HTMLResponse:
         """A feature's dashboard (Neuronpedia's /{modelId}/{layer}/{index})."""
+        reserved(modelId)
         store = view()
-        models = _models(store)
         if (len(modelId) > MAX_NAME_CHARS or len(layer) > MAX_NAME_CHARS or not 0 <= index <= MAX_INDEX
                 or not (modelId + layer).isprintable()):
-            return html(_not_found(models, "no such feature"), 404)
+            return not_found("no such feature")
         try:
             feature: dict[str, Any] = store.get_feature(modelId, layer, index).model_dump(mode="json")
         except NotFoundError:
-            return html(_not_found(models, f"feature {modelId}/{layer}/{index} is not in the store"), 404)
-        return html(feature_page(feature, graph_uses(store, modelId, layer, index), models=models))
+            return not_found(f"feature {modelId}/{layer}/{index} is not in the store")
+        return html(feature_page(feature, graph_uses(store, modelId, layer, index), models=_models(store),
+                                 n_features=sizes(store, modelId, layer), api=site, inference=can_infer))
+
+    if site:  # (under trace serve these paths are the graph view's files)
+        @router.api_route("/{modelId}/{layer}/{index}", methods=["GET", "HEAD"])
+        def not_a_feature(modelId: str, layer: str, index: str) -> HTMLResponse:
+            """A feature URL whose index is not a number."""
+            reserved(modelId)
+            return not_found("a feature's index is a whole number, as in /MODEL/SOURCE/123")
+
+        @router.api_route("/", methods=["GET", "HEAD"])
+        def home_view() -> HTMLResponse:
+            """The start page: the search page without a query."""
+            return search_response(SearchForm())
+
+        @router.api_route("/{modelId}/{layer}", methods=["GET", "HEAD"])
+        def source_view(modelId: str, layer: str) -> HTMLResponse:
+            """A source: how many features it has and links to its first features."""
+            reserved(modelId)
+            store = view()
+            if len(modelId) > MAX_NAME_CHARS or len(layer) > MAX_NAME_CHARS:
+                return not_found("no such source")
+            n = sizes(store, modelId, layer)
+            if not n:
+                return not_found(f"source {modelId}/{layer} has no features in the store")
+            first = "".join(f'<a class="chip" href="{esc(feature_url(modelId, layer, i))}">{i}</a>'
+                            for i in range(min(n, 50)))
+            body = (f'<div class="muted small"><a href="/{esc(path_part(modelId))}">{esc(modelId)}</a></div>'
+                    f'<h1>{esc(layer)}</h1><p>{n:,} features (indexes 0 to {n - 1:,}).</p>'
+                    f'<section class="card"><h2>First features</h2>{first}</section>')
+            return html(page(layer, body, form=SearchForm(model=modelId), models=_models(store),
+                             inference=can_infer))
+
+        @router.api_route("/{modelId}", methods=["GET", "HEAD"])
+        def model_view(modelId: str) -> HTMLResponse:
+            """A model: its sources, each linking to its page."""
+            reserved(modelId)
+            store = view()
+            rows = store.con.execute('SELECT id, "setName" FROM sources WHERE "modelId" = ? ORDER BY '
+                                     'try_cast(split_part(id, \'-\', 1) AS INTEGER), id', [modelId]).fetchall()
+            if not rows:
+                return not_found(f"model {modelId[:MAX_NAME_CHARS]} has no sources in the store")
+            items = "".join(f'<div class="hit"><a class="id" href="/{esc(path_part(modelId))}/{esc(path_part(sid))}">'
+                            f"{esc(sid)}</a></div>" for sid, _ in rows)
+            body = f'<h1>{esc(modelId)}</h1><section class="card"><h2>Sources</h2>{items}</section>'
+            return html(page(modelId, body, form=SearchForm(model=modelId), models=_models(store),
+                             inference=can_infer))
 
     return router
 
 
-def _not_found(models: list[str], message: str) -> str:
-    return page("Not found", f'<h1>Not found</h1><p class="error">{esc(message)}</p>', models=models)
+def _layer_in(source: str, layers: tuple[int, int]) -> bool:
+    head = source.split("-", 1)[0]
+    return head.isdigit() and layers[0] <= int(head) <= layers[1]
