@@ -22,7 +22,7 @@ from featuredb.errors import BadInputError
 CIRCUIT_TRACER = "circuit-tracer==0.5.0"
 ASSETS_IN_WHEEL = "circuit_tracer/frontend/"
 DEFAULT_DIR = Path("data") / "circuit-tracer-frontend"
-CHECKOUT_DIR = Path(__file__).resolve().parents[1] / DEFAULT_DIR  # where `make demo` builds it in a checkout
+CHECKOUT_DIR = Path(__file__).resolve().parents[1] / DEFAULT_DIR  # where `trace frontend` run in the checkout builds it
 COMPAT = Path(__file__).resolve().parent / "viewer" / "jetpack-compat.js"
 
 # npm package -> {file in the package: name under vendor/}
