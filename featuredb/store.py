@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -105,9 +106,16 @@ def default_db_path() -> str:
     return os.environ.get(DB_ENV) or DEFAULT_DB
 
 
+def _quiet(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """DuckDB draws its progress bar on stdout, which must stay clean when it is not a terminal (`--json`)."""
+    if not sys.stdout.isatty():
+        con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(path, read_only=read_only)
+        return _quiet(duckdb.connect(path, read_only=read_only))
     except duckdb.IOException as e:
         msg = str(e)
         if "lock" in msg.lower():
@@ -124,7 +132,7 @@ def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
 def _connect_reader(path: str) -> duckdb.DuckDBPyConnection:
     """Open read-only; a WAL left by a killed writer is replayed by one short writable open first."""
     try:
-        return duckdb.connect(path, read_only=True)
+        return _quiet(duckdb.connect(path, read_only=True))
     except duckdb.Error as e:
         if "replaying WAL" not in str(e):
             return _connect(path, read_only=True)  # the same error again, as one line

@@ -68,3 +68,24 @@ def test_many_readers_at_once(db_path: Path) -> None:
     FeatureStore(db_path).close()
     with FeatureStore(db_path, read_only=True) as a, FeatureStore(db_path, read_only=True) as b:
         assert a.info()["tables"] == b.info()["tables"]
+
+
+def test_duckdbs_progress_bar_stays_off_a_piped_stdout(db_path: Path) -> None:
+    """`--json` output is piped: DuckDB's own progress bar (it draws on stdout after 2 s) must not mix into it."""
+    script = textwrap.dedent(f"""
+        import duckdb
+        import featuredb.store as store
+        connect = duckdb.connect
+        def eager(*args, **kwargs):  # show the bar at once, as a query of over 2 s would
+            con = connect(*args, **kwargs)
+            con.execute("SET progress_bar_time = 0")
+            return con
+        store.duckdb.connect = eager
+        with store.FeatureStore({str(db_path)!r}) as s:
+            print("--opened--", flush=True)
+            s.con.execute("SELECT sum(hash(i)) FROM range(30000000) t(i)").fetchall()
+            print("--done--", flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout
+    assert "--done--" in out
+    assert "elapsed" not in out.split("--opened--", 1)[1], out[-500:]
