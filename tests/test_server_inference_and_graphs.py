@@ -80,6 +80,13 @@ def test_search_page_runs_a_text_and_links_what_fires(server: str, tiny: dict[st
     linked = re.findall(r'href="/tiny/([^/"]+)/([0-9]+)"', strongest)
     assert linked == [(f.source, str(f.index)) for f in want.overall]
     assert all(f'<span class="chip">{html.escape(t.token)}</span>' in page.text for t in want.by_token)
+    # the layer filter runs only those layers' transcoders
+    layer = int(want.overall[0].source.split("-")[0])
+    only = httpx.get(server + "/search", params={"q": TEXT, "mode": "inference", "layers": str(layer)}, timeout=120)
+    shown = re.findall(r'href="/tiny/([^/"]+)/[0-9]+"', only.text)
+    assert shown and all(s.startswith(f"{layer}-") for s in shown)
+    none = httpx.get(server + "/search", params={"q": TEXT, "mode": "inference", "layers": "90-99"}, timeout=120)
+    assert none.status_code == 404 and "no source in layers 90-99" in none.text
 
 
 def test_topk_density_threshold_drops_dense_features(server: str) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from urllib.parse import urlencode
 
 from featuredb.search.hits import SearchHit
 from featuredb.search.inference import InferenceResult, TokenFeature
-from urllib.parse import urlencode
-
 from featuredb.server.page_charts import token_label
 from featuredb.server.page_layout import SEARCH_MODES, SearchForm, density_text, esc, feature_url, page, visible
 
@@ -35,8 +33,12 @@ def _hit(h: SearchHit) -> str:
     url = feature_url(h.model, h.source, h.index)
     chips = "".join(f'<span class="chip" title="top activating token">{esc(token_label(t))}</span>'
                     for t in h.top_tokens[:8])
-    matched = (f'<div class="small muted">matched: <span class="chip">{esc(token_label(h.matched))}</span></div>'
-               if h.matched and h.matched != h.label else "")
+    matched = ""
+    if h.matched and h.matched != h.label:  # a token (shown as a chip, spaces visible) or an explanation
+        shown = (f'<span class="chip">{esc(token_label(h.matched))}</span>' if len(h.matched.split()) <= 1
+                 else esc(h.matched))
+        matched = f'<div class="small muted">matched: {shown}</div>'
+
     return (f'<div class="hit"><a class="id" href="{esc(url)}">{esc(h.source)}/{h.index}</a> '
             f'<span class="label">{esc(h.label or "(no explanation)")}</span>'
             f'<div class="small muted">{esc(h.model)} · score {h.score:.3g}{_density(h.density)}</div>'

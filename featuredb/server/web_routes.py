@@ -122,12 +122,14 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
                 chosen = form.model or (models[0] if len(models) == 1 else "")
                 if not chosen:
                     raise FeatureDBError("inference search runs one model: choose it in the model list")
-                result = inference_search(store, chosen, form.q, limit=form.limit, density_threshold=density,
-                                          backend=backend() if backend else None)
-                if layers:
-                    result.overall = [f for f in result.overall if _layer_in(f.source, layers)]
-                    for t in result.by_token:
-                        t.top_features = [f for f in t.top_features if _layer_in(f.source, layers)]
+                sources = None
+                if layers:  # run only the transcoders of those layers
+                    sources = [r[0] for r in store.con.execute('SELECT id FROM sources WHERE "modelId" = ?',
+                                                               [chosen]).fetchall() if _layer_in(r[0], layers)]
+                    if not sources:
+                        raise NotFoundError(f"{chosen} has no source in layers {form.layers}")
+                result = inference_search(store, chosen, form.q, sources=sources, limit=form.limit,
+                                          density_threshold=density, backend=backend() if backend else None)
                 return html(search_page(form, inference=result, **answer))
             filters = SearchFilters(model=form.model or None, layers=layers, max_density=density)
             hits = search(store, form.q, mode=form.mode, filters=filters, limit=form.limit)
