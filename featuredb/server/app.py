@@ -223,7 +223,8 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
     app.include_router(graph_router(view, write_token))
     app.include_router(upload_router(view, write_token))
     graph_uses = StoreGraphUses(lambda model, slug: f"/graphs/{path_part(model)}/{path_part(slug)}.json")
-    app.include_router(web_router(view, graph_uses, runner, hidden=hidden))  # last: /{modelId}/{layer}/{index} takes what is left
+    # last: the pages' /{modelId}/{layer}/{index} takes what the API leaves
+    app.include_router(web_router(view, graph_uses, runner, hidden=hidden))
 
     def openapi() -> dict[str, Any]:
         return openapi_error_responses(FastAPI.openapi(app))

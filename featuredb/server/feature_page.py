@@ -6,7 +6,7 @@ from typing import Any
 
 from featuredb.graph_usage import GraphUse
 from featuredb.server.page_charts import example_html, histogram_svg, logit_list, token_label
-from featuredb.server.page_layout import SearchForm, density_text, esc, feature_url, page
+from featuredb.server.page_layout import SearchForm, density_text, esc, feature_url, page, path_part
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 
@@ -29,9 +29,10 @@ def _explanations(exps: list[dict[str, Any]]) -> str:
         label = ' <span class="small muted">(label)</span>' if i == 0 else ""
         who = e.get("explanationModelName") or e.get("authorId") or ""
         who = "" if who == e.get("typeName") else who
+        score = e.get("scoreV2") if e.get("scoreV2") is not None else e.get("scoreV1")  # as the label rule ranks
         rows.append(f'<tr><td class="expl">{esc(e.get("description"))}{label}</td>'
                     f'<td class="small">{esc(e.get("typeName"))}<br><span class="muted">{esc(who)}</span></td>'
-                    f'<td class="num small">{esc(_score(e.get("scoreV2") if e.get("scoreV2") is not None else e.get("scoreV1")))}</td></tr>')
+                    f'<td class="num small">{_score(score)}</td></tr>')
     return ('<table class="explanations"><tr><th>explanation</th><th>type</th><th>score</th></tr>'
             + "".join(rows) + "</table>")
 
@@ -77,10 +78,10 @@ def _graphs(uses: list[GraphUse]) -> str:
 
 
 def feature_page(feature: dict[str, Any], graphs: list[GraphUse], *, models: list[str] | None = None,
-                 n_features: int | None = None, api: bool = True, inference: bool = True) -> str:
+                 n_features: int | None = None, site: bool = True, inference: bool = True) -> str:
     """The feature page: header with density and links, then explanations, logits and histograms on the left,
     the top and interval examples on the right, and the graphs that use it. `n_features` hides "next" past
-    the last feature; `api` links the JSON (only `featuredb serve` has the API)."""
+    the last feature; `site`: link the JSON API and the model and source pages (only `featuredb serve` has them)."""
     model, source, index = str(feature.get("modelId")), str(feature.get("layer")), int(feature.get("index") or 0)
     acts = feature.get("activations") or []
     tops = [a for a in acts if _is_top(a)]
@@ -95,30 +96,39 @@ def feature_page(feature: dict[str, Any], graphs: list[GraphUse], *, models: lis
         links.append(f'<a href="{esc(feature_url(model, source, index - 1))}" rel="prev">← {index - 1}</a>')
     if n_features is None or index + 1 < n_features:
         links.append(f'<a href="{esc(feature_url(model, source, index + 1))}" rel="next">{index + 1} →</a>')
-    if api:
+    if site:
         links.append(f'<a href="/api/feature{esc(here)}">JSON</a>')
     source_set = feature.get("sourceSet") or {}
     if source_set.get("creatorId") not in (None, "featuredb"):  # made here (ingest, synthetic): not on Neuronpedia
-        links.append(f'<a href="{NEURONPEDIA}{esc(here)}" rel="noreferrer noopener" target="_blank">on Neuronpedia</a>')
+        links.append(f'<a href="{NEURONPEDIA}{esc(here)}" rel="noreferrer noopener" target="_blank">'
+                     "on Neuronpedia</a>")
     set_desc = source_set.get("description") or ""
-    head = (f'<div class="muted small">{esc(model)} · {esc(source)}{" · " + esc(set_desc) if set_desc else ""}</div>'
+    crumbs = (f'<a href="/{esc(path_part(model))}">{esc(model)}</a> · '
+              f'<a href="/{esc(path_part(model))}/{esc(path_part(source))}">{esc(source)}</a>') if site else \
+        f"{esc(model)} · {esc(source)}"
+    named = f"<b>{esc(label)}</b> · " if label else ""
+    head = (f'<div class="muted small">{crumbs}{" · " + esc(set_desc) if set_desc else ""}</div>'
             f'<h1><span class="id">{esc(source)}/{index}</span></h1>'
-            f'<div class="small">{f"<b>{esc(label)}</b> · " if label else ""}density <span class="num">{esc(dens)}</span>'
+            f'<div class="small">{named}density <span class="num">{esc(dens)}</span>'
             f' · max activation <span class="num">{scale:.3g}</span></div>'
             f'<div class="small">{" · ".join(links)}</div>')
     values = feature.get("freq_hist_data_bar_values") or []
     log_x = len(values) > 1 and float(values[0] or 0) > 0 and float(values[-1] or 0) / float(values[0]) > 100
+    density_chart = histogram_svg(feature.get("freq_hist_data_bar_heights") or [], values,
+                                  label="activation histogram", log_x=log_x)
+    logit_chart = histogram_svg(feature.get("logits_hist_data_bar_heights") or [],
+                                feature.get("logits_hist_data_bar_values") or [], label="logit histogram",
+                                color="#2563eb")
+    negative = logit_list(feature.get("neg_str") or [], feature.get("neg_values") or [], "neg")
+    positive = logit_list(feature.get("pos_str") or [], feature.get("pos_values") or [], "pos")
     left = (f'<section class="card" id="explanations"><h2>Explanations</h2>{_explanations(exps)}</section>'
             f'<section class="card" id="logits"><h2>Logits</h2><div class="logits">'
-            f'<div><div class="small muted">negative</div>'
-            f'{logit_list(feature.get("neg_str") or [], feature.get("neg_values") or [], "neg")}</div>'
-            f'<div><div class="small muted">positive</div>'
-            f'{logit_list(feature.get("pos_str") or [], feature.get("pos_values") or [], "pos")}</div></div></section>'
+            f'<div><div class="small muted">negative</div>{negative}</div>'
+            f'<div><div class="small muted">positive</div>{positive}</div></div></section>'
             f'<section class="card" id="density"><h2>Activation density <span class="muted num">{esc(dens)}</span>'
-            f'</h2>{histogram_svg(feature.get("freq_hist_data_bar_heights") or [], values, label="activation histogram", log_x=log_x)}'
-            f'</section><section class="card" id="logit-histogram"><h2>Logit histogram</h2>'
-            f'{histogram_svg(feature.get("logits_hist_data_bar_heights") or [], feature.get("logits_hist_data_bar_values") or [], label="logit histogram", color="#2563eb")}'
-            f'</section><section class="card" id="graphs"><h2>In graphs</h2>{_graphs(graphs)}</section>')
+            f'</h2>{density_chart}</section>'
+            f'<section class="card" id="logit-histogram"><h2>Logit histogram</h2>{logit_chart}</section>'
+            f'<section class="card" id="graphs"><h2>In graphs</h2>{_graphs(graphs)}</section>')
     right = (f'<section class="card" id="top-activations"><h2>Top activations <span class="muted small">'
              f'{len(tops)}</span></h2>{_example_rows(tops, scale) or "<p class=muted>No examples.</p>"}</section>')
     if intervals:

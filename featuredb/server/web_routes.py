@@ -173,7 +173,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
         except NotFoundError:
             return not_found(f"feature {modelId}/{layer}/{index} is not in the store")
         return html(feature_page(feature, graph_uses(store, modelId, layer, index), models=_models(store),
-                                 n_features=sizes(store, modelId, layer), api=site, inference=can_infer))
+                                 n_features=sizes(store, modelId, layer), site=site, inference=can_infer))
 
     if site:  # (under trace serve these paths are the graph view's files)
         @router.api_route("/{modelId}/{layer}/{index}", methods=["GET", "HEAD"])
