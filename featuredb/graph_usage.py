@@ -26,7 +26,7 @@ class GraphUse:
 
 
 @dataclass
-class _FeatureNodes:
+class GraphFeatureNodes:
     """One graph's feature nodes grouped by (layer, index): positions and the largest activation."""
 
     prompt: str | None
@@ -35,7 +35,7 @@ class _FeatureNodes:
     prompt_tokens: list[str]
 
 
-def read_feature_nodes(graph: dict[str, Any], source_set: str | None) -> _FeatureNodes:
+def read_feature_nodes(graph: dict[str, Any], source_set: str | None) -> GraphFeatureNodes:
     """Group a graph's feature nodes by (layer, index); a graph whose nodes cannot be read counts as using none."""
     meta = graph.get("metadata") if isinstance(graph.get("metadata"), dict) else {}
     tokens = meta.get("prompt_tokens") if isinstance(meta.get("prompt_tokens"), list) else []
@@ -52,11 +52,11 @@ def read_feature_nodes(graph: dict[str, Any], source_set: str | None) -> _Featur
             best = float(act) if best is None else max(best, float(act))
         by_feature[(n.layer, n.index)] = ([*positions, n.ctx_idx], best)
     prompt = meta.get("prompt")
-    return _FeatureNodes(str(prompt) if prompt is not None else None, source_set, by_feature,
+    return GraphFeatureNodes(str(prompt) if prompt is not None else None, source_set, by_feature,
                          [str(t) for t in tokens])
 
 
-def uses_of(found: _FeatureNodes, slug: str, url: str, source: str, index: int) -> GraphUse | None:
+def uses_of(found: GraphFeatureNodes, slug: str, url: str, source: str, index: int) -> GraphUse | None:
     """The GraphUse of the feature `source`/`index` in one graph's nodes, or None when it is not there."""
     try:
         layer = layer_of_source(source)
@@ -77,7 +77,7 @@ class StoreGraphUses:
 
     def __init__(self, graph_url: Callable[[str, str], str]) -> None:
         self.graph_url = graph_url  # (model, slug) -> the link a page shows
-        self._cache: dict[tuple[str, str], tuple[Any, _FeatureNodes]] = {}
+        self._cache: dict[tuple[str, str], tuple[Any, GraphFeatureNodes]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, store: Any, model: str, source: str, index: int) -> list[GraphUse]:
