@@ -10,16 +10,13 @@ import shutil
 import ssl
 import struct
 import subprocess
-import tempfile
 import threading
-import time
 import zlib
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 from click.testing import CliRunner
 

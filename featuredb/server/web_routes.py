@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.graph_usage import GraphUse
+from featuredb.identity import layer_of_source
 from featuredb.search.api import MODES, search
 from featuredb.search.filters import SearchFilters, parse_layer_range
 from featuredb.search.inference import InferenceBackend, inference_search
@@ -224,5 +225,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
 
 
 def _layer_in(source: str, layers: tuple[int, int]) -> bool:
-    head = source.split("-", 1)[0]
-    return head.isdigit() and layers[0] <= int(head) <= layers[1]
+    try:
+        return layers[0] <= layer_of_source(source) <= layers[1]
+    except ValueError:
+        return False
