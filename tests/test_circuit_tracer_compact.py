@@ -11,6 +11,7 @@ import ssl
 import struct
 import subprocess
 import threading
+import time
 import zlib
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -104,6 +105,15 @@ def test_unknown_model_or_source_is_one_line_and_writes_nothing(store_db: Path, 
         assert res.output.startswith("featuredb: error: ") and res.output.count("\n") == 1, res.output
         assert value in res.output
         assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "store.duckdb"]  # no OUT, no temp folder
+
+
+def test_the_same_store_exports_the_same_bytes_at_any_time(store_db: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    export(store_db, tmp_path / "a")
+    monkeypatch.setattr(time, "time", lambda: 4_000_000_000.0)  # gzip stamps its header with the clock
+    export(store_db, tmp_path / "b")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == \
+        {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
 
 
 def test_a_failure_mid_export_leaves_the_previous_export_untouched(store_db: Path, tmp_path: Path,

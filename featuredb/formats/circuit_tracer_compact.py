@@ -13,6 +13,7 @@ gets an empty range. circuit-tracer 0.5.0 reads this layout from a Hugging Face 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shutil
 import struct
@@ -88,8 +89,11 @@ def _write_layer(store: FeatureStore, model: str, source: str, top: int, path: P
 
 
 def _write_index(path: Path, layers: list[tuple[int, str, array]]) -> None:
-    """index.json.gz, writing each offsets list in slices so a large one is never one Python string."""
-    with gzip.open(path, "wt", encoding="utf-8", compresslevel=9) as f:
+    """index.json.gz, writing each offsets list in slices so a large one is never one Python string.
+
+    The gzip header's time is 0, so the same store always exports the same bytes.
+    """
+    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as gz, io.TextIOWrapper(gz, encoding="utf-8") as f:
         f.write("{")
         for n, (layer, filename, offsets) in enumerate(layers):
             f.write(("," if n else "") + json.dumps(str(layer)) + ':{"filename":' + json.dumps(filename)
