@@ -270,6 +270,27 @@ class FeatureStore:
             run()
         return written
 
+    def replace_source_from_parquet(self, model: str, source: str, files: dict[str, list[str]]) -> dict[str, int]:
+        """Replace one source's rows of each table (`features`, `activations`) by the rows of Parquet files.
+
+        Run inside `transaction()`. DuckDB streams the files, so memory stays under its `memory_limit`."""
+        self._require_writable()
+        written = {}
+        for name, paths in files.items():
+            table = TABLES_BY_NAME[name]
+            self.con.execute(f'DELETE FROM "{table.name}" WHERE "modelId" = ? AND "layer" = ?', [model, source])
+            if not paths:
+                continue
+            listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+            relation = f"read_parquet([{listed}])"
+            present = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
+            written[name] = self.write_select(table, f"SELECT * FROM {relation}", present, scope=(model, source))
+        return written
+
+    def limit_memory(self, limit_bytes: int) -> None:
+        """Cap DuckDB's memory on this connection (it spills to `<store>.tmp` beyond it)."""
+        self.con.execute(f"SET memory_limit = '{int(limit_bytes) // 1024**2}MB'")
+
     def write_select(self, table: Table, select_sql: str, present: list[str], *,
                      defaults: dict[str, str] | None = None, scope: tuple[str, str] | None = None) -> int:
         """Upsert the rows of `select_sql` (columns `present`, others NULL) into `table`; returns rows written.

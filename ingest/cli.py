@@ -72,13 +72,15 @@ def _print_summary(s: IngestSummary) -> None:
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint.")
 @click.option("--shard", help="Process batch b only when b %% n == i (i/n); merge the shard states later.")
 @click.option("--state-out", help="Where a shard writes its state (default data/ingest-shard-i-of-n.pt).")
+@click.option("--memory-gb", type=click.FloatRange(0.5), help="Keep memory under this many GB; layers are split "
+              "into passes over the corpus when their state does not fit (default: half of this machine).")
 @db_option
 @json_option
 def ingest_command(model: str | None, transcoders: tuple[str, ...], corpus: str | None, text_field: str,
                    text_column: str, split: str, layers: str | None, model_id: str | None, source_set: str | None,
                    max_tokens: int | None, ctx_len: int, batch_size: int, k: int, dtype: str | None,
                    device: str | None, checkpoint: str, checkpoint_every: int, resume: bool, shard: str | None,
-                   state_out: str | None, db: str, as_json: bool) -> None:
+                   state_out: str | None, memory_gb: float | None, db: str, as_json: bool) -> None:
     """Run a model and its transcoders over a corpus and store every feature's Neuronpedia records.
 
     Per feature: top-k activating windows, interval examples, frac_nonzero, maxActApprox, an activation
@@ -86,14 +88,14 @@ def ingest_command(model: str | None, transcoders: tuple[str, ...], corpus: str 
 
     \b
     Example:
-      featuredb ingest --model default --transcoders data/transcoders/smollm2 --max-tokens 50000
+      featuredb ingest --model default --transcoders data/transcoders/smollm2 --max-tokens 50000 --memory-gb 8
     """
     cfg = IngestConfig(transcoders=list(transcoders), model=model, corpus=corpus, layers=parse_layers(layers),
                        model_id=model_id, source_set=source_set, text_field=text_field, text_column=text_column,
                        split=split, max_tokens=max_tokens, ctx_len=ctx_len, batch_size=batch_size, k=k,
                        dtype=dtype, device=device)
     summary = run_ingest(cfg, db, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                         shard=_shard(shard), state_out=state_out)
+                         shard=_shard(shard), state_out=state_out, memory_gb=memory_gb)
     if as_json:
         emit_json(summary.as_dict())
     else:

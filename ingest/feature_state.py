@@ -16,6 +16,7 @@ import torch
 HIST_LOG10_MIN = -4.0  # fixed histogram bins: 10^-4 .. 10^4, 8 bins per decade (mergeable across shards)
 HIST_BINS_PER_DECADE = 8
 HIST_BINS = 64
+MERGE_ROWS = 2048  # features merged per step: bounds the temporaries of a merge, whatever the layer's width
 
 
 def pair_priority(windows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -79,6 +80,15 @@ class LayerState:
             hist=torch.zeros((n_features, HIST_BINS), **i64),
         )
 
+    @staticmethod
+    def bytes_per_feature(k: int, reservoir: int, ctx_len: int) -> int:
+        """Memory one feature's state takes (the tensors of `empty`)."""
+        return k * (4 + 8 + 4 * ctx_len) + reservoir * (4 + 4 + 8 + 4 * ctx_len) + 8 + HIST_BINS * 8
+
+    def rows(self, lo: int, hi: int) -> "LayerState":
+        """The state of features lo..hi-1 (views, no copy)."""
+        return LayerState(**{k: v[lo:hi] for k, v in self.__dict__.items()})
+
     @property
     def n_features(self) -> int:
         """F."""
@@ -113,9 +123,10 @@ class LayerState:
     def _merge_top(self, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
         # Only features where a candidate beats (or ties) the current k-th best can change.
         rows = (val >= self.top_val[:, -1:]).any(dim=1) & (val > float("-inf")).any(dim=1)
-        idx = rows.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            return
+        for idx in rows.nonzero().squeeze(1).split(MERGE_ROWS):
+            self._merge_top_rows(idx, val, win, acts)
+
+    def _merge_top_rows(self, idx: torch.Tensor, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
         k = self.top_val.shape[1]
         old_val, old_win = self.top_val[idx], self.top_win[idx]
         all_val = torch.cat([old_val, val[idx]], dim=1)
@@ -130,9 +141,12 @@ class LayerState:
 
     def _merge_reservoir(self, pri: torch.Tensor, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
         # Only features with a candidate of lower priority than their current worst kept one can change.
-        idx = (pri < self.res_pri.amax(dim=1, keepdim=True)).any(dim=1).nonzero().squeeze(1)
-        if idx.numel() == 0:
-            return
+        rows = (pri < self.res_pri.amax(dim=1, keepdim=True)).any(dim=1)
+        for idx in rows.nonzero().squeeze(1).split(MERGE_ROWS):
+            self._merge_reservoir_rows(idx, pri, val, win, acts)
+
+    def _merge_reservoir_rows(self, idx: torch.Tensor, pri: torch.Tensor, val: torch.Tensor, win: torch.Tensor,
+                              acts: torch.Tensor) -> None:
         r = self.res_pri.shape[1]
         all_pri = torch.cat([self.res_pri[idx], pri[idx]], dim=1)
         keep = torch.sort(all_pri, dim=1, stable=True).indices[:, :r]

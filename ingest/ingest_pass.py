@@ -79,7 +79,9 @@ def load_state_file(path: Path) -> dict[str, Any]:
 class IngestPass:
     """One ingest over the corpus: checks inputs before compute, then updates per-layer state batch by batch."""
 
-    def __init__(self, cfg: IngestConfig, shard: tuple[int, int] | None, progress: bool | None) -> None:
+    def __init__(self, cfg: IngestConfig, shard: tuple[int, int] | None, progress: bool | None, *,
+                 group: list[int] | None = None) -> None:
+        """Load and check model and transcoders; keep state for the layers of `group` (default: all)."""
         self.cfg = cfg
         self.shard = shard
         self.show_progress = progress
@@ -95,11 +97,23 @@ class IngestPass:
                 raise FeatureDBError(f"{t.path}: transcoder d_model {t.d_model} != model d_model {width}")
             t.to(self.lm.device, torch.float32)
         self.set_name = cfg.source_set or self.tset.name
+        self.begin(self.tset.layers if group is None else group)
+
+    def begin(self, group: list[int]) -> None:
+        """Start a fresh pass that keeps state for the layers in `group` only (the others are not encoded)."""
+        self.states = {}  # the previous pass's state goes before the new one is allocated
+        self.active = [t for t in self.tset.transcoders if t.layer in set(group)]
+        cfg = self.cfg
         self.states = {t.layer: LayerState.empty(t.d_transcoder, cfg.k, cfg.reservoir, cfg.ctx_len, self.lm.device)
-                       for t in self.tset.transcoders}
+                       for t in self.active}
         self.bank: dict[int, np.ndarray] = {}
         self.stats = CorpusStats()
         self.progress = _Progress()
+
+    def drop_transcoders(self, layers: list[int]) -> None:
+        """Forget finished layers' transcoders (their memory returns before the next pass)."""
+        self.tset.transcoders = [t for t in self.tset.transcoders if t.layer not in set(layers)]
+        self.active = [t for t in self.active if t.layer not in set(layers)]
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -146,7 +160,7 @@ class IngestPass:
 
     def run(self, checkpoint: Path | None, every: int) -> None:
         """Stream the corpus through model and transcoders, checkpointing every `every` batches."""
-        harvester = Harvester.for_transcoders(self.lm.model, self.tset.transcoders)
+        harvester = Harvester.for_transcoders(self.lm.model, self.active)
         total = self.cfg.max_tokens
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc="ingest", smoothing=0.1,
                    disable=None if self.show_progress is None else not self.show_progress)
@@ -159,7 +173,7 @@ class IngestPass:
                 ids = torch.tensor(windows, dtype=torch.long)
                 captured = harvester.run(ids.to(self.lm.device))
                 win_ids = torch.arange(first, first + len(windows))
-                for t in self.tset.transcoders:
+                for t in self.active:
                     acts = t.encode(captured[(t.layer, t.hook_in)].float())
                     acts[:, :SINK_POSITIONS, :] = 0  # the attention sink (BOS or not), hidden as Neuronpedia hides BOS
                     self.states[t.layer].update(acts, win_ids)

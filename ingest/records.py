@@ -74,7 +74,7 @@ def _count_below(hist: np.ndarray, x: np.ndarray, top: np.ndarray | None = None)
     return below if top is None else np.where(x >= top, hist.sum(axis=1), below)
 
 
-def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptions
+def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptions, first: int = 0
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per feature and interval, the examples with the smallest priority among reservoir and top windows.
 
@@ -86,7 +86,7 @@ def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptio
     live = np.nonzero(max_act > 0)[0]
     if not len(live):
         return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, width), np.float32), np.zeros((0, 3)))
-    top_pri = pair_priority(state.top_win, torch.arange(F)[:, None])
+    top_pri = pair_priority(state.top_win, torch.arange(first, first + F)[:, None])
     pri = torch.cat([torch.where(state.top_win >= 0, top_pri, float("inf")), state.res_pri], dim=1).numpy()[live]
     val = torch.cat([state.top_val, state.res_val], dim=1).numpy()[live]
     win = torch.cat([state.top_win, state.res_win], dim=1).numpy()[live]
@@ -125,9 +125,11 @@ def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptio
 
 
 def layer_records(model_id: str, source: str, set_name: str, state: LayerState, tokens_counted: int,
-                  bank: dict[int, np.ndarray], vocab: pa.Array, logits: LogitStats, opts: RecordOptions
-                  ) -> tuple[pa.Table, pa.Table]:
-    """(features, activations) tables for one source; dead features get frac_nonzero 0 and no examples."""
+                  bank: dict[int, np.ndarray], vocab: pa.Array, logits: LogitStats, opts: RecordOptions,
+                  first: int = 0) -> tuple[pa.Table, pa.Table]:
+    """(features, activations) tables for one source; dead features get frac_nonzero 0 and no examples.
+
+    `state` and `logits` may cover a block of the source's features: those from index `first` on."""
     state = state.to("cpu")
     F = state.n_features
     max_act = state.top_val[:, 0].clamp(min=0).nan_to_num(0.0, neginf=0.0).numpy().astype(np.float64)
@@ -145,7 +147,7 @@ def layer_records(model_id: str, source: str, set_name: str, state: LayerState, 
     features = pa.table({
         "modelId": pa.array([model_id] * F, pa.string()),
         "layer": pa.array([source] * F, pa.string()),
-        "index": pa.array(np.arange(F, dtype=np.int64)),
+        "index": pa.array(np.arange(first, first + F, dtype=np.int64)),
         "sourceSetName": pa.array([set_name] * F, pa.string()),
         "creatorId": pa.array([opts.creator] * F, pa.string()),
         "maxActApprox": pa.array(max_act),
@@ -163,8 +165,8 @@ def layer_records(model_id: str, source: str, set_name: str, state: LayerState, 
     top_acts = state.top_acts[tf, tj].numpy()
     top_bins = np.stack([np.full(len(tf), -1.0), max_act[tf.numpy()], np.full(len(tf), -1.0)], axis=1) \
         if len(tf) else np.zeros((0, 3))
-    top = _example_table(model_id, source, tf.numpy(), top_wins, top_acts, top_bins, bank, vocab, opts,
+    top = _example_table(model_id, source, tf.numpy() + first, top_wins, top_acts, top_bins, bank, vocab, opts,
                          np.array(["t"] * len(tf)))
-    i_f, i_w, i_a, i_b = _interval_examples(state, max_act, opts)
-    intervals = _example_table(model_id, source, i_f, i_w, i_a, i_b, bank, vocab, opts, np.array(["i"] * len(i_f)))
+    i_f, i_w, i_a, i_b = _interval_examples(state, max_act, opts, first)
+    intervals = _example_table(model_id, source, i_f + first, i_w, i_a, i_b, bank, vocab, opts, np.array(["i"] * len(i_f)))
     return features, pa.concat_tables([top, intervals])

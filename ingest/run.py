@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -16,11 +17,14 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
 from featuredb.identity import source_id
-from featuredb.store import FeatureStore
+from featuredb.store import FeatureStore, default_db_path
 from ingest.architectures import blocks, d_model, unembedding
 from ingest.feature_state import LayerState
 from ingest.ingest_pass import IngestConfig, IngestPass, load_state_file, save_state_file
 from ingest.logit_lens import logit_stats
+from ingest.memory_budget import (GB, RECORD_BLOCK, MemoryPlan, current_rss_bytes, default_memory_gb, plan_memory,
+                                  transient_bytes)
+from ingest.record_spill import RecordSpill
 from ingest.records import RecordOptions, layer_records
 from ingest.sink_positions import SINK_POSITIONS
 
@@ -41,6 +45,7 @@ class IngestSummary:
     corpus: dict[str, int] = field(default_factory=dict)
     state_file: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, pass, write
+    memory: dict[str, Any] = field(default_factory=dict)  # the memory plan: budget, passes, layer groups (bytes)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -52,22 +57,13 @@ def _vocab(tokenizer: Any) -> pa.Array:
     return pa.array([tokenizer.decode([i]) for i in range(size)], pa.string())
 
 
-def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerState], tokens_counted: int,
-                  bank: dict[int, np.ndarray], windows: int, progress: bool | None = None) -> tuple[int, int]:
-    """Replace each source's features and activations in one transaction; returns (live, dead) features.
-
-    Layers are turned into rows and written one at a time, and each layer's state is dropped from `states` once
-    written, so the write holds one layer's rows at a time, not every layer's. (The peak RSS of a 30-layer write
-    is DuckDB's staging of the rows, not these tables: 11.3 GB for 30 x 2,048 features either way.)"""
+def store_rows(ing: IngestPass) -> dict[str, pl.DataFrame]:
+    """The model, source-set and source rows of this ingest (taken before any transcoder is dropped)."""
     cfg = ing.cfg
-    vocab = _vocab(ing.lm.tokenizer)
-    W_U = unembedding(ing.lm.model).detach()
-    opts = RecordOptions(intervals=cfg.intervals, per_interval=cfg.per_interval,
-                         data_source=cfg.corpus or "installed-docs")
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     model = ing.lm.model
-    live = dead = 0
     t0 = ing.tset.transcoders[0]
+    data_source = cfg.corpus or "installed-docs"
     model_row = pl.DataFrame([{
         "id": ing.lm.model_id, "displayName": ing.lm.model_id, "displayNameShort": ing.lm.model_id,
         "creatorId": "featuredb", "dimension": d_model(model), "layers": len(blocks(model)),
@@ -86,31 +82,61 @@ def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerS
     source_rows = pl.DataFrame([{
         "id": source_id(t.layer, ing.set_name), "modelId": ing.lm.model_id, "setName": ing.set_name,
         "hasDashboards": True, "inferenceEnabled": True, "visibility": "PRIVATE", "creatorId": "featuredb",
-        "num_prompts": windows, "num_tokens_in_prompt": cfg.ctx_len, "dataset": opts.data_source,
+        "num_prompts": 0, "num_tokens_in_prompt": cfg.ctx_len, "dataset": data_source,
         "createdAt": now,
         "settings": _json({"layer": t.layer, "path": _absolute(t.path), "format": ing.tset.format, "hook_in": t.hook_in,
                            "hook_out": t.hook_out, "activation": t.activation, "k": t.k,
                            "d_transcoder": t.d_transcoder, "bos_excluded": True, "sink_positions_excluded": SINK_POSITIONS}),
     } for t in ing.tset.transcoders])
-    bar = tqdm(total=len(ing.tset.transcoders), unit="layer", desc="write", disable=None if progress is None
-               else not progress)
-    with store.transaction() as con, bar:
-        store.upsert({"models": model_row, "source_sets": set_row, "sources": source_rows}, in_transaction=False)
-        for t in ing.tset.transcoders:
+    return {"models": model_row, "source_sets": set_row, "sources": source_rows}
+
+
+def spill_records(spill: RecordSpill, ing: IngestPass, states: dict[int, LayerState], tokens_counted: int,
+                  bank: dict[int, np.ndarray], progress: bool | None = None) -> tuple[int, int]:
+    """Turn each layer's state into rows, `RECORD_BLOCK` features at a time, into `spill`; returns (live, dead).
+
+    Each layer's state is dropped from `states` once its rows are on disk."""
+    cfg = ing.cfg
+    vocab = _vocab(ing.lm.tokenizer)
+    W_U = unembedding(ing.lm.model).detach()
+    opts = RecordOptions(intervals=cfg.intervals, per_interval=cfg.per_interval,
+                         data_source=cfg.corpus or "installed-docs")
+    live = dead = 0
+    layers = [t for t in ing.tset.transcoders if t.layer in states]
+    bar = tqdm(total=sum(t.d_transcoder for t in layers), unit="feature", unit_scale=True, desc="records",
+               disable=None if progress is None else not progress)
+    with bar:
+        for t in layers:
             src = source_id(t.layer, ing.set_name)
-            state = states.pop(t.layer)
-            feats, acts = layer_records(ing.lm.model_id, src, ing.set_name, state, tokens_counted, bank, vocab,
-                                        logit_stats(t.W_dec, W_U), opts)
+            state = states.pop(t.layer).to("cpu")
+            for lo in range(0, t.d_transcoder, RECORD_BLOCK):
+                hi = min(lo + RECORD_BLOCK, t.d_transcoder)
+                feats, acts = layer_records(ing.lm.model_id, src, ing.set_name, state.rows(lo, hi), tokens_counted,
+                                            bank, vocab, logit_stats(t.W_dec[lo:hi], W_U), opts, first=lo)
+                spill.add(src, feats, acts)
+                bar.update(hi - lo)
             n_live = int((state.nonzero > 0).sum())
             live, dead = live + n_live, dead + t.d_transcoder - n_live
             del state
-            for table in ("features", "activations"):
-                con.execute(f'DELETE FROM "{table}" WHERE "modelId" = ? AND "layer" = ?', [ing.lm.model_id, src])
-            store.upsert({"features": feats, "activations": acts}, in_transaction=False,
-                         scope=(ing.lm.model_id, src))
-            del feats, acts
-            bar.update(1)
     return live, dead
+
+
+def commit_records(store: FeatureStore, rows: dict[str, pl.DataFrame], spill: RecordSpill, model_id: str,
+                   windows: int) -> None:
+    """Write the model, set and source rows and replace every spilled source's rows, in one transaction."""
+    rows = {**rows, "sources": rows["sources"].with_columns(pl.lit(windows).alias("num_prompts"))}
+    with store.transaction():
+        store.upsert(rows, in_transaction=False)
+        spill.commit(store, model_id)
+
+
+def write_records(store: FeatureStore, ing: IngestPass, states: dict[int, LayerState], tokens_counted: int,
+                  bank: dict[int, np.ndarray], windows: int, progress: bool | None = None) -> tuple[int, int]:
+    """Replace each source's features and activations in one transaction; returns (live, dead) features."""
+    with RecordSpill(store.path) as spill:
+        live_dead = spill_records(spill, ing, states, tokens_counted, bank, progress)
+        commit_records(store, store_rows(ing), spill, ing.lm.model_id, windows)
+    return live_dead
 
 
 def _absolute(path: str) -> str:
@@ -125,39 +151,76 @@ def _json(d: dict[str, Any]) -> str:
 
 def run_ingest(cfg: IngestConfig, db: str | None, *, resume: bool = False, checkpoint: str | None = None,
                checkpoint_every: int = 50, shard: tuple[int, int] | None = None, state_out: str | None = None,
-               progress: bool | None = None) -> IngestSummary:
-    """Run an ingest; with `shard`, write the shard's state to `state_out` instead of the store."""
+               progress: bool | None = None, memory_gb: float | None = None) -> IngestSummary:
+    """Run an ingest under a memory budget; with `shard`, write the shard's state to `state_out` instead of the store.
+
+    When the state of every layer does not fit `memory_gb`, layers are split into passes over the corpus."""
     started = time.perf_counter()
     if shard is not None and not (0 <= shard[0] < shard[1]):
         raise FeatureDBError(f"--shard {shard[0]}/{shard[1]}: expected i/n with 0 <= i < n")
-    ing = IngestPass(cfg, shard, progress)
-    ckpt = Path(checkpoint) if checkpoint else None
-    if resume:
-        if ckpt is None or not ckpt.is_file():
-            raise FeatureDBError(f"--resume: no checkpoint at {ckpt}")
-        ing.load(load_state_file(ckpt), ckpt)
-    loaded = time.perf_counter()
-    ing.run(ckpt, max(1, checkpoint_every))
-    passed = time.perf_counter()
+    ing = IngestPass(cfg, shard, progress, group=[])
+    plan = _plan(ing, memory_gb)
+    if plan.passes > 1 and (shard is not None or resume):
+        raise FeatureDBError(f"--memory-gb {plan.budget / GB:g}: the state needs {plan.passes} passes, which "
+                             f"{'--shard' if shard is not None else '--resume'} does not support; raise --memory-gb "
+                             f"or split the layers with --layers")
+    if progress is not False and plan.passes > 1:
+        click.echo(plan.describe(), err=True)
+    ckpt = Path(checkpoint) if checkpoint and plan.passes == 1 else None  # a multi-pass run is not checkpointed
+    db_path = str(db or default_db_path())
+    rows = store_rows(ing)
     summary = IngestSummary(model_id=ing.lm.model_id, sources=[source_id(l, ing.set_name) for l in ing.tset.layers],
-                            tokens=ing.stats.tokens, windows=ing.stats.windows, corpus=ing.stats.as_dict())
-    if shard is not None:
-        out = Path(state_out or f"data/ingest-shard-{shard[0]}-of-{shard[1]}.pt")
-        save_state_file(ing.state_dict(complete=True), out)
-        summary.state_file = str(out)
-        summary.tokens = ing.progress.windows_seen * cfg.ctx_len
-        summary.windows = ing.progress.windows_seen
-    else:
-        with FeatureStore(db) as store:
-            live, dead = write_records(store, ing, ing.states, ing.progress.tokens_counted, ing.bank,
-                                       ing.progress.windows_seen, progress)
-        summary.live_features, summary.dead_features = live, dead
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
+                            tokens=0, windows=0, memory=plan.as_dict())
+    loaded = time.perf_counter()
+    pass_s = write_s = 0.0
+    with RecordSpill(db_path) as spill:
+        for n, group in enumerate(plan.groups):
+            t0 = time.perf_counter()
+            ing.begin(group)
+            if resume and n == 0:
+                if ckpt is None or not ckpt.is_file():
+                    raise FeatureDBError(f"--resume: no checkpoint at {ckpt}")
+                ing.load(load_state_file(ckpt), ckpt)
+            ing.run(ckpt, max(1, checkpoint_every))
+            t1 = time.perf_counter()
+            pass_s += t1 - t0
+            summary.tokens, summary.windows = ing.stats.tokens, ing.stats.windows
+            summary.corpus = ing.stats.as_dict()
+            if shard is not None:
+                break
+            live, dead = spill_records(spill, ing, ing.states, ing.progress.tokens_counted, ing.bank, progress)
+            summary.live_features += live
+            summary.dead_features += dead
+            ing.drop_transcoders(group)
+            write_s += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        if shard is not None:
+            out = Path(state_out or f"data/ingest-shard-{shard[0]}-of-{shard[1]}.pt")
+            save_state_file(ing.state_dict(complete=True), out)
+            summary.state_file = str(out)
+            summary.tokens = ing.progress.windows_seen * cfg.ctx_len
+            summary.windows = ing.progress.windows_seen
+        else:
+            with FeatureStore(db_path) as store:
+                store.limit_memory(plan.duckdb_limit)
+                commit_records(store, rows, spill, ing.lm.model_id, ing.progress.windows_seen)
+            if ckpt is not None and ckpt.exists():
+                ckpt.unlink()
+        write_s += time.perf_counter() - t1
     summary.seconds = time.perf_counter() - started
-    summary.timings = {"load": round(loaded - started, 3), "pass": round(passed - loaded, 3),
-                       "write": round(time.perf_counter() - passed, 3)}
+    summary.timings = {"load": round(loaded - started, 3), "pass": round(pass_s, 3), "write": round(write_s, 3)}
     return summary
+
+
+def _plan(ing: IngestPass, memory_gb: float | None) -> MemoryPlan:
+    """The memory plan of this ingest, from the process's memory with model and transcoders loaded."""
+    cfg = ing.cfg
+    widths = {t.layer: t.d_transcoder for t in ing.tset.transcoders}
+    transient = transient_bytes(widths, batch=cfg.batch_size, ctx_len=cfg.ctx_len, k=cfg.k, reservoir=cfg.reservoir,
+                                vocab=len(ing.lm.tokenizer), d_model=d_model(ing.lm.model))
+    return plan_memory(memory_gb if memory_gb is not None else default_memory_gb(), widths,
+                       fixed=current_rss_bytes(), transient=transient, k=cfg.k, reservoir=cfg.reservoir,
+                       ctx_len=cfg.ctx_len)
 
 
 def merge_shards(paths: list[str], db: str | None, *, device: str | None = None,
@@ -175,7 +238,7 @@ def merge_shards(paths: list[str], db: str | None, *, device: str | None = None,
     if got != list(range(n)):
         raise FeatureDBError(f"merge needs shards 0..{n - 1} of {n}; got {got}")
     cfg = IngestConfig(**{**saved[0]["config"], "device": device})
-    ing = IngestPass(cfg, None, progress)
+    ing = IngestPass(cfg, None, progress, group=[])
     states = {int(k): LayerState.from_state_dict(v, "cpu") for k, v in saved[0]["states"].items()}
     bank: dict[int, np.ndarray] = dict(saved[0]["bank"])
     for s in saved[1:]:

@@ -1,0 +1,56 @@
+"""Finished rows on disk until the commit: Parquet files per source, so the write never holds more than a block.
+
+DuckDB keeps the rows of an open transaction (and the Arrow buffers they came from) in memory until the commit;
+30 layers x 4,096 features grew the process by 0.4 GB per layer that way. Rows are instead written here block by
+block, and the commit reads them back with DuckDB under its own memory limit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from featuredb.store import FeatureStore
+
+ROW_GROUP = 4096  # rows per Parquet row group: DuckDB reads row groups in parallel
+
+
+class RecordSpill:
+    """Parquet files of finished (features, activations) blocks, per source, in a folder beside the store."""
+
+    def __init__(self, store_path: str) -> None:
+        parent = Path(store_path).resolve().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".ingest-rows-", dir=parent))
+        self.files: dict[str, dict[str, list[str]]] = {}
+        self.bytes = 0
+
+    def add(self, source: str, features: pa.Table, activations: pa.Table) -> None:
+        """Write one block of a source's rows."""
+        per_source = self.files.setdefault(source, {"features": [], "activations": []})
+        for name, table in (("features", features), ("activations", activations)):
+            if table.num_rows == 0:
+                continue
+            path = self.folder / f"{len(self.files)}-{name}-{len(per_source[name])}.parquet"
+            pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP)
+            per_source[name].append(str(path))
+            self.bytes += path.stat().st_size
+
+    def commit(self, store: FeatureStore, model_id: str) -> None:
+        """Replace each spilled source's rows in the store (call inside the store's transaction)."""
+        for source, files in self.files.items():
+            store.replace_source_from_parquet(model_id, source, files)
+
+    def remove(self) -> None:
+        """Delete the folder."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> "RecordSpill":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
