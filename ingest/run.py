@@ -44,7 +44,7 @@ class IngestSummary:
     seconds: float = 0.0
     corpus: dict[str, int] = field(default_factory=dict)
     state_file: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, pass, write
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, pass, write (records, commit, reindex)
     memory: dict[str, Any] = field(default_factory=dict)  # the memory plan: budget, passes, layer groups (bytes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -204,11 +204,16 @@ def run_ingest(cfg: IngestConfig, db: str | None, *, resume: bool = False, check
             with FeatureStore(db_path) as store:
                 store.limit_memory(plan.duckdb_limit)
                 commit_records(store, rows, spill, ing.lm.model_id, ing.progress.windows_seen)
+                committed = time.perf_counter()
             if ckpt is not None and ckpt.exists():
                 ckpt.unlink()
-        write_s += time.perf_counter() - t1
+    records_s = write_s
+    write_s += time.perf_counter() - t1
     summary.seconds = time.perf_counter() - started
     summary.timings = {"load": round(loaded - started, 3), "pass": round(pass_s, 3), "write": round(write_s, 3)}
+    if shard is None:  # the write's parts: rows to Parquet, the transaction, the search refresh on close
+        summary.timings.update({"records": round(records_s, 3), "commit": round(committed - t1, 3),
+                                "reindex": round(time.perf_counter() - committed, 3)})
     return summary
 
 
