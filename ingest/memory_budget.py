@@ -23,6 +23,7 @@ DEFAULT_SHARE = 0.5  # of the machine's memory, when --memory-gb is not given
 RECORD_BLOCK = 4096  # features turned into rows (and spilled) at a time
 RECORD_BYTES_PER_FEATURE = 110_000  # Arrow rows of one feature's 45 examples x 128 tokens, at most (measured ~36 KB)
 LOGIT_BUFFERS = 3  # logits, bins and counts of one chunk of logit_stats
+HEADROOM = 0.1  # of the budget, left for the allocator's slack (409,620 features peaked 2% over without it)
 
 
 def machine_memory_bytes() -> int:
@@ -98,9 +99,9 @@ def plan_memory(budget_gb: float, widths: dict[int, int], *, fixed: int, transie
     budget = int(budget_gb * GB)
     per_feature = LayerState.bytes_per_feature(k, reservoir, ctx_len)
     state = {layer: width * per_feature for layer, width in widths.items()}
-    room = budget - fixed - transient
+    room = int(budget * (1 - HEADROOM)) - fixed - transient
     if room <= 0 or any(b > room for b in state.values()):
-        need = fixed + transient + max(state.values())
+        need = (fixed + transient + max(state.values())) / (1 - HEADROOM)
         raise FeatureDBError(
             f"--memory-gb {budget_gb:g}: too small; the model and transcoders take {fixed / GB:.2f} GB and the "
             f"widest layer's state {max(state.values()) / GB:.2f} GB, so at least {need / GB:.1f} GB is needed "

@@ -14,7 +14,7 @@ from featuredb import FeatureStore
 from featuredb.errors import FeatureDBError
 from ingest import run as ingest_run
 from ingest.feature_state import LayerState
-from ingest.memory_budget import GB, plan_memory
+from ingest.memory_budget import GB, HEADROOM, plan_memory
 from ingest.run import IngestConfig, run_ingest
 from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
 
@@ -25,13 +25,13 @@ def test_layers_are_packed_into_passes_that_fit_and_a_layer_too_wide_is_a_clear_
     per_feature = LayerState.bytes_per_feature(20, 25, 128)
     widths = {layer: 4096 for layer in range(6)}
     layer_bytes = 4096 * per_feature
-    budget = (GB + 1024**2 + 2.5 * layer_bytes) / GB  # room for two layers' state after 1 GB fixed
+    budget = (GB + 1024**2 + 2.5 * layer_bytes) / (1 - HEADROOM) / GB  # room for two layers after 1 GB fixed
     plan = plan_memory(budget, widths, fixed=GB, transient=1024**2, k=20, reservoir=25, ctx_len=128)
     assert plan.groups == [[0, 1], [2, 3], [4, 5]]
     assert "3 pass(es)" in plan.describe()
     everything = plan_memory(64, widths, fixed=GB, transient=1024**2, k=20, reservoir=25, ctx_len=128)
     assert everything.groups == [list(range(6))]
-    with pytest.raises(FeatureDBError, match=r"--memory-gb 1\.05: too small.*at least 1\.1 GB"):
+    with pytest.raises(FeatureDBError, match=r"--memory-gb 1\.05: too small.*at least 1\.2 GB"):
         plan_memory(1.05, widths, fixed=GB, transient=1024**2, k=20, reservoir=25, ctx_len=128)
 
 
@@ -53,7 +53,8 @@ def test_a_run_split_into_passes_writes_the_rows_of_one_pass(tiny: dict[str, Pat
     monkeypatch.setattr(ingest_run, "current_rss_bytes", lambda: 0)
     layer = 64 * LayerState.bytes_per_feature(5, 25, 16)
     transient = ingest_run._plan(ingest_run.IngestPass(cfg, None, False, group=[]), 64).transient
-    split = run_ingest(cfg, str(tmp_path / "split.duckdb"), progress=False, memory_gb=(transient + 1.5 * layer) / GB)
+    split = run_ingest(cfg, str(tmp_path / "split.duckdb"), progress=False,
+                       memory_gb=(transient + 1.5 * layer) / (1 - HEADROOM) / GB)
     assert split.memory["groups"] == [[0], [1], [2]]
     assert (split.live_features, split.dead_features, split.tokens) == (one.live_features, one.dead_features,
                                                                           one.tokens)
