@@ -97,3 +97,31 @@ def test_204000_features_stay_under_a_3_gb_budget_measured_by_the_kernel(tiny: d
         assert store.con.execute("SELECT count(*) FROM features").fetchone()[0] == 204_000
         f = store.get_feature("tiny", "2-wide", width - 1)
         assert f.index == str(width - 1) and len(f.freq_hist_data_bar_heights) > 0
+
+
+def test_rows_built_in_feature_blocks_equal_rows_built_at_once() -> None:
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from ingest.logit_lens import logit_stats
+    from ingest.records import RecordOptions, layer_records
+
+    torch.manual_seed(0)
+    F, T = 11, 8
+    state = LayerState.empty(F, 6, 10, T, torch.device("cpu"))
+    for b in range(20):  # sparse activations over 20 batches of 4 windows
+        acts = torch.relu(torch.randn(4, T, F) - 1.0)
+        state.update(acts, torch.arange(4 * b, 4 * b + 4))
+    bank = {w: np.arange(T) + w % 50 for w in range(80)}
+    vocab = pa.array([f"t{i}" for i in range(64)])
+    W_dec, W_U = torch.randn(F, 16), torch.randn(64, 16)
+    opts = RecordOptions(intervals=2, per_interval=1)  # one pick per interval: the priorities decide it
+    whole = layer_records("m", "0-x", "x", state, 80 * T, bank, vocab, logit_stats(W_dec, W_U), opts)
+    blocks = [layer_records("m", "0-x", "x", state.rows(lo, min(lo + 4, F)), 80 * T, bank, vocab,
+                            logit_stats(W_dec[lo:lo + 4], W_U), opts, first=lo) for lo in range(0, F, 4)]
+    for i, name in enumerate(("features", "activations")):
+        joined = pa.concat_tables([b[i] for b in blocks]).sort_by([("index", "ascending"), ("id", "ascending")]
+                                                                  if name == "activations" else "index")
+        expected = whole[i].sort_by([("index", "ascending"), ("id", "ascending")] if name == "activations" else "index")
+        assert expected.num_rows > F // 2 and joined.equals(expected), name
