@@ -7,6 +7,7 @@ block, and the commit reads them back with DuckDB under its own memory limit.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,22 @@ import pyarrow.parquet as pq
 from featuredb.store import FeatureStore
 
 ROW_GROUP = 4096  # rows per Parquet row group: DuckDB reads row groups in parallel
+PREFIX = ".ingest-rows-"  # + the writing process's id
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Delete spill folders left by killed ingests (their process is gone)."""
+    for folder in parent.glob(f"{PREFIX}*-*"):
+        try:
+            pid = int(folder.name[len(PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 class RecordSpill:
@@ -25,7 +42,8 @@ class RecordSpill:
     def __init__(self, store_path: str) -> None:
         parent = Path(store_path).resolve().parent
         parent.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=".ingest-rows-", dir=parent))
+        _remove_orphans(parent)
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))
         self.files: dict[str, dict[str, list[str]]] = {}
         self.bytes = 0
 

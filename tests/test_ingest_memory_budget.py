@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,19 @@ def test_rows_built_in_feature_blocks_equal_rows_built_at_once() -> None:
                                                                   if name == "activations" else "index")
         expected = whole[i].sort_by([("index", "ascending"), ("id", "ascending")] if name == "activations" else "index")
         assert expected.num_rows > F // 2 and joined.equals(expected), name
+
+
+def test_rows_spilled_by_a_killed_ingest_are_removed_by_the_next_one(tmp_path: Path) -> None:
+    from ingest.record_spill import PREFIX, RecordSpill
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    orphan = tmp_path / f"{PREFIX}{dead}-abc"
+    orphan.mkdir()
+    (orphan / "0-activations-0.parquet").write_bytes(b"x" * 100)
+    live = tmp_path / f"{PREFIX}{os.getpid()}-def"  # this process's: still running, so kept
+    live.mkdir()
+    with RecordSpill(str(tmp_path / "store.duckdb")) as spill:
+        assert spill.folder.exists() and spill.folder.name.startswith(f"{PREFIX}{os.getpid()}-")
+        assert not orphan.exists() and live.exists()
+    assert not spill.folder.exists()
