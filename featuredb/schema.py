@@ -343,9 +343,89 @@ def _add_explanation_scores_v6(con: duckdb.DuckDBPyConnection) -> None:
     con.execute('CREATE INDEX explanation_scores_explanation ON explanation_scores ("explanationId")')
 
 
+# Schema v7: compact examples. Ingested examples keep each corpus window's tokens once per model
+# (`example_windows`, keyed by a hash of the window's token ids) and their values as UTINYINT[] relative to
+# `maxValue` (`activation_examples`): v = q / 255 * maxValue, so a value is off by at most maxValue / 510 and
+# zeros and the peak are exact. Other rows (imports, uploads, pulls) stay whole in `activation_rows`.
+# `activations` is a view over both, in Neuronpedia's shape, so every reader sees one table.
+ACTIVATION_ROWS = "activation_rows"  # the stored table behind the `activations` view, for whole rows
+STORED_AS = {"activations": ACTIVATION_ROWS}
+EXAMPLE_WINDOWS_COLUMNS = {"modelId": "VARCHAR", "window_key": "BIGINT", "tokens": "VARCHAR[]"}
+ACTIVATION_EXAMPLES_COLUMNS = {
+    "modelId": "VARCHAR",
+    "layer": "VARCHAR",
+    "index": "BIGINT",
+    "feature_key": "VARCHAR",
+    "kind": "VARCHAR",  # 't' top example, 'i' interval example: part of the id
+    "dataIndex": "BIGINT",  # the window's number in the corpus
+    "window_key": "BIGINT",
+    "maxValue": "DOUBLE",
+    "maxValueTokenIndex": "SMALLINT",
+    "q": "UTINYINT[]",
+    "binMin": "DOUBLE",
+    "binMax": "DOUBLE",
+    "binContains": "DOUBLE",
+    "dataSource": "VARCHAR",
+    "creatorId": "VARCHAR",
+}
+Q_LEVELS = 255  # q = round(value / maxValue * 255)
+# a compact example's id (alias t), the one ingest gave it: fdb:{model}:{source}:{index}:{t|i}{window}
+COMPACT_ID_SQL = ("'fdb:' || t.\"modelId\" || ':' || t.\"layer\" || ':' || t.\"index\" || ':' || t.kind "
+                  '|| t."dataIndex"')
+
+
+def compact_activation_sql(version: int = 7) -> str:
+    """SELECT of `activation_examples` (alias e, joined to `example_windows` w) in the activations' columns."""
+    values = 'list_transform(e.q, lambda x: x / 255.0 * e."maxValue")'
+    derived = {
+        "id": COMPACT_ID_SQL.replace("t.", "e."),
+        "tokens": "w.tokens",
+        "dataIndex": 'CAST(e."dataIndex" AS VARCHAR)',
+        "minValue": f"list_min({values})",
+        "values": values,
+        "maxValueTokenIndex": 'CAST(e."maxValueTokenIndex" AS BIGINT)',
+    }
+    exprs = []
+    for col, ty in columns_of(ACTIVATIONS, version).items():
+        if col in derived:
+            src = derived[col]
+        elif col in ACTIVATION_EXAMPLES_COLUMNS:
+            src = f'e."{col}"'
+        else:
+            src = "NULL"
+        exprs.append(f'CAST({src} AS {ty}) AS "{col}"')
+    return (f"SELECT {', '.join(exprs)} FROM activation_examples e "
+            'JOIN example_windows w ON w."modelId" = e."modelId" AND w.window_key = e.window_key')
+
+
+def _create_activations_view(con: duckdb.DuckDBPyConnection, version: int = 7) -> None:
+    cols = ", ".join(f'"{c}"' for c in columns_of(ACTIVATIONS, version))
+    con.execute(f'CREATE OR REPLACE VIEW activations AS SELECT {cols} FROM {ACTIVATION_ROWS} '
+                f'UNION ALL {compact_activation_sql(version)}')
+
+
+def _add_compact_examples_v7(con: duckdb.DuckDBPyConnection) -> None:
+    key = FEATURE_KEY_COLUMN[0]
+    con.execute(f'DROP INDEX "activations_{key}"')  # DuckDB renames no table that has an index
+    con.execute(f'ALTER TABLE activations RENAME TO {ACTIVATION_ROWS}')
+    con.execute(f'CREATE INDEX "{ACTIVATION_ROWS}_{key}" ON {ACTIVATION_ROWS} ("{key}")')
+    cols = ", ".join(f'"{n}" {ty}' for n, ty in EXAMPLE_WINDOWS_COLUMNS.items())
+    con.execute(f"CREATE TABLE example_windows ({cols})")
+    con.execute('CREATE INDEX example_windows_key ON example_windows (window_key)')
+    cols = ", ".join(f'"{n}" {ty}' for n, ty in ACTIVATION_EXAMPLES_COLUMNS.items())
+    con.execute(f"CREATE TABLE activation_examples ({cols})")
+    con.execute('CREATE INDEX activation_examples_feature_key ON activation_examples (feature_key)')
+    _create_activations_view(con)
+
+
+def stored_name(table: Table) -> str:
+    """The stored table a Neuronpedia table's rows are written to (`activations` is a view)."""
+    return STORED_AS.get(table.name, table.name)
+
+
 # MIGRATIONS[v-1] brings a file from version v-1 to version v.
 MIGRATIONS = (_create_tables_v1, _add_settings_and_feature_keys_v2, _add_search_state_v3, _add_graphs_v4,
-              _add_db_models_fields_v5, _add_explanation_scores_v6)
+              _add_db_models_fields_v5, _add_explanation_scores_v6, _add_compact_examples_v7)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -33,7 +34,12 @@ from featuredb.schema import (
     columns_of,
     feature_key,
     migrate,
+    ACTIVATION_EXAMPLES_COLUMNS as EXAMPLE_COLUMNS,
+    ACTIVATION_ROWS,
+    Q_LEVELS,
+    COMPACT_ID_SQL,
     readable_version,
+    stored_name,
     stored_version,
 )
 
@@ -56,6 +62,8 @@ _ID_EXPRESSIONS = {
 
 
 ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of activations
+ACTIVATION_COLUMNS = tuple(columns_of(ACTIVATIONS, CURRENT_VERSION))
+WINDOW_CACHE = 200_000  # example windows' tokens kept per model and reader before the cache starts again
 EXPLANATION_ORDER = LABEL_ORDER_SQL  # GET feature's order of explanations: the label first (labels.label_rule)
 
 
@@ -99,6 +107,11 @@ def feature_relations(con: Any, model: str, source: str) -> dict[str, Any]:
         rec = json.loads(text) if text else None
         out[name] = {k: v for k, v in rec.items() if k not in INTERNAL_COLUMNS} if rec else None
     return out
+
+
+def _paths_sql(paths: list[str]) -> str:
+    """A DuckDB list literal of file paths."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
 def default_db_path() -> str:
@@ -154,6 +167,7 @@ class FeatureStore:
         self.read_only = read_only
         self._owns_connection = True
         self._relations: dict[tuple[str, str], dict[str, Any]] = {}  # feature_relations, shared with thread views
+        self._windows: dict[str, dict[int, list[str]]] = {}  # example windows' tokens by model and key
         if read_only:
             if not Path(self.path).exists():
                 raise NotFoundError(f"{self.path}: no featuredb store here (import or ingest into it first)")
@@ -189,6 +203,7 @@ class FeatureStore:
         view.path, view.read_only, view.con = self.path, self.read_only, self.con.cursor()
         view._owns_connection = False
         view._relations = self._relations
+        view._windows = {}
         return view
 
     def close(self) -> None:
@@ -278,14 +293,55 @@ class FeatureStore:
         written = {}
         for name, paths in files.items():
             table = TABLES_BY_NAME[name]
-            self.con.execute(f'DELETE FROM "{table.name}" WHERE "modelId" = ? AND "layer" = ?', [model, source])
+            self.delete_source_rows(table, model, source)
             if not paths:
                 continue
-            listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
-            relation = f"read_parquet([{listed}])"
+            relation = f"read_parquet({_paths_sql(paths)})"
             present = [r[0] for r in self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
             written[name] = self.write_select(table, f"SELECT * FROM {relation}", present, scope=(model, source))
         return written
+
+    def delete_source_rows(self, table: Table, model: str, source: str) -> None:
+        """Delete one source's rows of a table (for `activations`, whole and compact rows both)."""
+        self._require_writable()
+        scope = '"modelId" = ? AND "layer" = ?'
+        self.con.execute(f'DELETE FROM "{stored_name(table)}" WHERE {scope}', [model, source])
+        if table is ACTIVATIONS:
+            self.con.execute(f"DELETE FROM activation_examples WHERE {scope}", [model, source])
+
+    def replace_source_examples(self, model: str, source: str, examples: list[str], windows: list[str]) -> int:
+        """Replace one source's compact examples by those of Parquet files, adding the windows they use.
+
+        Run inside `transaction()` after `replace_source_from_parquet` (which deletes the source's examples);
+        windows no example of the model uses any more are dropped."""
+        self._require_writable()
+        con = self.con
+        con.execute('DELETE FROM activation_examples WHERE "modelId" = ? AND "layer" = ?', [model, source])
+        if windows:
+            con.execute(f"""INSERT INTO example_windows SELECT DISTINCT ON (window_key) ? AS "modelId", window_key,
+                            tokens FROM read_parquet({_paths_sql(windows)}) n WHERE NOT EXISTS (SELECT 1 FROM
+                            example_windows o WHERE o."modelId" = ? AND o.window_key = n.window_key)""", [model, model])
+        n = 0
+        if examples:
+            cols = [c for c in EXAMPLE_COLUMNS if c not in ("modelId", "layer", FEATURE_KEY_COLUMN[0])]
+            quoted = ", ".join(f'"{c}"' for c in cols)
+            before = con.execute("SELECT count(*) FROM activation_examples").fetchone()[0]
+            con.execute(f"""INSERT INTO activation_examples ("modelId", "layer", feature_key, {quoted})
+                            SELECT ?, ?, ? || '/' || ? || '/' || CAST("index" AS VARCHAR), {quoted}
+                            FROM read_parquet({_paths_sql(examples)})""", [model, source, model, source])
+            n = con.execute("SELECT count(*) FROM activation_examples").fetchone()[0] - before
+            missing = con.execute("""SELECT count(*) FROM activation_examples e WHERE "modelId" = ? AND "layer" = ?
+                                     AND NOT EXISTS (SELECT 1 FROM example_windows w WHERE w."modelId" = e."modelId"
+                                     AND w.window_key = e.window_key)""", [model, source]).fetchone()[0]
+            if missing:
+                raise FeatureDBError(f"activations of {model}/{source}: {missing} example(s) name no stored window")
+        con.execute("""DELETE FROM example_windows w WHERE "modelId" = ? AND NOT EXISTS
+                       (SELECT 1 FROM activation_examples e WHERE e."modelId" = w."modelId" AND e.window_key = w.window_key)""",
+                    [model])
+        self._relations.clear()
+        self._windows.clear()
+        self.mark_search_stale()
+        return int(n)
 
     def limit_memory(self, limit_bytes: int) -> None:
         """Cap DuckDB's memory on this connection (it spills to `<store>.tmp` beyond it)."""
@@ -318,12 +374,13 @@ class FeatureStore:
         con = self.con
         if scope is not None and "layer" in cols and not con.execute(
                 f'SELECT 1 FROM "{table.name}" WHERE "modelId" = ? AND "layer" = ? LIMIT 1', list(scope)).fetchone():
-            before = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0]
-            con.execute(f'INSERT INTO "{table.name}" ({quoted}) {cast_sql}')
-            inserted = con.execute(f'SELECT count(*) FROM "{table.name}"').fetchone()[0] - before
+            stored = stored_name(table)
+            before = con.execute(f'SELECT count(*) FROM "{stored}"').fetchone()[0]
+            con.execute(f'INSERT INTO "{stored}" ({quoted}) {cast_sql}')
+            inserted = con.execute(f'SELECT count(*) FROM "{stored}"').fetchone()[0] - before
             in_scope = '"modelId" = ? AND "layer" = ?'
             self._check_keys(table, in_scope, list(scope))
-            if con.execute(f'SELECT count(*) FROM "{table.name}" WHERE {in_scope}', list(scope)).fetchone()[0] != inserted:
+            if con.execute(f'SELECT count(*) FROM "{stored}" WHERE {in_scope}', list(scope)).fetchone()[0] != inserted:
                 # such rows could duplicate rows of another source, which this one-pass write does not look at
                 raise FeatureDBError(f"{table.name}: rows written for {scope[0]}/{scope[1]} name another source")
             n = inserted - self._drop_duplicates_in_scope(table, scope)
@@ -353,7 +410,7 @@ class FeatureStore:
 
     def _check_keys(self, table: Table, where: str, params: list[Any], relation: str | None = None) -> None:
         missing = " OR ".join(f'"{k}" IS NULL' for k in table.key)
-        bad = self.con.execute(f'SELECT count(*) FROM "{relation or table.name}" WHERE ({where}) AND ({missing})',
+        bad = self.con.execute(f'SELECT count(*) FROM "{relation or stored_name(table)}" WHERE ({where}) AND ({missing})',
                                params).fetchone()[0]
         if bad:
             raise MissingKeyError(f"{table.name}: {bad} row(s) lack a key field ({', '.join(table.key)})")
@@ -362,12 +419,13 @@ class FeatureStore:
         """Keep the last copy of each key among the scope's rows, as a replace would; returns rows dropped."""
         key = ", ".join(f'"{k}"' for k in table.key)
         where = '"modelId" = ? AND "layer" = ?'
+        stored = stored_name(table)
         dup = self.con.execute(
-            f'SELECT count(*) - count(DISTINCT ({key})) FROM "{table.name}" WHERE {where}', list(scope)).fetchone()[0]
+            f'SELECT count(*) - count(DISTINCT ({key})) FROM "{stored}" WHERE {where}', list(scope)).fetchone()[0]
         if dup:
             self.con.execute(
-                f'DELETE FROM "{table.name}" WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number() OVER '
-                f'(PARTITION BY {key} ORDER BY rowid DESC) AS rn FROM "{table.name}" WHERE {where}) WHERE rn > 1)',
+                f'DELETE FROM "{stored}" WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number() OVER '
+                f'(PARTITION BY {key} ORDER BY rowid DESC) AS rn FROM "{stored}" WHERE {where}) WHERE rn > 1)',
                 list(scope))
         return int(dup)
 
@@ -397,8 +455,11 @@ class FeatureStore:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _changed AS SELECT {quoted} FROM _stage EXCEPT
                         SELECT {quoted} FROM "{table.name}" t WHERE EXISTS (SELECT 1 FROM _stage s WHERE {join})""")
         try:
-            con.execute(f'DELETE FROM "{table.name}" t USING _changed s WHERE {join}')
-            con.execute(f'INSERT INTO "{table.name}" ({quoted}) SELECT {quoted} FROM _changed')
+            con.execute(f'DELETE FROM "{stored_name(table)}" t USING _changed s WHERE {join}')
+            if table is ACTIVATIONS:  # a whole row replaces the compact example with its id
+                con.execute(f'DELETE FROM activation_examples t USING _changed s WHERE t."modelId" = s."modelId" '
+                            f'AND t."layer" = s."layer" AND s.id = {COMPACT_ID_SQL}')
+            con.execute(f'INSERT INTO "{stored_name(table)}" ({quoted}) SELECT {quoted} FROM _changed')
             self._mark_searched_changed(table, con.execute("SELECT count(*) FROM _changed").fetchone()[0])
         finally:
             con.execute("DROP TABLE IF EXISTS _changed")
@@ -417,12 +478,55 @@ class FeatureStore:
             raise NotFoundError(f"feature {model}/{source}/{idx} is not in {self.path}")
         feature = dict(zip([d[0] for d in cur.description], row))
         limit = f" LIMIT {int(max_acts)}" if max_acts is not None else ""
-        acts = self._rows(f'SELECT * FROM activations WHERE {where} ORDER BY {ACTIVATION_ORDER}{limit}', key)
+        acts = self._rows(f'SELECT * FROM {ACTIVATION_ROWS} WHERE {where} ORDER BY {ACTIVATION_ORDER}{limit}', key)
+        compact = self._compact_activations(model, key[0])
+        if compact:  # the view's order, without the view's join over every window
+            acts = sorted(acts + compact, key=lambda a: (a["maxValue"] is None, -(a["maxValue"] or 0.0), a["id"]))
+            acts = acts if max_acts is None else acts[:int(max_acts)]
         exps = self._rows(f'SELECT * FROM explanations WHERE {where} ORDER BY {EXPLANATION_ORDER}', key)
         relations = self._relations.get((model, source))
         if relations is None:  # three small lookups that would cost as much as the feature itself
             relations = self._relations[(model, source)] = feature_relations(self.con, model, source)
         return feature_from_rows(feature, acts, exps, relations)
+
+    def _compact_activations(self, model: str, key: str) -> list[dict[str, Any]]:
+        """One feature's compact examples as activations rows, decoded as the `activations` view decodes them."""
+        cols = ("kind", "dataIndex", "window_key", "maxValue", "maxValueTokenIndex", "q", "binMin", "binMax",
+                "binContains", "dataSource", "creatorId", "modelId", "layer", "index")
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        t = self.con.execute(f"SELECT {quoted} FROM activation_examples WHERE {FEATURE_KEY_COLUMN[0]} = ?",
+                             [key]).to_arrow_table()
+        if not t.num_rows:
+            return []
+        tokens = self._window_tokens(model, t["window_key"].to_pylist())
+        q = t["q"].combine_chunks()
+        offsets = q.offsets.to_numpy()
+        top = t["maxValue"].to_numpy()
+        flat = q.values.to_numpy().astype(np.float64) / Q_LEVELS * np.repeat(top, np.diff(offsets))
+        columns = {c: t[c].to_pylist() for c in cols if c != "q"}
+        out = []
+        for i in range(t.num_rows):
+            row = dict.fromkeys(ACTIVATION_COLUMNS)
+            row.update({c: v[i] for c, v in columns.items()})
+            values = flat[offsets[i]:offsets[i + 1]]
+            row.update({"id": f"fdb:{row['modelId']}:{row['layer']}:{row['index']}:{row.pop('kind')}{row['dataIndex']}",
+                        "dataIndex": str(row["dataIndex"]), "tokens": tokens[row.pop("window_key")],
+                        "values": values.tolist(), "minValue": float(values.min()) if len(values) else None,
+                        FEATURE_KEY_COLUMN[0]: key})
+            out.append(row)
+        return out
+
+    def _window_tokens(self, model: str, keys: list[int]) -> dict[int, list[str]]:
+        """Tokens of example windows by key (cached: a window's key is a hash of its token ids)."""
+        cache = self._windows.setdefault(model, {})
+        missing = sorted(set(keys) - cache.keys())
+        if missing:
+            if len(cache) > WINDOW_CACHE:
+                cache.clear()
+            for k, toks in self.con.execute('SELECT window_key, tokens FROM example_windows WHERE "modelId" = ? AND '
+                                            "window_key IN (SELECT unnest(?::BIGINT[]))", [model, missing]).fetchall():
+                cache[k] = toks
+        return {k: cache[k] for k in keys}
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, params)

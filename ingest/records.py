@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,15 @@ class RecordOptions:
     per_interval: int = 5
     data_source: str = ""
     creator: str = "featuredb"
+
+
+@dataclass
+class LayerRecords:
+    """One source's rows: `features`, compact `examples` (activation_examples) and `whole` activations rows."""
+
+    features: pa.Table
+    examples: pa.Table
+    whole: pa.Table
 
 
 def hist_centres() -> np.ndarray:
@@ -58,6 +68,60 @@ def _example_table(model_id: str, source: str, feats: np.ndarray, wins: np.ndarr
         "binContains": pa.array(bins[:, 2].astype(np.float64)),
         "creatorId": pa.array([opts.creator] * n, pa.string()),
     })
+
+
+def window_key(token_ids: np.ndarray) -> int:
+    """A window's key in `example_windows`: the first 8 bytes of the BLAKE2b hash of its token ids (int64)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(token_ids, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int(np.frombuffer(digest, dtype=np.int64)[0])
+
+
+def window_table(bank: dict[int, np.ndarray], windows: np.ndarray, vocab: pa.Array) -> pa.Table:
+    """Rows of `example_windows` (window_key, tokens) for the given window numbers."""
+    windows = np.unique(windows)
+    ids = [bank[int(w)] for w in windows]
+    width = len(ids[0]) if ids else 0
+    if any(len(x) != width for x in ids):
+        raise ValueError("windows of one ingest must have one length")
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    return pa.table({"window_key": pa.array([window_key(x) for x in ids], pa.int64()),
+                     "tokens": _list_array(pc.take(vocab, pa.array(flat)), width, len(ids))})
+
+
+def _compact_table(feats: np.ndarray, wins: np.ndarray, acts: np.ndarray, bins: np.ndarray,
+                   bank: dict[int, np.ndarray], opts: RecordOptions, kind: np.ndarray) -> pa.Table:
+    """Rows of `activation_examples`: values as q = round(v / maxValue * 255) in UTINYINT (schema v7)."""
+    n, width = acts.shape
+    top = acts.max(axis=1).astype(np.float64) if n else np.zeros(0)
+    scale = np.where(top > 0, 255.0 / np.where(top > 0, top, 1.0), 0.0)
+    q = np.clip(np.rint(acts.astype(np.float64) * scale[:, None]), 0, 255).astype(np.uint8)
+    keys = {int(w): window_key(bank[int(w)]) for w in np.unique(wins)}
+    return pa.table({
+        "index": pa.array(feats.astype(np.int64)),
+        "kind": pa.array(kind.tolist(), pa.string()),
+        "dataIndex": pa.array(wins.astype(np.int64)),
+        "window_key": pa.array([keys[int(w)] for w in wins], pa.int64()),
+        "maxValue": pa.array(top),
+        "maxValueTokenIndex": pa.array(acts.argmax(axis=1).astype(np.int16) if n else np.zeros(0, np.int16)),
+        "q": _list_array(pa.array(q.reshape(-1)), width, n),
+        "binMin": pa.array(bins[:, 0].astype(np.float64)),
+        "binMax": pa.array(bins[:, 1].astype(np.float64)),
+        "binContains": pa.array(bins[:, 2].astype(np.float64)),
+        "dataSource": pa.array([opts.data_source] * n, pa.string()),
+        "creatorId": pa.array([opts.creator] * n, pa.string()),
+    })
+
+
+def _examples(model_id: str, source: str, feats: np.ndarray, wins: np.ndarray, acts: np.ndarray, bins: np.ndarray,
+              bank: dict[int, np.ndarray], vocab: pa.Array, opts: RecordOptions, kind: str
+              ) -> tuple[pa.Table, pa.Table]:
+    """(compact, whole) example rows: an example with a negative value (q cannot hold it) stays whole."""
+    kinds = np.array([kind] * len(feats))
+    whole = (acts < 0).any(axis=1) if len(feats) else np.zeros(0, bool)
+    keep = ~whole
+    return (_compact_table(feats[keep], wins[keep], acts[keep], bins[keep], bank, opts, kinds[keep]),
+            _example_table(model_id, source, feats[whole], wins[whole], acts[whole], bins[whole], bank, vocab, opts,
+                           kinds[whole]))
 
 
 def _count_below(hist: np.ndarray, x: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
@@ -126,8 +190,8 @@ def _interval_examples(state: LayerState, max_act: np.ndarray, opts: RecordOptio
 
 def layer_records(model_id: str, source: str, set_name: str, state: LayerState, tokens_counted: int,
                   bank: dict[int, np.ndarray], vocab: pa.Array, logits: LogitStats, opts: RecordOptions,
-                  first: int = 0) -> tuple[pa.Table, pa.Table]:
-    """(features, activations) tables for one source; dead features get frac_nonzero 0 and no examples.
+                  first: int = 0) -> LayerRecords:
+    """Features and example rows of one source; dead features get frac_nonzero 0 and no examples.
 
     `state` and `logits` may cover a block of the source's features: those from index `first` on."""
     state = state.to("cpu")
@@ -165,8 +229,7 @@ def layer_records(model_id: str, source: str, set_name: str, state: LayerState, 
     top_acts = state.top_acts[tf, tj].numpy()
     top_bins = np.stack([np.full(len(tf), -1.0), max_act[tf.numpy()], np.full(len(tf), -1.0)], axis=1) \
         if len(tf) else np.zeros((0, 3))
-    top = _example_table(model_id, source, tf.numpy() + first, top_wins, top_acts, top_bins, bank, vocab, opts,
-                         np.array(["t"] * len(tf)))
+    top = _examples(model_id, source, tf.numpy() + first, top_wins, top_acts, top_bins, bank, vocab, opts, "t")
     i_f, i_w, i_a, i_b = _interval_examples(state, max_act, opts, first)
-    intervals = _example_table(model_id, source, i_f + first, i_w, i_a, i_b, bank, vocab, opts, np.array(["i"] * len(i_f)))
-    return features, pa.concat_tables([top, intervals])
+    intervals = _examples(model_id, source, i_f + first, i_w, i_a, i_b, bank, vocab, opts, "i")
+    return LayerRecords(features, pa.concat_tables([top[0], intervals[0]]), pa.concat_tables([top[1], intervals[1]]))

@@ -25,7 +25,7 @@ from ingest.logit_lens import logit_stats
 from ingest.memory_budget import (GB, RECORD_BLOCK, MemoryPlan, current_rss_bytes, default_memory_gb, plan_memory,
                                   transient_bytes)
 from ingest.record_spill import RecordSpill
-from ingest.records import RecordOptions, layer_records
+from ingest.records import RecordOptions, layer_records, window_table
 from ingest.sink_positions import SINK_POSITIONS
 
 __all__ = ["IngestConfig", "IngestSummary", "merge_shards", "run_ingest"]
@@ -111,13 +111,13 @@ def spill_records(spill: RecordSpill, ing: IngestPass, states: dict[int, LayerSt
             state = states.pop(t.layer).to("cpu")
             for lo in range(0, t.d_transcoder, RECORD_BLOCK):
                 hi = min(lo + RECORD_BLOCK, t.d_transcoder)
-                feats, acts = layer_records(ing.lm.model_id, src, ing.set_name, state.rows(lo, hi), tokens_counted,
-                                            bank, vocab, logit_stats(t.W_dec[lo:hi], W_U), opts, first=lo)
-                spill.add(src, feats, acts)
+                spill.add(src, layer_records(ing.lm.model_id, src, ing.set_name, state.rows(lo, hi), tokens_counted,
+                                             bank, vocab, logit_stats(t.W_dec[lo:hi], W_U), opts, first=lo))
                 bar.update(hi - lo)
             n_live = int((state.nonzero > 0).sum())
             live, dead = live + n_live, dead + t.d_transcoder - n_live
             del state
+    spill.add_windows(window_table(bank, np.array(sorted(spill.windows_used), np.int64), vocab))
     return live, dead
 
 

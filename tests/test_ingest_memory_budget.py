@@ -121,10 +121,10 @@ def test_rows_built_in_feature_blocks_equal_rows_built_at_once() -> None:
     whole = layer_records("m", "0-x", "x", state, 80 * T, bank, vocab, logit_stats(W_dec, W_U), opts)
     blocks = [layer_records("m", "0-x", "x", state.rows(lo, min(lo + 4, F)), 80 * T, bank, vocab,
                             logit_stats(W_dec[lo:lo + 4], W_U), opts, first=lo) for lo in range(0, F, 4)]
-    for i, name in enumerate(("features", "activations")):
-        joined = pa.concat_tables([b[i] for b in blocks]).sort_by([("index", "ascending"), ("id", "ascending")]
-                                                                  if name == "activations" else "index")
-        expected = whole[i].sort_by([("index", "ascending"), ("id", "ascending")] if name == "activations" else "index")
+    order = {"features": "index", "examples": [("index", "ascending"), ("kind", "ascending"), ("dataIndex", "ascending")]}
+    for name, by in order.items():
+        joined = pa.concat_tables([getattr(b, name) for b in blocks]).sort_by(by)
+        expected = getattr(whole, name).sort_by(by)
         assert expected.num_rows > F // 2 and joined.equals(expected), name
 
 

@@ -87,7 +87,13 @@ def test_stored_example_equals_an_independent_recomputation(setup: dict[str, Pat
     pre = captured["x"][0] @ w["W_enc"].T + w["b_enc"]
     acts = (pre * (pre > w["activation_function.threshold"]))[:, 9]
     acts[0] = 0.0  # BOS position is excluded, as on Neuronpedia
-    torch.testing.assert_close(torch.tensor(example.values, dtype=torch.float32), acts, rtol=1e-4, atol=1e-5)
+    # values are stored as q = round(v / maxValue * 255): off by at most maxValue / 510; zeros and the peak exact
+    stored = torch.tensor(example.values, dtype=torch.float32)
+    torch.testing.assert_close(stored, acts, rtol=1e-4, atol=float(acts.max()) / 510 + 1e-5)
+    assert ((stored == 0) == (acts <= float(acts.max()) / 510)).all()
+    peak = int(acts.argmax())
+    assert example.maxValueTokenIndex == peak and example.maxValue == pytest.approx(float(acts[peak]), rel=1e-5)
+    assert stored[peak] == example.maxValue
 
 
 def test_position_zero_never_reaches_examples_or_statistics(setup: dict[str, Path], tmp_path: Path,
