@@ -406,8 +406,11 @@ def _create_activations_view(con: duckdb.DuckDBPyConnection, version: int = 7) -
 
 def _add_compact_examples_v7(con: duckdb.DuckDBPyConnection) -> None:
     key = FEATURE_KEY_COLUMN[0]
-    con.execute(f'DROP INDEX "activations_{key}"')  # DuckDB renames no table that has an index
-    con.execute(f'ALTER TABLE activations RENAME TO {ACTIVATION_ROWS}')
+    # Copied, not renamed: DuckDB renames no table with an index, and a WAL holding an index created on a
+    # renamed table fails to replay ("GetDefaultDatabase with no default database set").
+    con.execute(f'CREATE TABLE {ACTIVATION_ROWS} AS SELECT * FROM activations')
+    con.execute(f'DROP INDEX "activations_{key}"')
+    con.execute('DROP TABLE activations')
     con.execute(f'CREATE INDEX "{ACTIVATION_ROWS}_{key}" ON {ACTIVATION_ROWS} ("{key}")')
     cols = ", ".join(f'"{n}" {ty}' for n, ty in EXAMPLE_WINDOWS_COLUMNS.items())
     con.execute(f"CREATE TABLE example_windows ({cols})")
