@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError, NotFoundError, SchemaVersionError, StoreLockedError
+from featuredb.feature_packs import EXAMPLE_FIELDS, unpack
 from featuredb.identity import parse_index, set_of_source
 from featuredb.labels.label_rule import LABEL_ORDER_SQL
 from featuredb.models import Feature
@@ -63,6 +64,9 @@ _ID_EXPRESSIONS = {
 
 ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of activations
 ACTIVATION_COLUMNS = tuple(columns_of(ACTIVATIONS, CURRENT_VERSION))
+FEATURE_COLUMNS = tuple(columns_of(FEATURES, CURRENT_VERSION))
+PACKS = "feature_packs"  # featuredb.feature_packs
+PACKED_TABLES = (FEATURES, ACTIVATIONS)  # writes here delete the written features' packs
 WINDOW_CACHE = 200_000  # example windows' tokens kept per model and reader before the cache starts again
 EXPLANATION_ORDER = LABEL_ORDER_SQL  # GET feature's order of explanations: the label first (labels.label_rule)
 
@@ -203,7 +207,7 @@ class FeatureStore:
         view.path, view.read_only, view.con = self.path, self.read_only, self.con.cursor()
         view._owns_connection = False
         view._relations = self._relations
-        view._windows = {}
+        view._windows = self._windows
         return view
 
     def close(self) -> None:
@@ -308,9 +312,13 @@ class FeatureStore:
         self.con.execute(f'DELETE FROM "{stored_name(table)}" WHERE {scope}', [model, source])
         if table is ACTIVATIONS:
             self.con.execute(f"DELETE FROM activation_examples WHERE {scope}", [model, source])
+        if table in PACKED_TABLES:
+            self.con.execute(f"DELETE FROM {PACKS} WHERE {scope}", [model, source])
 
-    def replace_source_examples(self, model: str, source: str, examples: list[str], windows: list[str]) -> int:
-        """Replace one source's compact examples by those of Parquet files, adding the windows they use.
+    def replace_source_examples(self, model: str, source: str, examples: list[str], windows: list[str],
+                                packs: list[str] = ()) -> int:
+        """Replace one source's compact examples (and feature packs) by those of Parquet files, adding the windows
+        they use.
 
         Run inside `transaction()` after `replace_source_from_parquet` (which deletes the source's examples);
         windows no example of the model uses any more are dropped."""
@@ -335,6 +343,10 @@ class FeatureStore:
                                      AND w.window_key = e.window_key)""", [model, source]).fetchone()[0]
             if missing:
                 raise FeatureDBError(f"activations of {model}/{source}: {missing} example(s) name no stored window")
+        if packs:
+            con.execute(f"""INSERT INTO {PACKS} SELECT feature_key, "modelId", "layer", pack
+                            FROM read_parquet({_paths_sql(packs)}) WHERE "modelId" = ? AND "layer" = ?""",
+                        [model, source])
         con.execute("""DELETE FROM example_windows w WHERE "modelId" = ? AND NOT EXISTS
                        (SELECT 1 FROM activation_examples e WHERE e."modelId" = w."modelId" AND e.window_key = w.window_key)""",
                     [model])
@@ -384,6 +396,8 @@ class FeatureStore:
                 # such rows could duplicate rows of another source, which this one-pass write does not look at
                 raise FeatureDBError(f"{table.name}: rows written for {scope[0]}/{scope[1]} name another source")
             n = inserted - self._drop_duplicates_in_scope(table, scope)
+            if table in PACKED_TABLES:  # a pack would hide the new rows
+                con.execute(f'DELETE FROM {PACKS} WHERE {in_scope}', list(scope))
         else:
             con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {cast_sql}")
             try:
@@ -456,6 +470,8 @@ class FeatureStore:
                         SELECT {quoted} FROM "{table.name}" t WHERE EXISTS (SELECT 1 FROM _stage s WHERE {join})""")
         try:
             con.execute(f'DELETE FROM "{stored_name(table)}" t USING _changed s WHERE {join}')
+            if table in PACKED_TABLES:  # a pack would hide the new rows
+                con.execute(f"DELETE FROM {PACKS} WHERE feature_key IN (SELECT {FEATURE_KEY_SQL} FROM _changed)")
             if table is ACTIVATIONS:  # a whole row replaces the compact example with its id
                 con.execute(f'DELETE FROM activation_examples t USING _changed s WHERE t."modelId" = s."modelId" '
                             f'AND t."layer" = s."layer" AND s.id = {COMPACT_ID_SQL}')
@@ -472,17 +488,23 @@ class FeatureStore:
         idx = parse_index(index)
         key = [feature_key(model, source, idx)]
         where = f'"{FEATURE_KEY_COLUMN[0]}" = ?'  # the only filter, so DuckDB uses the ART index
-        cur = self.con.execute(f"SELECT * FROM features WHERE {where}", key)
-        row = cur.fetchone()
-        if row is None:
-            raise NotFoundError(f"feature {model}/{source}/{idx} is not in {self.path}")
-        feature = dict(zip([d[0] for d in cur.description], row))
-        limit = f" LIMIT {int(max_acts)}" if max_acts is not None else ""
-        acts = self._rows(f'SELECT * FROM {ACTIVATION_ROWS} WHERE {where} ORDER BY {ACTIVATION_ORDER}{limit}', key)
-        compact = self._compact_activations(model, key[0])
-        if compact:  # the view's order, without the view's join over every window
-            acts = sorted(acts + compact, key=lambda a: (a["maxValue"] is None, -(a["maxValue"] or 0.0), a["id"]))
-            acts = acts if max_acts is None else acts[:int(max_acts)]
+        packed = self.con.execute(f"SELECT pack FROM {PACKS} WHERE {where}", key).fetchone()
+        if packed is not None:  # one BLOB instead of the rows' list columns (featuredb.feature_packs)
+            fields, cols, q = unpack(packed[0])
+            feature = dict.fromkeys(FEATURE_COLUMNS)
+            feature.update(fields)
+            acts = self._decoded_examples(model, key[0], feature, cols, q)
+        else:
+            cur = self.con.execute(f"SELECT * FROM features WHERE {where}", key)
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"feature {model}/{source}/{idx} is not in {self.path}")
+            feature = dict(zip([d[0] for d in cur.description], row))
+            acts = self._rows(f'SELECT * FROM {ACTIVATION_ROWS} WHERE {where}', key) + self._compact_activations(
+                model, key[0])
+        # the view's order (ACTIVATION_ORDER), without the view's join over every window
+        acts.sort(key=lambda a: (a["maxValue"] is None, -(a["maxValue"] or 0.0), a["id"]))
+        acts = acts if max_acts is None else acts[:int(max_acts)]
         exps = self._rows(f'SELECT * FROM explanations WHERE {where} ORDER BY {EXPLANATION_ORDER}', key)
         relations = self._relations.get((model, source))
         if relations is None:  # three small lookups that would cost as much as the feature itself
@@ -491,25 +513,30 @@ class FeatureStore:
 
     def _compact_activations(self, model: str, key: str) -> list[dict[str, Any]]:
         """One feature's compact examples as activations rows, decoded as the `activations` view decodes them."""
-        cols = ("kind", "dataIndex", "window_key", "maxValue", "maxValueTokenIndex", "q", "binMin", "binMax",
-                "binContains", "dataSource", "creatorId", "modelId", "layer", "index")
-        quoted = ", ".join(f'"{c}"' for c in cols)
-        t = self.con.execute(f"SELECT {quoted} FROM activation_examples WHERE {FEATURE_KEY_COLUMN[0]} = ?",
+        names = ", ".join(f'"{c}"' for c in (*EXAMPLE_FIELDS, "q"))
+        t = self.con.execute(f"SELECT {names} FROM activation_examples WHERE {FEATURE_KEY_COLUMN[0]} = ?",
                              [key]).to_arrow_table()
         if not t.num_rows:
             return []
-        tokens = self._window_tokens(model, t["window_key"].to_pylist())
         q = t["q"].combine_chunks()
-        offsets = q.offsets.to_numpy()
-        top = t["maxValue"].to_numpy()
-        flat = q.values.to_numpy().astype(np.float64) / Q_LEVELS * np.repeat(top, np.diff(offsets))
-        columns = {c: t[c].to_pylist() for c in cols if c != "q"}
+        flat, offsets = q.values.to_numpy(zero_copy_only=False), q.offsets.to_numpy()
+        model_id, layer, index = key.rsplit("/", 2)
+        return self._decoded_examples(model, key, {"modelId": model_id, "layer": layer, "index": int(index)},
+                                      {c: t[c].to_pylist() for c in EXAMPLE_FIELDS},
+                                      [flat[offsets[i]:offsets[i + 1]] for i in range(t.num_rows)])
+
+    def _decoded_examples(self, model: str, key: str, feature: dict[str, Any], cols: dict[str, list[Any]],
+                          q: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Activations rows of one feature's compact examples: v = q / 255 * maxValue, tokens from the windows."""
+        tokens = self._window_tokens(model, cols["window_key"])
         out = []
-        for i in range(t.num_rows):
+        for i, qi in enumerate(q):
             row = dict.fromkeys(ACTIVATION_COLUMNS)
-            row.update({c: v[i] for c, v in columns.items()})
-            values = flat[offsets[i]:offsets[i + 1]]
-            row.update({"id": f"fdb:{row['modelId']}:{row['layer']}:{row['index']}:{row.pop('kind')}{row['dataIndex']}",
+            row.update({c: v[i] for c, v in cols.items()})
+            values = qi.astype(np.float64) / Q_LEVELS * row["maxValue"]
+            kind = row.pop("kind")
+            row.update({"id": f"fdb:{feature['modelId']}:{feature['layer']}:{feature['index']}:{kind}{row['dataIndex']}",
+                        "modelId": feature["modelId"], "layer": feature["layer"], "index": feature["index"],
                         "dataIndex": str(row["dataIndex"]), "tokens": tokens[row.pop("window_key")],
                         "values": values.tolist(), "minValue": float(values.min()) if len(values) else None,
                         FEATURE_KEY_COLUMN[0]: key})

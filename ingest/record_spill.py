@@ -54,9 +54,9 @@ class RecordSpill:
 
     def add(self, source: str, records: LayerRecords) -> None:
         """Write one block of a source's rows (features, compact examples, whole activations)."""
-        per_source = self.files.setdefault(source, {"features": [], "activations": [], "examples": []})
+        per_source = self.files.setdefault(source, {"features": [], "activations": [], "examples": [], "packs": []})
         for name, table in (("features", records.features), ("activations", records.whole),
-                            ("examples", records.examples)):
+                            ("examples", records.examples), ("packs", records.packs)):
             if table.num_rows == 0:
                 continue
             self._write(per_source[name], f"{len(self.files)}-{name}-{len(per_source[name])}", table)
@@ -77,7 +77,7 @@ class RecordSpill:
         """Replace each spilled source's rows in the store (call inside the store's transaction)."""
         for source, files in self.files.items():
             store.replace_source_from_parquet(model_id, source, {k: files[k] for k in ("features", "activations")})
-            store.replace_source_examples(model_id, source, files["examples"], self.window_files)
+            store.replace_source_examples(model_id, source, files["examples"], self.window_files, files["packs"])
 
     def remove(self) -> None:
         """Delete the folder."""

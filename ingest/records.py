@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from featuredb.feature_packs import pack_table
 from ingest.feature_state import HIST_BINS, HIST_BINS_PER_DECADE, HIST_LOG10_MIN, LayerState, pair_priority
 from ingest.logit_lens import LogitStats
 
@@ -26,11 +27,13 @@ class RecordOptions:
 
 @dataclass
 class LayerRecords:
-    """One source's rows: `features`, compact `examples` (activation_examples) and `whole` activations rows."""
+    """One source's rows: `features`, compact `examples` (activation_examples), `whole` activations rows (those
+    q cannot hold) and the features' `packs`."""
 
     features: pa.Table
     examples: pa.Table
     whole: pa.Table
+    packs: pa.Table  # featuredb.feature_packs, for features without whole rows
 
 
 def hist_centres() -> np.ndarray:
@@ -232,4 +235,5 @@ def layer_records(model_id: str, source: str, set_name: str, state: LayerState, 
     top = _examples(model_id, source, tf.numpy() + first, top_wins, top_acts, top_bins, bank, vocab, opts, "t")
     i_f, i_w, i_a, i_b = _interval_examples(state, max_act, opts, first)
     intervals = _examples(model_id, source, i_f + first, i_w, i_a, i_b, bank, vocab, opts, "i")
-    return LayerRecords(features, pa.concat_tables([top[0], intervals[0]]), pa.concat_tables([top[1], intervals[1]]))
+    examples, whole = pa.concat_tables([top[0], intervals[0]]), pa.concat_tables([top[1], intervals[1]])
+    return LayerRecords(features, examples, whole, pack_table(features, examples, skip=set(whole["index"].to_pylist())))

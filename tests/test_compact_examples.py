@@ -125,3 +125,34 @@ def test_a_whole_row_with_a_compact_rows_id_replaces_it(stores: dict[str, Path],
         assert store.con.execute("SELECT count(*) FROM activations").fetchone()[0] == total
         got = [a for a in store.get_feature("tiny", "0-tc", 7).activations if a.id == row["id"]]
         assert len(got) == 1 and got[0].values == [0.5] * len(row["tokens"])
+        assert store.con.execute("SELECT count(*) FROM feature_packs WHERE feature_key = 'tiny/0-tc/7'"
+                                 ).fetchone()[0] == 0  # the pack would have hidden the new row
+
+
+def test_get_feature_from_packs_equals_get_feature_from_the_rows(stores: dict[str, Path], tmp_path: Path) -> None:
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(stores["compact"].read_bytes())
+    keys = [(s, i) for s in ("0-tc", "1-tc") for i in range(N_FEATURES)]
+    with FeatureStore(copy) as store:
+        assert store.con.execute("SELECT count(*) FROM feature_packs").fetchone()[0] == len(keys)
+        packed = {k: store.get_feature("tiny", *k).model_dump() for k in keys}
+        some = {k: store.get_feature("tiny", *k, max_acts=2).model_dump() for k in keys}
+        store.con.execute("DELETE FROM feature_packs")
+        assert {k: store.get_feature("tiny", *k).model_dump() for k in keys} == packed
+        assert {k: store.get_feature("tiny", *k, max_acts=2).model_dump() for k in keys} == some
+    assert sum(len(f["activations"]) for f in packed.values()) > 100
+
+
+def test_writing_a_features_rows_drops_its_pack_and_only_its_pack(stores: dict[str, Path], tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(stores["compact"].read_bytes())
+    with FeatureStore(copy) as store:
+        packs = store.con.execute("SELECT count(*) FROM feature_packs").fetchone()[0]
+        store.upsert({"features": pa.Table.from_pylist([{"modelId": "tiny", "layer": "0-tc", "index": 3,
+                                                         "maxActApprox": 123.0}])})
+        assert store.get_feature("tiny", "0-tc", 3).maxActApprox == 123.0
+        assert store.con.execute("SELECT count(*) FROM feature_packs").fetchone()[0] == packs - 1
+        assert store.con.execute("SELECT count(*) FROM feature_packs WHERE feature_key = 'tiny/0-tc/3'"
+                                 ).fetchone()[0] == 0
