@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -170,6 +171,7 @@ class FeatureStore:
         self.path = str(path or default_db_path())
         self.read_only = read_only
         self._owns_connection = True
+        self._views: weakref.WeakSet[FeatureStore] = weakref.WeakSet()  # thread views: closed with the store
         self._relations: dict[tuple[str, str], dict[str, Any]] = {}  # feature_relations, shared with thread views
         self._windows: dict[str, dict[int, list[str]]] = {}  # example windows' tokens by model and key
         if read_only:
@@ -206,6 +208,8 @@ class FeatureStore:
         view = object.__new__(FeatureStore)
         view.path, view.read_only, view.con = self.path, self.read_only, self.con.cursor()
         view._owns_connection = False
+        view._views = weakref.WeakSet()
+        self._views.add(view)
         view._relations = self._relations
         view._windows = self._windows
         return view
@@ -216,6 +220,8 @@ class FeatureStore:
             if not self.read_only and self._owns_connection:
                 self.refresh_search(only_if_dirty=True)
         finally:
+            for view in list(self._views):  # a worker thread's cursor would keep the file open
+                view.con.close()
             self.con.close()
 
     def refresh_search(self, *, only_if_dirty: bool = False, progress: bool | None = None) -> dict[str, float]:

@@ -238,14 +238,20 @@ def test_features_that_share_their_top_examples_are_grouped(store_db: Path, corp
     with FeatureStore(store_db) as store:
         key5, key7 = (store.con.execute('SELECT DISTINCT feature_key FROM activations WHERE "index" = ?',
                                         [i]).fetchone()[0] for i in (5, 7))
-        store.con.execute("DELETE FROM activations WHERE feature_key = ?", [key7])
-        store.con.execute(f"""INSERT INTO activations SELECT * REPLACE ('copy-' || id AS id, 7 AS "index",
+        # edit whole rows: move ingest's compact examples (schema v7) into activation_rows first
+        store.con.execute("CREATE TEMP TABLE _all AS SELECT * FROM activations")
+        store.con.execute("DELETE FROM activation_examples")
+        store.con.execute("DELETE FROM feature_packs")
+        store.con.execute("DELETE FROM activation_rows")
+        store.con.execute("INSERT INTO activation_rows SELECT * FROM _all")
+        store.con.execute("DELETE FROM activation_rows WHERE feature_key = ?", [key7])
+        store.con.execute(f"""INSERT INTO activation_rows SELECT * REPLACE ('copy-' || id AS id, 7 AS "index",
                               ? AS feature_key{', NULL AS "dataIndex"' if not corpus_rows else ''})
-                              FROM activations WHERE feature_key = ?""", [key7, key5])
+                              FROM activation_rows WHERE feature_key = ?""", [key7, key5])
         if not corpus_rows:
-            store.con.execute('UPDATE activations SET "dataIndex" = NULL')
+            store.con.execute('UPDATE activation_rows SET "dataIndex" = NULL')
         else:
-            store.con.execute("""UPDATE activations SET "dataIndex" = coalesce("dataIndex", id)""")
+            store.con.execute("""UPDATE activation_rows SET "dataIndex" = coalesce("dataIndex", id)""")
         nodes = [feat(5, clerp="alpha particles"), feat(7, clerp="tax law"), feat(9, clerp="guitar chords")]
         graph = graph_of(nodes, [])
         mapping = map_nodes(store, graph)
