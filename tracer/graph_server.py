@@ -43,7 +43,7 @@ from featuredb.schema import feature_key
 from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.limits import MAX_NAME_CHARS, MAX_SAVE_BYTES, BodyLimit
 from featuredb.server.web_routes import web_router
-from featuredb.store import FeatureStore
+from featuredb.store import ACTIVATION_ORDER, FeatureStore
 from tracer.evidence_page import evidence_page
 from tracer.graph_feature_links import FolderGraphs, store_identity
 from tracer.offline_frontend import CHECKOUT_DIR, ESCAPED_FILES, escaped_asset, offline_frontend
@@ -313,7 +313,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
             raise NotFoundError(f"feature {model}/{source}/{index} is not in the store")
         feat = dict(zip([d[0] for d in cur.description], row))
         cur = con.execute('SELECT "index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", '
-                          '"binMin", "binMax", "binContains" FROM activations WHERE feature_key = ?',
+                          f'"binMin", "binMax", "binContains" FROM activations WHERE feature_key = ? ORDER BY {ACTIVATION_ORDER}',
                           [feature_key(model, source, index)])
         acts = [dict(zip([d[0] for d in cur.description], r)) for r in cur.fetchall()]
         return Response(json.dumps(feature_file(model, source, feat, acts)), media_type="application/json")

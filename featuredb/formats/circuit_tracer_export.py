@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.identity import cantor_pair, layer_of_source
-from featuredb.store import FeatureStore
+from featuredb.store import ACTIVATION_ORDER, FeatureStore
 
 CHUNK = 1024
 HISTOGRAM_BINS = 40
@@ -123,7 +123,7 @@ def feature_records(store: FeatureStore, model: str, source: str,
         for a in _dicts(store.con.execute(
                 'SELECT "index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", "binMin", '
                 '"binMax", "binContains" FROM activations WHERE "modelId" = ? AND "layer" = ? '
-                'AND "index" BETWEEN ? AND ?', [model, source, lo, hi])):
+                f'AND "index" BETWEEN ? AND ? ORDER BY "index", {ACTIVATION_ORDER}', [model, source, lo, hi])):
             acts_by[a["index"]].append(a)
         for f in feats:
             yield int(f["index"]), feature_file(model, source, f, acts_by.get(f["index"], []))

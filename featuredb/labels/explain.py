@@ -168,7 +168,8 @@ def _feature_examples(con: Any, todo: list[_Ref]) -> Iterator[tuple[_Ref, Featur
         rows = con.execute("""
             SELECT "index", tokens, "values", "maxValue", "maxValueTokenIndex", coalesce("binMin", -1) = -1
             FROM activations WHERE "modelId" = ? AND "layer" = ? AND "index" BETWEEN ? AND ?
-              AND list_contains(?::BIGINT[], "index")""",
+              AND list_contains(?::BIGINT[], "index")
+            ORDER BY "index", "maxValue" DESC NULLS LAST, id""",
                            [chunk[0].model, chunk[0].layer, min(idx), max(idx), idx]).fetchall()
         by_index: dict[int, list[Example]] = {}
         for index, tokens, values, max_value, max_index, top in rows:
