@@ -360,7 +360,7 @@ ACTIVATION_EXAMPLES_COLUMNS = {
     "dataIndex": "BIGINT",  # the window's number in the corpus
     "window_key": "BIGINT",
     "maxValue": "DOUBLE",
-    "maxValueTokenIndex": "SMALLINT",
+    "maxValueTokenIndex": "INTEGER",
     "q": "UTINYINT[]",
     "binMin": "DOUBLE",
     "binMax": "DOUBLE",

@@ -22,13 +22,17 @@ from featuredb.identity import parse_index, set_of_source
 from featuredb.labels.label_rule import LABEL_ORDER_SQL, label_sort_key
 from featuredb.models import Feature
 from featuredb.schema import (
+    ACTIVATION_EXAMPLES_COLUMNS,
+    ACTIVATION_ROWS,
     ACTIVATIONS,
+    COMPACT_ID_SQL,
     CURRENT_VERSION,
     EXPLANATIONS,
     FEATURES,
     FEATURE_KEY_COLUMN,
     FEATURE_KEY_SQL,
     INTERNAL_COLUMNS,
+    Q_LEVELS,
     SETTINGS_COLUMN,
     TABLES,
     TABLES_BY_NAME,
@@ -36,10 +40,6 @@ from featuredb.schema import (
     columns_of,
     feature_key,
     migrate,
-    ACTIVATION_EXAMPLES_COLUMNS as EXAMPLE_COLUMNS,
-    ACTIVATION_ROWS,
-    Q_LEVELS,
-    COMPACT_ID_SQL,
     readable_version,
     stored_name,
     stored_version,
@@ -337,7 +337,7 @@ class FeatureStore:
                             example_windows o WHERE o."modelId" = ? AND o.window_key = n.window_key)""", [model, model])
         n = 0
         if examples:
-            cols = [c for c in EXAMPLE_COLUMNS if c not in ("modelId", "layer", FEATURE_KEY_COLUMN[0])]
+            cols = [c for c in ACTIVATION_EXAMPLES_COLUMNS if c not in ("modelId", "layer", FEATURE_KEY_COLUMN[0])]
             quoted = ", ".join(f'"{c}"' for c in cols)
             before = con.execute("SELECT count(*) FROM activation_examples").fetchone()[0]
             con.execute(f"""INSERT INTO activation_examples ("modelId", "layer", feature_key, {quoted})
@@ -356,7 +356,6 @@ class FeatureStore:
         con.execute("""DELETE FROM example_windows w WHERE "modelId" = ? AND NOT EXISTS
                        (SELECT 1 FROM activation_examples e WHERE e."modelId" = w."modelId" AND e.window_key = w.window_key)""",
                     [model])
-        self._relations.clear()
         self._windows.clear()
         self.mark_search_stale()
         return int(n)

@@ -105,7 +105,7 @@ def _compact_table(feats: np.ndarray, wins: np.ndarray, acts: np.ndarray, bins: 
         "dataIndex": pa.array(wins.astype(np.int64)),
         "window_key": pa.array([keys[int(w)] for w in wins], pa.int64()),
         "maxValue": pa.array(top),
-        "maxValueTokenIndex": pa.array(acts.argmax(axis=1).astype(np.int16) if n else np.zeros(0, np.int16)),
+        "maxValueTokenIndex": pa.array(acts.argmax(axis=1).astype(np.int32) if n else np.zeros(0, np.int32)),
         "q": _list_array(pa.array(q.reshape(-1)), width, n),
         "binMin": pa.array(bins[:, 0].astype(np.float64)),
         "binMax": pa.array(bins[:, 1].astype(np.float64)),

@@ -19,10 +19,15 @@ def test_older_schema_is_migrated_in_place_keeping_rows(db_path: Path) -> None:
     migrate(con, str(db_path), target=1)  # what featuredb schema v1 wrote
     con.execute("""INSERT INTO sources ("id", "modelId", "setName") VALUES ('5-tc', 'm', 'tc')""")
     con.execute("""INSERT INTO features ("modelId", "layer", "index", "frac_nonzero") VALUES ('m', '5-tc', 9, 0.25)""")
+    con.execute("""INSERT INTO activations ("id", "modelId", "layer", "index", "tokens", "values", "maxValue")
+                   VALUES ('a1', 'm', '5-tc', 9, ['x', 'y'], [0.1234567891, 0.5], 0.5)""")
     con.close()
     with FeatureStore(db_path, read_only=True) as store:
         assert store.info()["schema_version"] == CURRENT_VERSION
-        assert store.get_feature("m", "5-tc", 9).frac_nonzero == 0.25
+        feature = store.get_feature("m", "5-tc", 9)
+        assert feature.frac_nonzero == 0.25
+        # schema v7 made `activations` a view; rows written before stay whole, values exact
+        assert [(a.id, a.tokens, a.values) for a in feature.activations] == [("a1", ["x", "y"], [0.1234567891, 0.5])]
         cols = [r[0] for r in store.con.execute("DESCRIBE sources").fetchall()]
     assert "settings" in cols
 
