@@ -550,16 +550,27 @@ class FeatureStore:
         return out
 
     def _window_tokens(self, model: str, keys: list[int]) -> dict[int, list[str]]:
-        """Tokens of example windows by key (cached: a window's key is a hash of its token ids)."""
+        """Tokens of example windows by key (cached: a window's key is a hash of its token ids).
+
+        The cache is shared by a server's threads; the answer is built locally, so another thread clearing the
+        cache meanwhile cannot lose a window."""
         cache = self._windows.setdefault(model, {})
-        missing = sorted(set(keys) - cache.keys())
+        out: dict[int, list[str]] = {}
+        missing = []
+        for k in set(keys):
+            toks = cache.get(k)
+            if toks is None:
+                missing.append(k)
+            else:
+                out[k] = toks
         if missing:
+            rows = self.con.execute('SELECT window_key, tokens FROM example_windows WHERE "modelId" = ? AND '
+                                    "window_key IN (SELECT unnest(?::BIGINT[]))", [model, sorted(missing)]).fetchall()
             if len(cache) > WINDOW_CACHE:
                 cache.clear()
-            for k, toks in self.con.execute('SELECT window_key, tokens FROM example_windows WHERE "modelId" = ? AND '
-                                            "window_key IN (SELECT unnest(?::BIGINT[]))", [model, missing]).fetchall():
-                cache[k] = toks
-        return {k: cache[k] for k in keys}
+            for k, toks in rows:
+                cache[k] = out[k] = toks
+        return out
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, params)

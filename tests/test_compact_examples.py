@@ -156,3 +156,35 @@ def test_writing_a_features_rows_drops_its_pack_and_only_its_pack(stores: dict[s
         assert store.con.execute("SELECT count(*) FROM feature_packs").fetchone()[0] == packs - 1
         assert store.con.execute("SELECT count(*) FROM feature_packs WHERE feature_key = 'tiny/0-tc/3'"
                                  ).fetchone()[0] == 0
+
+
+def test_threads_sharing_the_window_cache_read_the_same_features(stores: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's worker threads share one window cache; one clearing it (past WINDOW_CACHE) must not lose
+    another's windows."""
+    import threading
+
+    import featuredb.store as store_module
+
+    monkeypatch.setattr(store_module, "WINDOW_CACHE", 1)  # every miss clears the cache
+    keys = [(s, i) for s in ("0-tc", "1-tc") for i in range(N_FEATURES)]
+    with FeatureStore(stores["compact"], read_only=True) as store:
+        expected = {k: store.get_feature("tiny", *k).model_dump() for k in keys}
+        errors: list[BaseException] = []
+        got: list[dict] = []
+
+        def worker() -> None:
+            view = store.thread_view()
+            try:
+                for _ in range(5):
+                    got.append({k: view.get_feature("tiny", *k).model_dump() for k in keys})
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert len(got) == 30 and all(g == expected for g in got)
