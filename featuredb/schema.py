@@ -370,13 +370,18 @@ ACTIVATION_EXAMPLES_COLUMNS = {
 }
 Q_LEVELS = 255  # q = round(value / maxValue * 255)
 # a compact example's id (alias t), the one ingest gave it: fdb:{model}:{source}:{index}:{t|i}{window}
+def example_id(model: str, source: str, index: int, kind: str, window: int) -> str:
+    """The id ingest gives an example (COMPACT_ID_SQL rebuilds it in SQL)."""
+    return f"fdb:{model}:{source}:{index}:{kind}{window}"
+
+
 COMPACT_ID_SQL = ("'fdb:' || t.\"modelId\" || ':' || t.\"layer\" || ':' || t.\"index\" || ':' || t.kind "
                   '|| t."dataIndex"')
 
 
 def compact_activation_sql(version: int = 7) -> str:
     """SELECT of `activation_examples` (alias e, joined to `example_windows` w) in the activations' columns."""
-    values = 'list_transform(e.q, lambda x: x / 255.0 * e."maxValue")'
+    values = f'list_transform(e.q, lambda x: x / {float(Q_LEVELS)} * e."maxValue")'
     derived = {
         "id": COMPACT_ID_SQL.replace("t.", "e."),
         "tokens": "w.tokens",

@@ -38,6 +38,7 @@ from featuredb.schema import (
     TABLES_BY_NAME,
     Table,
     columns_of,
+    example_id,
     feature_key,
     migrate,
     readable_version,
@@ -541,7 +542,7 @@ class FeatureStore:
             row.update({c: v[i] for c, v in cols.items()})
             values = qi.astype(np.float64) / Q_LEVELS * row["maxValue"]
             kind = row.pop("kind")
-            row.update({"id": f"fdb:{feature['modelId']}:{feature['layer']}:{feature['index']}:{kind}{row['dataIndex']}",
+            row.update({"id": example_id(feature["modelId"], feature["layer"], feature["index"], kind, row["dataIndex"]),
                         "modelId": feature["modelId"], "layer": feature["layer"], "index": feature["index"],
                         "dataIndex": str(row["dataIndex"]), "tokens": tokens[row.pop("window_key")],
                         "values": values.tolist(), "minValue": float(values.min()) if len(values) else None,

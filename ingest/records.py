@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import torch
 
 from featuredb.feature_packs import pack_table
+from featuredb.schema import Q_LEVELS, example_id
 from ingest.feature_state import HIST_BINS, HIST_BINS_PER_DECADE, HIST_LOG10_MIN, LayerState, pair_priority
 from ingest.logit_lens import LogitStats
 
@@ -53,7 +54,7 @@ def _example_table(model_id: str, source: str, feats: np.ndarray, wins: np.ndarr
     token_ids = np.stack([bank[int(w)] for w in wins]) if n else np.zeros((0, width), dtype=np.int64)
     tokens = _list_array(pc.take(vocab, pa.array(token_ids.reshape(-1))), width, n)
     values = _list_array(pa.array(acts.reshape(-1).astype(np.float64)), width, n)
-    ids = [f"fdb:{model_id}:{source}:{f}:{k}{w}" for f, k, w in zip(feats.tolist(), kind.tolist(), wins.tolist())]
+    ids = [example_id(model_id, source, f, k, w) for f, k, w in zip(feats.tolist(), kind.tolist(), wins.tolist())]
     return pa.table({
         "id": pa.array(ids, pa.string()),
         "modelId": pa.array([model_id] * n, pa.string()),
@@ -96,8 +97,8 @@ def _compact_table(feats: np.ndarray, wins: np.ndarray, acts: np.ndarray, bins: 
     """Rows of `activation_examples`: values as q = round(v / maxValue * 255) in UTINYINT (schema v7)."""
     n, width = acts.shape
     top = acts.max(axis=1).astype(np.float64) if n else np.zeros(0)
-    scale = np.where(top > 0, 255.0 / np.where(top > 0, top, 1.0), 0.0)
-    q = np.clip(np.rint(acts.astype(np.float64) * scale[:, None]), 0, 255).astype(np.uint8)
+    scale = np.where(top > 0, Q_LEVELS / np.where(top > 0, top, 1.0), 0.0)
+    q = np.clip(np.rint(acts.astype(np.float64) * scale[:, None]), 0, Q_LEVELS).astype(np.uint8)
     keys = {int(w): window_key(bank[int(w)]) for w in np.unique(wins)}
     return pa.table({
         "index": pa.array(feats.astype(np.int64)),
