@@ -16,13 +16,13 @@ PIP    := -m pip install -q --disable-pip-version-check
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) $(PIP) torch==2.13.0
-	$(PY) $(PIP) -e '.[dev,circuit-tracer]'
+	$(PY) $(PIP) -e '.[dev,circuit-tracer,ray,s3]'
 	touch $(STAMP)
 
 $(STAMP5): pyproject.toml
 	test -x $(PY5) || python3 -m venv $(VENV5)
 	$(PY5) $(PIP) torch==2.13.0
-	$(PY5) $(PIP) -e '.[dev]' 'transformers>=5'
+	$(PY5) $(PIP) -e '.[dev,ray,s3]' 'transformers>=5'
 	touch $(STAMP5)
 
 # The main job: default model -> offline corpus -> transcoders for all 30 layers -> index -> labels -> searches

@@ -43,6 +43,11 @@ def _print_summary(s: IngestSummary) -> None:
         click.echo(f"shard state written to {s.state_file}; combine the shards with `featuredb merge`")
     else:
         click.echo(f"sources {', '.join(s.sources)}: {s.live_features:,} live and {s.dead_features:,} dead features")
+    if s.ray:
+        r = s.ray
+        rate = f", {r['tokens_per_s']:,.0f} tok/s across workers" if r["tokens_per_s"] else ""
+        click.echo(f"ray: {len(r['ran'])} of {r['shards']} shard(s) run, {len(r['reused'])} reused{rate}; "
+                   f"merge {s.timings['merge']:.1f}s")
     c = s.corpus
     if c.get("empty_documents") or c.get("replaced_bytes"):
         click.echo(f"corpus: skipped {c.get('empty_documents', 0)} empty document(s), "
@@ -74,28 +79,53 @@ def _print_summary(s: IngestSummary) -> None:
 @click.option("--state-out", help="Where a shard writes its state (default data/ingest-shard-i-of-n.pt).")
 @click.option("--memory-gb", type=click.FloatRange(0.5), help="Keep memory under this many GB; layers are split "
               "into passes over the corpus when their state does not fit (default: half of this machine).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Run corpus shards as Ray tasks on the cluster at ADDRESS (e.g. ray://head:10001), or on a "
+                   "local cluster when none is given; needs featuredb[ray].")
+@click.option("--shards", type=click.IntRange(1), help="With --ray: how many shards (default: 2 per GPU, else per CPU).")
+@click.option("--workers", type=click.IntRange(1), help="With --ray and no ADDRESS: CPUs of the local cluster "
+              "(default: all).")
+@click.option("--state-dir", default="data/ray-ingest", show_default=True,
+              help="With --ray: where finished shard states wait for the merge (and --resume finds them).")
 @db_option
 @json_option
 def ingest_command(model: str | None, transcoders: tuple[str, ...], corpus: str | None, text_field: str,
                    text_column: str, split: str, layers: str | None, model_id: str | None, source_set: str | None,
                    max_tokens: int | None, ctx_len: int, batch_size: int, k: int, dtype: str | None,
                    device: str | None, checkpoint: str, checkpoint_every: int, resume: bool, shard: str | None,
-                   state_out: str | None, memory_gb: float | None, db: str, as_json: bool) -> None:
+                   state_out: str | None, memory_gb: float | None, ray_address: str | None, shards: int | None,
+                   workers: int | None, state_dir: str, db: str, as_json: bool) -> None:
     """Run a model and its transcoders over a corpus and store every feature's Neuronpedia records.
 
     Per feature: top-k activating windows, interval examples, frac_nonzero, maxActApprox, an activation
     histogram, and the top/bottom output logits of its decoder direction.
 
+    With --ray the corpus is split into shards run as Ray tasks (a GPU each when the cluster has GPUs); their
+    states are merged exactly, so the store equals a one-process ingest. A task whose worker dies is retried;
+    a killed driver restarted with --resume runs only the shards that had not finished.
+
     \b
-    Example:
+    Examples:
       featuredb ingest --model default --transcoders data/transcoders/smollm2 --max-tokens 50000 --memory-gb 8
+      featuredb ingest --model default --transcoders data/transcoders/smollm2 --ray --shards 8
+      featuredb ingest --model default --transcoders data/transcoders/smollm2 --ray ray://head:10001 --resume
     """
     cfg = IngestConfig(transcoders=list(transcoders), model=model, corpus=corpus, layers=parse_layers(layers),
                        model_id=model_id, source_set=source_set, text_field=text_field, text_column=text_column,
                        split=split, max_tokens=max_tokens, ctx_len=ctx_len, batch_size=batch_size, k=k,
                        dtype=dtype, device=device)
-    summary = run_ingest(cfg, db, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                         shard=_shard(shard), state_out=state_out, memory_gb=memory_gb)
+    if ray_address is not None:
+        if shard or state_out:
+            raise FeatureDBError("--ray splits the corpus itself; leave out --shard and --state-out")
+        from ingest.ray_ingest import run_ray_ingest
+
+        summary = run_ray_ingest(cfg, db, address=ray_address, shards=shards, workers=workers, resume=resume,
+                                 state_dir=state_dir, memory_gb=memory_gb)
+    elif shards or workers:
+        raise FeatureDBError("--shards and --workers go with --ray")
+    else:
+        summary = run_ingest(cfg, db, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                             shard=_shard(shard), state_out=state_out, memory_gb=memory_gb)
     if as_json:
         emit_json(summary.as_dict())
     else:

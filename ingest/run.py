@@ -46,6 +46,7 @@ class IngestSummary:
     state_file: str | None = None
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, pass, write (records, commit, reindex)
     memory: dict[str, Any] = field(default_factory=dict)  # the memory plan: budget, passes, layer groups (bytes)
+    ray: dict[str, Any] = field(default_factory=dict)  # with --ray: cluster, shards run and reused, tokens/s
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
