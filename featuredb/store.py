@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,8 @@ from featuredb.feature_packs import EXAMPLE_FIELDS, unpack
 from featuredb.identity import parse_index, set_of_source
 from featuredb.labels.label_rule import LABEL_ORDER_SQL, label_sort_key
 from featuredb.models import Feature
+from featuredb.object_storage import connect_object_storage, is_remote, is_remote_file
+from featuredb.object_storage import failure as object_storage_failure
 from featuredb.schema import (
     ACTIVATION_EXAMPLES_COLUMNS,
     ACTIVATION_ROWS,
@@ -175,7 +179,14 @@ class FeatureStore:
         self._views: weakref.WeakSet[FeatureStore] = weakref.WeakSet()  # thread views: closed with the store
         self._relations: dict[tuple[str, str], dict[str, Any]] = {}  # feature_relations, shared with thread views
         self._windows: dict[str, dict[int, list[str]]] = {}  # example windows' tokens by model and key
-        if read_only:
+        self._attached: str | None = None  # the catalog a remote .duckdb store is attached as (USE'd by views)
+        self._local_copy: str | None = None  # the temporary directory a remote Parquet export was read into
+        if is_remote(self.path):
+            if not read_only:
+                raise FeatureDBError(f"{self.path}: s3:// stores are read-only (open it with read_only=True, "
+                                     "or download it to write)")
+            self._open_remote()
+        elif read_only:
             if not Path(self.path).exists():
                 raise NotFoundError(f"{self.path}: no featuredb store here (import or ingest into it first)")
             self.con = _connect_reader(self.path)
@@ -195,6 +206,49 @@ class FeatureStore:
                 self.con.close()
                 raise
 
+    def _open_remote(self) -> None:
+        """Read an s3:// store: a .duckdb file attached read-only, else a Parquet export read into a temp store."""
+        if is_remote_file(self.path):
+            self.con = _quiet(duckdb.connect())
+            try:
+                self._attach_remote()
+            except BaseException:
+                self.con.close()
+                raise
+            return
+        from featuredb.formats.parquet_import import materialise_export
+
+        self._local_copy = tempfile.mkdtemp(prefix="featuredb-s3-")
+        try:
+            local = str(materialise_export(self.path, self._local_copy))
+            self.con = _connect(local, read_only=True)
+        except BaseException:
+            shutil.rmtree(self._local_copy, ignore_errors=True)
+            raise
+        weakref.finalize(self, shutil.rmtree, self._local_copy, True)  # also gone if close() is never called
+
+    def _attach_remote(self) -> None:
+        from featuredb.search.extensions import load_extension
+
+        for name in ("fts", "vss"):  # a store's search tables may carry an HNSW index (vss) and BM25 macros (fts)
+            load_extension(self.con, name)
+        connect_object_storage(self.con, self.path)
+        self._attached = "featuredb_remote"
+        url = self.path.replace("'", "''")
+        try:
+            self.con.execute(f"ATTACH '{url}' AS {self._attached} (READ_ONLY)")
+        except duckdb.Error as e:
+            raise object_storage_failure(self.path, e) from None
+        self.con.execute(f"USE {self._attached}")
+        version = self._checked_version()
+        if version == 0:
+            raise NotFoundError(f"{self.path}: not a featuredb store (no schema_version table)")
+        if version < CURRENT_VERSION:
+            raise SchemaVersionError(
+                f"{self.path}: written by featuredb schema v{version}, which an s3:// store cannot be migrated from "
+                f"in place (this featuredb reads v{CURRENT_VERSION}): download it and open it locally once to "
+                "migrate it, then upload it again")
+
     def _checked_version(self) -> int:
         try:
             return readable_version(self.con, self.path)
@@ -208,6 +262,9 @@ class FeatureStore:
         """The same store over a new DuckDB cursor, for use from another thread (e.g. a server worker)."""
         view = object.__new__(FeatureStore)
         view.path, view.read_only, view.con = self.path, self.read_only, self.con.cursor()
+        view._attached, view._local_copy = self._attached, None
+        if self._attached:  # a new cursor starts in the in-memory catalog
+            view.con.execute(f"USE {self._attached}")
         view._owns_connection = False
         view._views = weakref.WeakSet()
         self._views.add(view)
@@ -224,6 +281,8 @@ class FeatureStore:
             for view in list(self._views):  # a worker thread's cursor would keep the file open
                 view.con.close()
             self.con.close()
+            if self._local_copy:  # the temporary store an s3:// Parquet export was read into
+                shutil.rmtree(self._local_copy, ignore_errors=True)
 
     def refresh_search(self, *, only_if_dirty: bool = False, progress: bool | None = None) -> dict[str, float]:
         """Rebuild the search tables (BM25 postings, token and logit lookups, embeddings) from the rows."""
@@ -613,7 +672,8 @@ class FeatureStore:
         return {
             "path": self.path,
             "schema_version": stored_version(self.con),
-            "size_bytes": Path(self.path).stat().st_size if Path(self.path).exists() else 0,
+            "size_bytes": Path(self.path).stat().st_size if not is_remote(self.path) and Path(self.path).exists()
+            else 0,
             "tables": counts,
             "sources": [
                 {"model": m, "source": s, "features": f, "dead_features": d, "activations": a, "explanations": e}

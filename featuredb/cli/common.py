@@ -14,9 +14,11 @@ from featuredb.store import DB_ENV, DEFAULT_DB, FeatureStore
 
 
 def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--db PATH (env FEATUREDB_DB, default data/featuredb.duckdb)."""
+    """--db PATH (env FEATUREDB_DB, default data/featuredb.duckdb); an s3:// URL reads a remote store."""
     return click.option("--db", "db", envvar=DB_ENV, default=DEFAULT_DB, show_default=True,
-                        type=click.Path(dir_okay=False), help=f"DuckDB store file (env {DB_ENV}).")(f)
+                        type=click.Path(dir_okay=False),
+                        help=f"DuckDB store file (env {DB_ENV}); read-only commands also take "
+                             "s3://bucket/store.duckdb or the s3:// prefix of a Parquet export.")(f)
 
 
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:

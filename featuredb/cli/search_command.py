@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from featuredb.cli.common import db_option, emit_json, json_option, open_store
+from featuredb.errors import FeatureDBError
+from featuredb.object_storage import is_remote
 from featuredb.search.api import MODES, search
 from featuredb.search.filters import SearchFilters, parse_layer_range
 from featuredb.search.hits import SearchHit
@@ -45,6 +47,12 @@ def _open_current(db: str):  # type: ignore[no-untyped-def]
     store = open_store(db, read_only=True)
     if has_search_tables(store.con) and not is_dirty(store.con):
         return store
+    if is_remote(db):  # object storage is read-only here: search what the store holds
+        if has_search_tables(store.con):
+            return store
+        store.close()
+        raise FeatureDBError(f"{db}: search indexes are not built; run `featuredb reindex` on the store before "
+                             "uploading it")
     store.close()
     with open_store(db, read_only=False) as writable:
         writable.refresh_search(progress=None)

@@ -26,6 +26,10 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
     upload (signed-put, PUT, save-to-db) and /api/graph/subgraph/*. Point Neuronpedia tools at
     http://127.0.0.1:3000 instead of https://www.neuronpedia.org. OpenAPI is at /openapi.json.
 
+    --db may name a store in object storage, served read-only: s3://bucket/store.duckdb, or the s3:// prefix
+    `featuredb export parquet` wrote (read into a temporary local store first). Credentials come from the
+    environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL_S3, ...).
+
     Requests over the limits (1 MiB bodies, 256 features per POST /api/features, ...: see the README)
     get a 4xx with a JSON message; SIGTERM stops the server within a few seconds even when it is busy.
 
@@ -35,10 +39,14 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
       curl http://127.0.0.1:3000/api/feature/gemma-2-2b/20-gemmascope-transcoder-16k/14110
     """
     import os
+    import tempfile
+    from contextlib import ExitStack
 
     import uvicorn
 
     from featuredb.errors import BadInputError
+    from featuredb.formats.parquet_import import materialise_export
+    from featuredb.object_storage import is_remote, is_remote_file
     from featuredb.server.app import DB_ENV_FOR_WORKERS, create_app
     from featuredb.server.limits import SHUTDOWN_GRACE_S
     from featuredb.store import FeatureStore
@@ -47,11 +55,17 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
     if workers > 1:
         if write_token:
             raise BadInputError("--workers: a writable server (--write-token) runs one worker (DuckDB has one writer)")
-        FeatureStore(db, read_only=True).close()  # fail fast, and migrate once, before the workers start
-        os.environ[DB_ENV_FOR_WORKERS] = os.path.abspath(db)
-        click.echo(f"serving {db} on http://{host}:{port} ({mode}, {workers} workers)", err=True)
-        uvicorn.run("featuredb.server.app:app_from_env", factory=True, workers=workers, host=host, port=port,
-                    log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+        with ExitStack() as stack:
+            if is_remote(db) and not is_remote_file(db):
+                # a Parquet export in object storage: read once here, and every worker opens the local copy
+                copy = stack.enter_context(tempfile.TemporaryDirectory(prefix="featuredb-s3-"))
+                os.environ[DB_ENV_FOR_WORKERS] = str(materialise_export(db, copy))
+            else:
+                FeatureStore(db, read_only=True).close()  # fail fast, and migrate once, before the workers start
+                os.environ[DB_ENV_FOR_WORKERS] = db if is_remote(db) else os.path.abspath(db)
+            click.echo(f"serving {db} on http://{host}:{port} ({mode}, {workers} workers)", err=True)
+            uvicorn.run("featuredb.server.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                        log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         return
     app = create_app(db, write_token=write_token)
     click.echo(f"serving {db} on http://{host}:{port} ({mode})", err=True)

@@ -151,11 +151,16 @@ def export_circuit_tracer_command(out: str, model: str | None, source: str | Non
 @db_option
 @json_option
 def export_parquet_command(out: str, model: str | None, source: str | None, db: str, as_json: bool) -> None:
-    """Write every table as OUT/{table}.parquet.
+    """Write every table as OUT/{table}.parquet; OUT may be an s3:// prefix.
+
+    For s3:// the credentials come from the environment only: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN, AWS_REGION, and AWS_ENDPOINT_URL_S3 for an S3-compatible server. `featuredb serve` and
+    `featuredb search` read the export back with --db s3://bucket/prefix.
 
     \b
     Example:
       featuredb export parquet dump/ --model gemma-2-2b
+      featuredb export parquet s3://my-bucket/featuredb/gemma-2-2b --model gemma-2-2b
     """
     with open_store(db, read_only=True) as store:
         rows = export_parquet(store, out, model=model, source=source)
