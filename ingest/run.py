@@ -233,28 +233,35 @@ def merge_shards(paths: list[str], db: str | None, *, device: str | None = None,
                  progress: bool | None = None) -> IngestSummary:
     """Combine finished shard states into the store: the same rows as one unsharded run."""
     started = time.perf_counter()
-    saved = [load_state_file(Path(p)) for p in paths]
-    for p, s in zip(paths, saved):
+    states: dict[int, LayerState] = {}  # shard states are folded in one at a time: two in memory at most
+    bank: dict[int, np.ndarray] = {}
+    got, tokens, windows = [], 0, 0
+    head: dict[str, Any] = {}
+    for p in paths:
+        s = load_state_file(Path(p))
         if not s.get("complete"):
             raise FeatureDBError(f"{p}: shard did not finish (resume it with --resume first)")
-        if s["config"] != saved[0]["config"]:
+        head = head or {"config": s["config"], "n": s["shard"][1], "corpus": s["corpus"]}
+        if s["config"] != head["config"] or s["shard"][1] != head["n"]:
             raise FeatureDBError(f"{p}: shard was run with different settings than {paths[0]}")
-    n = saved[0]["shard"][1]
-    got = sorted(s["shard"][0] for s in saved)
-    if got != list(range(n)):
-        raise FeatureDBError(f"merge needs shards 0..{n - 1} of {n}; got {got}")
-    cfg = IngestConfig(**{**saved[0]["config"], "device": device})
-    ing = IngestPass(cfg, None, progress, group=[])
-    states = {int(k): LayerState.from_state_dict(v, "cpu") for k, v in saved[0]["states"].items()}
-    bank: dict[int, np.ndarray] = dict(saved[0]["bank"])
-    for s in saved[1:]:
+        got.append(s["shard"][0])
         for k, v in s["states"].items():
-            states[int(k)].merge(LayerState.from_state_dict(v, "cpu"))
+            state = LayerState.from_state_dict(v, "cpu")
+            if int(k) in states:
+                states[int(k)].merge(state)
+            else:
+                states[int(k)] = state
         bank.update(s["bank"])
-    tokens = sum(s["progress"]["tokens_counted"] for s in saved)
-    windows = sum(s["progress"]["windows_seen"] for s in saved)
+        tokens += s["progress"]["tokens_counted"]
+        windows += s["progress"]["windows_seen"]
+        del s
+    n = head["n"]
+    if sorted(got) != list(range(n)):
+        raise FeatureDBError(f"merge needs shards 0..{n - 1} of {n}; got {sorted(got)}")
+    cfg = IngestConfig(**{**head["config"], "device": device})
+    ing = IngestPass(cfg, None, progress, group=[])
     with FeatureStore(db) as store:
         live, dead = write_records(store, ing, states, tokens, bank, windows, progress)
     return IngestSummary(model_id=ing.lm.model_id, sources=[source_id(l, ing.set_name) for l in ing.tset.layers],
                          tokens=windows * cfg.ctx_len, windows=windows, live_features=live, dead_features=dead,
-                         seconds=time.perf_counter() - started, corpus=saved[0]["corpus"])
+                         seconds=time.perf_counter() - started, corpus=head["corpus"])
