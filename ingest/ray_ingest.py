@@ -30,7 +30,8 @@ TASK_NAME = "featuredb-ingest-shard"  # the process title of a worker running a 
 RETRIES = 3  # a shard whose worker process dies is run again this many times
 
 
-def _ray() -> Any:
+def import_ray() -> Any:
+    """The ray module, or a one-line error saying how to install it."""
     try:
         import ray
     except ImportError:
@@ -65,6 +66,12 @@ def finished_shards(cfg: IngestConfig, folder: Path, n: int) -> list[int]:
     return done
 
 
+def task_error(e: BaseException) -> str:
+    """The last line of a Ray task's error (the task's own exception, or why its worker died)."""
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else e.__class__.__name__
+
+
 def run_shard(cfg: dict[str, Any], i: int, n: int, memory_gb: float | None) -> dict[str, Any]:
     """Ingest shard i of n in this (worker) process; returns its state file's bytes and its token count."""
     with tempfile.TemporaryDirectory(prefix="featuredb-shard-") as tmp:
@@ -75,7 +82,7 @@ def run_shard(cfg: dict[str, Any], i: int, n: int, memory_gb: float | None) -> d
                 "host": os.uname().nodename}
 
 
-def _connect(ray: Any, address: str, workers: int | None) -> bool:
+def connect_cluster(ray: Any, address: str, workers: int | None) -> bool:
     """Join the cluster at `address`, or start a local one with `workers` CPUs; True when we started it."""
     if ray.is_initialized():
         return False
@@ -96,9 +103,9 @@ def run_ray_ingest(cfg: IngestConfig, db: str | None, *, address: str = LOCAL, s
                    workers: int | None = None, resume: bool = False, state_dir: str | Path = "data/ray-ingest",
                    memory_gb: float | None = None, progress: bool | None = None) -> IngestSummary:
     """Ingest with the corpus split into Ray tasks, then merge the shard states into the store once."""
-    ray = _ray()
+    ray = import_ray()
     started = time.perf_counter()
-    owned = _connect(ray, address, workers)
+    owned = connect_cluster(ray, address, workers)
     try:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
@@ -125,8 +132,7 @@ def run_ray_ingest(cfg: IngestConfig, db: str | None, *, address: str = LOCAL, s
                     try:
                         got = ray.get(ref)
                     except ray.exceptions.RayError as e:
-                        raise FeatureDBError(f"shard {i}/{n} failed after {RETRIES} retries: "
-                                             f"{str(e).strip().splitlines()[-1]}") from None
+                        raise FeatureDBError(f"shard {i}/{n} failed: {task_error(e)}") from None
                     write_bytes_atomically(shard_path(folder, i, n), got["state"])
                     tokens += got["tokens"]
                     bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s across workers")

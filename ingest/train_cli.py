@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from featuredb.cli.common import emit_json, json_option
+from featuredb.errors import FeatureDBError
 from ingest.cli import parse_layers
 from ingest.train_run import TrainConfig, TrainRun, TrainSummary
 from ingest.training_table import print_training_table
@@ -47,11 +48,16 @@ def _print_summary(s: TrainSummary) -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--checkpoint-every", default=50, show_default=True, type=click.IntRange(1), help="Optimiser steps.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train-checkpoint.pt.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+              help="Train each layer group as a Ray task on the cluster at ADDRESS, or on a local cluster when none "
+                   "is given (lower --memory-gb for more, smaller groups); needs featuredb[ray].")
+@click.option("--workers", type=click.IntRange(1), help="With --ray and no ADDRESS: CPUs of the local cluster.")
 @json_option
 def train_command(model: str | None, layers: str | None, out: str, corpus: str | None, text_field: str,
                   train_tokens: int, test_tokens: int, n_features: int, activation: str, k: int, epochs: int,
                   lr: float, batch_tokens: int, no_skip: bool, set_name: str | None, ctx_len: int, memory_gb: float,
-                  ce_tokens: int, device: str | None, seed: int, checkpoint_every: int, resume: bool, as_json: bool) -> None:
+                  ce_tokens: int, device: str | None, seed: int, checkpoint_every: int, resume: bool,
+                  ray_address: str | None, workers: int | None, as_json: bool) -> None:
     """Train per-layer skip-transcoders (MLP input to MLP output) and save them in circuit-tracer's format.
 
     All requested layers are read from one forward pass per batch. Position 0 of every window (the attention
@@ -60,16 +66,29 @@ def train_command(model: str | None, layers: str | None, out: str, corpus: str |
     spliced-in next-token loss against the clean and zero-ablated model (plus all layers at once). A layer
     that does not beat its skip path is retrained, or the command fails naming it.
 
+    With --ray each group of layers that shares one harvest (see --memory-gb) is trained as a Ray task, a GPU
+    each when the cluster has GPUs; OUT then holds what a one-process run with the same groups writes.
+
     \b
-    Example:
+    Examples:
       featuredb train --model default --layers 10,15,20 --out data/transcoders/smollm2
+      featuredb train --model default --out data/transcoders/smollm2 --ray --memory-gb 0.5
     """
     settings = TrainSettings(n_features=n_features, activation=activation, k=k, epochs=epochs, lr=lr,
                              batch_tokens=batch_tokens, skip=not no_skip, seed=seed)
     cfg = TrainConfig(out=out, model=model, layers=parse_layers(layers), corpus=corpus, text_field=text_field,
                       train_tokens=train_tokens, test_tokens=test_tokens, ctx_len=ctx_len, set_name=set_name,
                       settings=settings, memory_gb=memory_gb, device=device, ce_tokens=ce_tokens)
-    summary = TrainRun(cfg).run(resume=resume, checkpoint_every=checkpoint_every)
+    if ray_address is not None:
+        if resume:
+            raise FeatureDBError("--resume is not supported with --ray: a failed layer group is retried by Ray")
+        from ingest.ray_train import run_ray_train
+
+        summary = run_ray_train(cfg, address=ray_address, workers=workers)
+    elif workers:
+        raise FeatureDBError("--workers goes with --ray")
+    else:
+        summary = TrainRun(cfg).run(resume=resume, checkpoint_every=checkpoint_every)
     if as_json:
         emit_json(summary.as_dict())
     else:

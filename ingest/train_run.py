@@ -163,19 +163,30 @@ class TrainRun:
 
     def run(self, *, resume: bool = False, checkpoint_every: int = 50) -> TrainSummary:
         """Train every requested layer, write circuit-tracer files and the report, and return the summary."""
-        cfg, s = self.cfg, self.cfg.settings
         t_start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self._load_checkpoint() if resume else None
+        trained = self.train_layers(self.groups(), saved, checkpoint_every)
+        return self.finish(trained, t_start)
+
+    def groups(self) -> list[list[int]]:
+        """The layers in groups that share one harvest under the activation-memory budget."""
+        per_layer = (self.cfg.train_tokens + self.cfg.test_tokens) * self.d_model * 2 * 2
+        return _groups(self.layers, per_layer, self.cfg.memory_gb)
+
+    def train_layers(self, groups: list[list[int]], saved: dict[str, Any] | None = None,
+                     checkpoint_every: int = 50) -> dict[str, Any]:
+        """Harvest and train each group of layers, writing each layer's file to the output folder."""
+        cfg, s = self.cfg, self.cfg.settings
+        self.out.mkdir(parents=True, exist_ok=True)
         done: list[dict[str, Any]] = list(saved["done"]) if saved else []
         excluded: dict[str, int] = dict(saved.get("excluded", {})) if saved else {}
         finished = {d["layer"] for d in done}
-        per_layer = (cfg.train_tokens + cfg.test_tokens) * self.d_model * 2 * 2
         timings = {"harvest": 0.0, "train": 0.0, "evaluate": 0.0, "spliced_loss": 0.0}
         trained_tokens = 0
         n_train = n_test = 0
         test_windows: list[list[int]] = []
-        for group in _groups(self.layers, per_layer, cfg.memory_gb):
+        for group in groups:
             todo = [layer for layer in group if layer not in finished]
             if not todo:
                 continue
@@ -208,20 +219,28 @@ class TrainRun:
             timings["evaluate"] += time.perf_counter() - t0
             self._save_checkpoint(done, None, 0, {}, {}, excluded)
             del pairs
-        done.sort(key=lambda d: d["layer"])
+        return {"done": done, "excluded": excluded, "timings": timings, "trained_tokens": trained_tokens,
+                "train_tokens": n_train, "test_tokens": n_test, "test_windows": test_windows}
+
+    def finish(self, trained: dict[str, Any], t_start: float) -> TrainSummary:
+        """Write config.yaml, measure the spliced-in losses, write the report and drop the checkpoint."""
+        cfg, s = self.cfg, self.cfg.settings
+        done, excluded, timings = sorted(trained["done"], key=lambda d: d["layer"]), trained["excluded"], \
+            trained["timings"]
         model_name = str(Path(self.lm.path).resolve()) if Path(self.lm.path).is_dir() else self.lm.path
         write_config(self.out, [d["layer"] for d in done], model_name=model_name,
                      scan=f"{self.lm.model_id}/{self.set_name}", activation="jumprelu",
                      extra={"model_id": self.lm.model_id, "set_name": self.set_name,
                             "training": {**s.as_dict(), "train_tokens": cfg.train_tokens,
                                          "test_tokens": cfg.test_tokens, "corpus": cfg.corpus or "installed-docs"}})
+        rate = trained["trained_tokens"] / timings["train"] if timings["train"] else 0.0
         summary = TrainSummary(str(self.out), self.lm.model_id, self.set_name, [LayerReport(**d) for d in done],
-                               n_train, n_test, trained_tokens / timings["train"] if timings["train"] else 0.0,
-                               timings, sink_tokens=excluded.get("sink_tokens", 0),
+                               trained["train_tokens"], trained["test_tokens"], rate, timings,
+                               sink_tokens=excluded.get("sink_tokens", 0),
                                outlier_tokens=excluded.get("outlier_tokens", 0))
         t0 = time.perf_counter()
         if cfg.ce_tokens:
-            self._spliced_loss(summary, test_windows)
+            self._spliced_loss(summary, trained["test_windows"])
         timings["spliced_loss"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_start
         report = {**summary.as_dict(), "fingerprint": cfg.fingerprint()}
