@@ -61,6 +61,8 @@ def test_windows_have_exact_length_bos_first_and_respect_max_tokens(tokenizer, t
 
 
 def test_default_corpus_is_the_installed_packages_documentation() -> None:
-    paragraphs = [p for p, _ in zip(installed_docs(), range(2000))]
+    # All of it: which paragraphs come first depends on what else is installed (the ray and s3 extras put
+    # thousands of paragraphs before duckdb's in name order).
+    paragraphs = list(installed_docs())
     assert len(paragraphs) > 100
     assert any("DuckDB" in p or "duckdb" in p for p in paragraphs)
