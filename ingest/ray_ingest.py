@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import click
 from tqdm import tqdm
@@ -72,6 +72,19 @@ def task_error(e: BaseException) -> str:
     return lines[-1] if lines else e.__class__.__name__
 
 
+def as_completed(ray: Any, pending: dict[Any, Any], name: Callable[[Any], str]) -> Iterator[tuple[Any, Any]]:
+    """(key, result) of each task in `pending` (ref -> key) as it finishes; a failed task is one error line."""
+    pending = dict(pending)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            key = pending.pop(ref)
+            try:
+                yield key, ray.get(ref)
+            except ray.exceptions.RayError as e:
+                raise FeatureDBError(f"{name(key)} failed: {task_error(e)}") from None
+
+
 def run_shard(cfg: dict[str, Any], i: int, n: int, memory_gb: float | None) -> dict[str, Any]:
     """Ingest shard i of n in this (worker) process; returns its state file's bytes and its token count."""
     with tempfile.TemporaryDirectory(prefix="featuredb-shard-") as tmp:
@@ -125,18 +138,11 @@ def run_ray_ingest(cfg: IngestConfig, db: str | None, *, address: str = LOCAL, s
         bar = tqdm(total=n, initial=len(done), unit="shard", desc=f"ingest on ray ({len(todo)} to run)",
                    disable=None if progress is None else not progress)
         with bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    i = pending.pop(ref)
-                    try:
-                        got = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        raise FeatureDBError(f"shard {i}/{n} failed: {task_error(e)}") from None
-                    write_bytes_atomically(shard_path(folder, i, n), got["state"])
-                    tokens += got["tokens"]
-                    bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s across workers")
-                    bar.update(1)
+            for i, got in as_completed(ray, pending, lambda i: f"shard {i}/{n}"):
+                write_bytes_atomically(shard_path(folder, i, n), got["state"])
+                tokens += got["tokens"]
+                bar.set_postfix_str(f"{tokens / (time.perf_counter() - t0):,.0f} tok/s across workers")
+                bar.update(1)
         pass_s = time.perf_counter() - t0
     finally:
         if owned:

@@ -17,8 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from featuredb.atomic_write import write_bytes_atomically
-from featuredb.errors import FeatureDBError
-from ingest.ray_ingest import LOCAL, RETRIES, connect_cluster, import_ray, task_error
+from ingest.ray_ingest import LOCAL, RETRIES, as_completed, connect_cluster, import_ray
 from ingest.train_run import TrainConfig, TrainRun, TrainSummary
 from ingest.transcoder_training import TrainSettings
 
@@ -66,19 +65,12 @@ def run_ray_train(cfg: TrainConfig, *, address: str = LOCAL, workers: int | None
         parts = []
         with tqdm(total=len(run.layers), unit="layer", desc=f"train on ray ({len(groups)} group(s))",
                   disable=None if progress is None else not progress) as bar:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    group = pending.pop(ref)
-                    try:
-                        part = ray.get(ref)
-                    except ray.exceptions.RayError as e:
-                        raise FeatureDBError(f"layers {group} failed: {task_error(e)}") from None
-                    run.out.mkdir(parents=True, exist_ok=True)
-                    for name, data in part.pop("files").items():
-                        write_bytes_atomically(run.out / name, data)
-                    parts.append(part)
-                    bar.update(len(group))
+            for group, part in as_completed(ray, pending, lambda group: f"layers {group}"):
+                run.out.mkdir(parents=True, exist_ok=True)
+                for name, data in part.pop("files").items():
+                    write_bytes_atomically(run.out / name, data)
+                parts.append(part)
+                bar.update(len(group))
     finally:
         if owned:
             ray.shutdown()
