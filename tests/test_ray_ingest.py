@@ -15,6 +15,7 @@ import pytest
 
 from conftest import table_snapshot
 from featuredb import FeatureStore
+from featuredb.errors import FeatureDBError
 from ingest.ray_ingest import TASK_NAME, run_ray_ingest
 from ingest.run import IngestConfig, run_ingest
 from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
@@ -135,3 +136,12 @@ def test_ray_options_are_checked_before_any_work(setup: dict[str, Path], tmp_pat
     bad = subprocess.run(no_ray, capture_output=True, text=True)
     assert bad.returncode != 0 and "--shards and --workers go with --ray" in bad.stderr
     assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_a_task_that_raises_is_one_error_line_naming_its_shard(setup: dict[str, Path], tmp_path: Path) -> None:
+    cfg = IngestConfig(**{**_cfg(setup).__dict__, "transcoders": [str(tmp_path / "no-such-transcoders")]})
+    with pytest.raises(FeatureDBError, match=r"^shard \d/2 failed: .*no-such-transcoders") as e:
+        run_ray_ingest(cfg, str(tmp_path / "ray.duckdb"), shards=2, workers=2, state_dir=tmp_path / "s",
+                       progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "ray.duckdb").exists()
