@@ -9,6 +9,9 @@ ingest processes at 50,000 and 200,000 tokens.
 On a machine without the store's packages or the model (the GPU machine), `--random-model DIR` builds
 SmolLM2's architecture from DIR's config.json and tokenizer with random weights (same compute), and
 `--pass-only` times the pass without writing to the store (the write is CPU work, as on any machine).
+With `--pass-only` the pass is also timed with the sparse state update forced (the CPU's path, which waits
+for the GPU to pick the rows that change), in the same run, so the dense update's gain shows.
+`--layers all` hooks all 30 layers (122,880 features) instead of four.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ LAYERS = [3, 7, 11, 15]
 SHARED = ROOT.parent / "shared" / "corpus" / "wikitext-2"
 
 
-def _transcoders(out: Path) -> Path:
+def _transcoders(out: Path, layers: list[int]) -> Path:
     from tiny_model import random_weights, write_circuit_tracer
 
+    out = out.with_name(f"{out.name}-{len(layers)}")
     if not (out / "config.yaml").exists():
-        write_circuit_tracer(out, {layer: random_weights(4096, layer, d_model=576) for layer in LAYERS},
+        write_circuit_tracer(out, {layer: random_weights(4096, layer, d_model=576) for layer in layers},
                              activation="topk", k=32)
     return out
 
@@ -55,15 +59,87 @@ def _random_model(src: Path, out: Path) -> str:
     return str(target)
 
 
-def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path, model: str,
-           corpus: str | None) -> dict[str, float]:
-    """One measurement in this process: 'ingest' (the whole run), 'pass' (no store write) or 'baseline'."""
+def _compare(tokens: int, device: str | None, batch: int, out: Path, model: str, corpus: str | None,
+             layers: list[int], reps: int) -> dict[str, float]:
+    """In one process, on the same windows, alternate: bare forward + encode, the pass with the sparse state
+    update, with the dense update run op by op, and with the dense update replayed as CUDA graphs. Medians."""
+    import functools
+    import statistics
+    from typing import Callable
+
     import torch
 
+    from ingest.feature_state import LayerState
+    import ingest.ingest_pass as ingest_pass
     from ingest.harvest import Harvester
     from ingest.ingest_pass import IngestConfig, IngestPass
 
-    cfg = IngestConfig(transcoders=[str(_transcoders(out / "tc"))], model=model, corpus=corpus,
+    cfg = IngestConfig(transcoders=[str(_transcoders(out / "tc", layers))], model=model, corpus=corpus,
+                       max_tokens=tokens, ctx_len=128, batch_size=batch, device=device, source_set="bench4k")
+    ing = IngestPass(cfg, None, progress=False)
+    graphed = ingest_pass.GraphedStateUpdate
+
+    def baseline() -> None:
+        harvester = Harvester.for_transcoders(ing.lm.model, ing.tset.transcoders)
+        for _, windows, _ in ing.batches():  # tokenised again, as the pass does
+            captured = harvester.run(torch.tensor(windows, dtype=torch.long).to(ing.lm.device))
+            for t in ing.tset.transcoders:
+                t.encode(captured[(t.layer, t.hook_in)].float())
+        harvester.close()
+
+    def run_pass(dense: bool | None, graphs: bool) -> None:
+        ing.begin(layers)
+        def plain() -> Callable[..., None]:
+            def call(state: LayerState, x: torch.Tensor, windows: torch.Tensor, step: Callable[..., None]) -> None:
+                with_dense = functools.partial(LayerState.update, dense=dense)
+                state.update = functools.partial(with_dense, state)  # type: ignore[method-assign]
+                try:
+                    step(state, x, windows)
+                finally:
+                    del state.update
+            return call
+
+        ingest_pass.GraphedStateUpdate = graphed if graphs else plain
+        try:
+            ing.run(None, 1 << 30)
+        finally:
+            ingest_pass.GraphedStateUpdate = graphed
+
+    variants = {"baseline": baseline, "sparse": lambda: run_pass(False, False),
+                "dense": lambda: run_pass(True, False), "graphed": lambda: run_pass(None, True)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for rep in range(reps + 1):  # the first round warms up (kernels compiled, graphs captured) and is dropped
+        for name, fn in variants.items():
+            if ing.lm.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if ing.lm.device.type == "cuda":
+                torch.cuda.synchronize()
+            if rep:
+                times[name].append(time.perf_counter() - t0)
+    res = {f"t_{k}": statistics.median(v) for k, v in times.items()}
+    res["tokens"] = ing.progress.windows_seen * cfg.ctx_len
+    return res
+
+
+def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path, model: str,
+           corpus: str | None, layers: list[int], reps: int = 3) -> dict[str, float]:
+    """One measurement in this process: 'ingest' (the whole run), 'pass' (no store write), 'pass-sparse' (the
+    pass with the sparse state update forced) or 'baseline'."""
+    import functools
+
+    import torch
+
+    from ingest.feature_state import LayerState
+    from ingest.harvest import Harvester
+    from ingest.ingest_pass import IngestConfig, IngestPass
+
+    if mode == "compare":
+        return _compare(tokens, device, batch, out, model, corpus, layers, reps)
+    if mode == "pass-sparse":
+        LayerState.update = functools.partialmethod(LayerState.update, dense=False)  # type: ignore[method-assign]
+    cfg = IngestConfig(transcoders=[str(_transcoders(out / "tc", layers))], model=model, corpus=corpus,
                        max_tokens=tokens, ctx_len=128, batch_size=batch, device=device, source_set="bench4k")
     res: dict[str, float] = {}
     if mode == "ingest":
@@ -71,7 +147,7 @@ def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path, mo
 
         s = run_ingest(cfg, str(out / f"ingest-{tokens}.duckdb"), checkpoint=None, progress=False)
         res = {"tokens": s.tokens, "seconds": s.seconds, **{f"t_{k}": v for k, v in s.timings.items()}}
-    elif mode == "pass":
+    elif mode in ("pass", "pass-sparse"):
         t0 = time.perf_counter()
         ing = IngestPass(cfg, None, progress=False)
         t1 = time.perf_counter()
@@ -101,7 +177,8 @@ def _spawn(mode: str, tokens: int, args: argparse.Namespace) -> dict[str, float]
     cmd = [sys.executable, __file__, "--worker", mode, "--tokens", str(tokens), "--batch", str(args.batch),
            "--out", args.out] + (["--device", args.device] if args.device else []) \
         + (["--random-model", args.random_model] if args.random_model else []) \
-        + (["--corpus", args.corpus] if args.corpus else [])
+        + (["--corpus", args.corpus] if args.corpus else []) + ["--layers", args.layers] \
+        + (["--compare", str(args.compare)] if args.compare else [])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"{mode} worker failed:\n{r.stderr[-3000:]}")
@@ -116,29 +193,47 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device")
     ap.add_argument("--out", default="bench/out/ingest")
-    ap.add_argument("--worker", choices=["ingest", "pass", "baseline"])
+    ap.add_argument("--worker", choices=["ingest", "pass", "pass-sparse", "baseline", "compare"])
     ap.add_argument("--random-model", help="config/tokenizer folder: random weights, same architecture")
     ap.add_argument("--corpus", help="corpus path (default ../shared/corpus/wikitext-2 or installed docs)")
     ap.add_argument("--pass-only", action="store_true", help="time the pass without the store write")
+    ap.add_argument("--compare", type=int, metavar="REPS",
+                    help="time baseline and each state update in one process, REPS rounds after a warm-up")
+    ap.add_argument("--layers", default=",".join(map(str, LAYERS)), help="hooked layers, or 'all' (default 3,7,11,15)")
     args = ap.parse_args()
+    layers = list(range(30)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.worker:
         model = _random_model(Path(args.random_model), out) if args.random_model else "default"
         print(json.dumps(worker(args.worker, args.tokens, args.device, args.batch, out, model,
-                                args.corpus or _corpus())))
+                                args.corpus or _corpus(), layers, args.compare or 3)))
         return
-    _transcoders(out / "tc")
+    _transcoders(out / "tc", layers)
+    if args.compare:
+        r = _spawn("compare", args.tokens, args)
+        base = r["t_baseline"]
+        print(f"device {args.device or 'default'}, {len(layers)} x 4096 features, {r['tokens']:,} tokens, "
+              f"batch {args.batch}, median of {args.compare} rounds in one process")
+        for name, label in [("baseline", "bare forward + encode"), ("sparse", "pass, sparse update (CPU path)"),
+                            ("dense", "pass, dense update op by op"), ("graphed", "pass, dense update as CUDA graphs")]:
+            print(f"{label:<36}{r['t_' + name]:7.2f} s  {r['t_' + name] / base:6.3f}x baseline")
+        print(f"{'ratio pass / baseline (default path)':<36}{r['t_graphed'] / base:15.3f}x  (goal <= 1.15)")
+        return
     mode = "pass" if args.pass_only else "ingest"
     base = _spawn("baseline", args.tokens, args)
     small = _spawn(mode, args.tokens, args)
+    sparse = _spawn("pass-sparse", args.tokens, args) if args.pass_only else None
     big = _spawn(mode, args.big_tokens, args) if args.big_tokens else None
     rows = [
         ("device", args.device or "default (cuda if present)"),
-        ("layers x features", f"{len(LAYERS)} x 4096 (TopK k=32)"),
+        ("layers x features", f"{len(layers)} x 4096 (TopK k=32)"),
         ("tokens", f"{small['tokens']:,}"),
         ("bare forward + encode", f"{base['seconds']:.1f} s ({base['tokens'] / base['seconds']:,.0f} tok/s)"),
         ("ingest: load / pass / write", f"{small['t_load']:.1f} / {small['t_pass']:.1f} / {small['t_write']:.1f} s"),
+        *([("pass, sparse state update (before)", f"{sparse['t_pass']:.2f} s, "
+                                                   f"{sparse['t_pass'] / base['seconds']:.3f}x baseline")]
+          if sparse else []),
         ("ingest pass / baseline", f"{small['t_pass'] / base['seconds']:.3f}"),
         ("ingest tokens/s (whole run)", f"{small['tokens'] / small['seconds']:,.0f}"),
     ]
@@ -147,8 +242,11 @@ def main() -> None:
                  ("peak RSS at %s tokens" % f"{big['tokens']:,}", f"{big['peak_rss_mb']:,.0f} MB"),
                  ("RSS growth 50k -> 200k", f"{(big['peak_rss_mb'] / small['peak_rss_mb'] - 1) * 100:+.1f}% "
                                            "(goal within 10%)")]
-    rows.append(("ratio (pass + write) / baseline",
-                 f"{(small['t_pass'] + small['t_write']) / base['seconds']:.3f}  (goal <= 1.15)"))
+    if args.pass_only:
+        rows.append(("ratio pass / baseline", f"{small['t_pass'] / base['seconds']:.3f}  (goal <= 1.15)"))
+    else:
+        rows.append(("ratio (pass + write) / baseline",
+                     f"{(small['t_pass'] + small['t_write']) / base['seconds']:.3f}  (goal <= 1.15)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ingest.activation_scan import fused_scan
+
 HIST_LOG10_MIN = -4.0  # fixed histogram bins: 10^-4 .. 10^4, 8 bins per decade (mergeable across shards)
 HIST_BINS_PER_DECADE = 8
 HIST_BINS = 64
 MERGE_ROWS = 2048  # features merged per step: bounds the temporaries of a merge, whatever the layer's width
+DENSE_ROWS = 16384  # features merged per step on a GPU (every row, no selection): bounds the temporaries there
+HIST_SCRATCH = 1 << 16  # slots that absorb the non-positive entries of a dense histogram update
 
 
 def pair_priority(windows: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -33,6 +37,11 @@ def window_priority(windows: torch.Tensor, n_features: int) -> torch.Tensor:
     """Priorities of every (window, feature): shape (len(windows), n_features)."""
     f = torch.arange(n_features, device=windows.device, dtype=torch.int64)
     return pair_priority(windows[:, None], f[None, :])
+
+
+def _hist_bin(values: torch.Tensor) -> torch.Tensor:
+    """The histogram bin (int64) of positive activation values."""
+    return ((values.log10() - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).floor().clamp_(0, HIST_BINS - 1).long()
 
 
 def _select(keep_idx: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -94,24 +103,60 @@ class LayerState:
         """F."""
         return int(self.top_val.shape[0])
 
-    def update(self, acts: torch.Tensor, windows: torch.Tensor) -> None:
-        """Fold in a batch: acts (W, T, F) for windows (W,) with distinct ids."""
+    def update(self, acts: torch.Tensor, windows: torch.Tensor, *, dense: bool | None = None) -> None:
+        """Fold in a batch: acts (W, T, F) for windows (W,) with distinct ids.
+
+        `dense` (the default on a GPU) merges every feature row at once with no host synchronisation, so the
+        CPU never waits for the GPU, and reads the activations once in a fused kernel where Triton is present;
+        the sparse path (the default on a CPU) touches only the rows that change. Both give identical state."""
         acts = acts.float()
-        peak = acts.amax(dim=1).T.contiguous()  # (F, W)
+        windows = windows.to(acts.device)
+        dense = acts.is_cuda if dense is None else dense
+        hist = None
+        if dense and acts.is_cuda and fused_scan is not None:
+            peak, nonzero, hist = fused_scan(acts, HIST_LOG10_MIN, HIST_BINS_PER_DECADE, HIST_BINS)
+        else:
+            peak = acts.amax(dim=1).T.contiguous()  # (F, W)
+            pos = acts > 0
+            nonzero = pos.sum(dim=(0, 1))
+        self.nonzero += nonzero
         active = peak > 0
-        cand_win = windows.to(self.top_win.device)[None, :].expand_as(peak)
-        cand_win = torch.where(active, cand_win, -1)
+        cand_win = torch.where(active, windows[None, :].expand_as(peak), -1)
         per_feature = acts.permute(2, 0, 1)  # (F, W, T)
-        self._merge_top(torch.where(active, peak, float("-inf")), cand_win, per_feature)
-        pri = window_priority(windows.to(peak.device), self.n_features).T  # (F, W)
-        self._merge_reservoir(torch.where(active, pri, float("inf")), peak, cand_win, per_feature)
-        pos = acts > 0
-        self.nonzero += pos.sum(dim=(0, 1))
+        if dense:  # every row's candidates are gathered: one transposing copy makes those reads contiguous
+            per_feature = per_feature.contiguous()
+        top = torch.where(active, peak, float("-inf"))
+        pri = torch.where(active, window_priority(windows, self.n_features).T, float("inf"))  # (F, W)
+        if dense:
+            for lo in range(0, self.n_features, DENSE_ROWS):
+                rows = slice(lo, lo + DENSE_ROWS)
+                self._merge_top_rows(rows, top, cand_win, per_feature)
+                self._merge_reservoir_rows(rows, pri, peak, cand_win, per_feature)
+            if hist is not None:
+                self.hist += hist
+            else:
+                self._histogram_dense(acts, pos)
+            return
+        self._merge_top(top, cand_win, per_feature)
+        self._merge_reservoir(pri, peak, cand_win, per_feature)
         values = acts[pos]
         if values.numel():
             feats = torch.arange(self.n_features, device=acts.device).expand_as(acts)[pos]
-            bins = ((values.log10() - HIST_LOG10_MIN) * HIST_BINS_PER_DECADE).floor().clamp_(0, HIST_BINS - 1)
-            self.hist.view(-1).index_add_(0, feats * HIST_BINS + bins.long(), torch.ones_like(feats))
+            self.hist.view(-1).index_add_(0, feats * HIST_BINS + _hist_bin(values), torch.ones_like(feats))
+
+    def _histogram_dense(self, acts: torch.Tensor, pos: torch.Tensor) -> None:
+        # Count every (token, feature) without selecting the positive ones (a selection waits for the GPU).
+        # Non-positive entries are counted into a scratch area spread over many slots, not one: a single slot
+        # would serialise millions of atomic adds.
+        n_hist = self.n_features * HIST_BINS
+        index = torch.int32 if acts.numel() + n_hist + HIST_SCRATCH < 2**31 else torch.int64
+        feats = torch.arange(self.n_features, device=acts.device, dtype=index) * HIST_BINS
+        slot = feats + _hist_bin(torch.where(pos, acts, 1.0)).to(index)  # (W, T, F)
+        spread = torch.arange(slot.numel(), device=acts.device, dtype=index).view_as(slot) % HIST_SCRATCH
+        slot = torch.where(pos, slot, n_hist + spread)
+        counts = torch.zeros(n_hist + HIST_SCRATCH, device=acts.device, dtype=torch.int64)
+        counts.index_add_(0, slot.view(-1), torch.ones(1, device=acts.device, dtype=torch.int64).expand(slot.numel()))
+        self.hist += counts[:n_hist].view(self.n_features, HIST_BINS)
 
     def merge(self, other: "LayerState") -> None:
         """Fold in another shard's state (same features and window length)."""
@@ -126,7 +171,7 @@ class LayerState:
         for idx in rows.nonzero().squeeze(1).split(MERGE_ROWS):
             self._merge_top_rows(idx, val, win, acts)
 
-    def _merge_top_rows(self, idx: torch.Tensor, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
+    def _merge_top_rows(self, idx: torch.Tensor | slice, val: torch.Tensor, win: torch.Tensor, acts: torch.Tensor) -> None:
         k = self.top_val.shape[1]
         old_val, old_win = self.top_val[idx], self.top_win[idx]
         all_val = torch.cat([old_val, val[idx]], dim=1)
@@ -145,7 +190,7 @@ class LayerState:
         for idx in rows.nonzero().squeeze(1).split(MERGE_ROWS):
             self._merge_reservoir_rows(idx, pri, val, win, acts)
 
-    def _merge_reservoir_rows(self, idx: torch.Tensor, pri: torch.Tensor, val: torch.Tensor, win: torch.Tensor,
+    def _merge_reservoir_rows(self, idx: torch.Tensor | slice, pri: torch.Tensor, val: torch.Tensor, win: torch.Tensor,
                               acts: torch.Tensor) -> None:
         r = self.res_pri.shape[1]
         all_pri = torch.cat([self.res_pri[idx], pri[idx]], dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +16,11 @@ from featuredb.errors import FeatureDBError
 from ingest.architectures import arch_spec, blocks, d_model
 from ingest.corpus import CorpusStats, iter_documents, iter_windows
 from ingest.feature_state import LayerState
+from ingest.graphed_update import GraphedStateUpdate
 from ingest.harvest import Harvester
 from ingest.model_loading import LoadedModel, load_model
 from ingest.sink_positions import SINK_POSITIONS
+from ingest.transcoder import Transcoder
 from ingest.transcoder_formats import TranscoderSet, load_transcoders
 
 
@@ -74,6 +77,13 @@ def load_state_file(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise FeatureDBError(f"{path}: not a readable featuredb ingest state ({e.__class__.__name__})") from None
+
+
+def _step(t: Transcoder, state: LayerState, x: torch.Tensor, windows: torch.Tensor) -> None:
+    """Encode one layer's input (W, T, d_model) and fold the features into its state."""
+    acts = t.encode(x.float())
+    acts[:, :SINK_POSITIONS, :] = 0  # the attention sink (BOS or not), hidden as Neuronpedia hides BOS
+    state.update(acts, windows)
 
 
 class IngestPass:
@@ -161,6 +171,7 @@ class IngestPass:
     def run(self, checkpoint: Path | None, every: int) -> None:
         """Stream the corpus through model and transcoders, checkpointing every `every` batches."""
         harvester = Harvester.for_transcoders(self.lm.model, self.active)
+        update = GraphedStateUpdate()  # this pass's states only: its graphs go with it
         total = self.cfg.max_tokens
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc="ingest", smoothing=0.1,
                    disable=None if self.show_progress is None else not self.show_progress)
@@ -172,12 +183,11 @@ class IngestPass:
                     continue
                 ids = torch.tensor(windows, dtype=torch.long)
                 captured = harvester.run(ids.to(self.lm.device))
-                win_ids = torch.arange(first, first + len(windows))
+                # made where the state lives: copying it there, or reading it back, would make the CPU wait
+                win_ids = torch.arange(first, first + len(windows), device=self.lm.device)
                 for t in self.active:
-                    acts = t.encode(captured[(t.layer, t.hook_in)].float())
-                    acts[:, :SINK_POSITIONS, :] = 0  # the attention sink (BOS or not), hidden as Neuronpedia hides BOS
-                    self.states[t.layer].update(acts, win_ids)
-                for w, row in zip(win_ids.tolist(), ids.numpy()):
+                    update(self.states[t.layer], captured[(t.layer, t.hook_in)], win_ids, functools.partial(_step, t))
+                for w, row in zip(range(first, first + len(windows)), ids.numpy()):
                     self.bank[w] = row
                 self.progress.batches_done = b + 1
                 self.progress.windows_seen += len(windows)

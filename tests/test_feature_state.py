@@ -1,0 +1,74 @@
+"""The GPU's dense state update (every feature row, no host synchronisation) keeps exactly the sparse path's state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ingest import feature_state
+from ingest.feature_state import HIST_BINS, LayerState
+from ingest.graphed_update import GraphedStateUpdate
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _batches(n_features: int, ctx_len: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Activation batches with many exact ties (values on a coarse grid), silent features and rare ones."""
+    g = torch.Generator().manual_seed(seed)
+    out, start = [], 0
+    for width in (7, 16, 16, 3, 16, 11):
+        acts = torch.randint(0, 6, (width, ctx_len, n_features), generator=g).float() * 0.5
+        acts[torch.rand(acts.shape, generator=g) < 0.8] = 0  # mostly silent
+        acts[..., : n_features // 8] = 0  # features that never fire
+        rare = torch.rand(width, generator=g) < 0.2
+        acts[..., -1] = 0
+        acts[rare, 0, -1] = 1e-5  # a feature below the histogram's lowest bin, seen in few windows
+        acts[:, 1, n_features // 4] = 3e4  # and one above its highest
+        out.append((acts, torch.arange(start, start + width)))
+        start += width
+    return out
+
+
+def _fold(dense: bool, device: torch.device, batches: list, k: int, reservoir: int) -> LayerState:
+    n_features, ctx_len = batches[0][0].shape[2], batches[0][0].shape[1]
+    state = LayerState.empty(n_features, k, reservoir, ctx_len, device)
+    for acts, windows in batches:
+        acts, windows = acts.to(device), windows.to(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")  # any wait for the GPU inside update raises
+        try:
+            state.update(acts, windows, dense=dense)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    return state.to("cpu")
+
+
+def test_dense_update_keeps_exactly_the_sparse_state(monkeypatch) -> None:
+    """Top-k (ties broken by the lower window), reservoir, counts and histogram are equal field for field, whether
+    the best windows come early, late or tie. On a GPU the dense update runs there and must never wait for it."""
+    monkeypatch.setattr(feature_state, "DENSE_ROWS", 24)  # rows merged in steps of 24, the last one partial
+    batches = _batches(n_features=64, ctx_len=8, seed=0)
+    sparse = _fold(False, torch.device("cpu"), batches, k=5, reservoir=6)
+    dense = _fold(True, DEVICE, batches, k=5, reservoir=6)
+    for name, want in sparse.__dict__.items():
+        got = getattr(dense, name)
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    assert int(sparse.hist.sum()) == int((torch.cat([a for a, _ in batches]) > 0).sum())  # every positive counted
+    assert sparse.hist[:, 0].sum() > 0 and sparse.hist[:, HIST_BINS - 1].sum() > 0  # both ends clamp, not drop
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the lent H100)")
+def test_graphed_update_on_a_gpu_keeps_the_sparse_state() -> None:
+    """The ingest pass's GPU update, one captured graph per batch shape replayed, keeps the sparse path's state."""
+    batches = _batches(n_features=64, ctx_len=8, seed=2)
+    batches = batches + [(acts, windows + 100) for acts, windows in batches]  # every shape seen again: replays
+    sparse = _fold(False, torch.device("cpu"), batches, k=5, reservoir=6)
+    update = GraphedStateUpdate()
+    state = LayerState.empty(64, 5, 6, 8, DEVICE)
+    for acts, windows in batches:
+        update(state, acts.to(DEVICE), windows.to(DEVICE), lambda s, a, w: s.update(a, w))
+    assert update.broken is None and len(update.graphs) == len({a.shape for a, _ in batches})
+    for name, want in sparse.__dict__.items():
+        assert torch.equal(getattr(state.to("cpu"), name), want), name
