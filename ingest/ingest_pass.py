@@ -16,7 +16,7 @@ from featuredb.errors import FeatureDBError
 from ingest.architectures import arch_spec, blocks, d_model
 from ingest.corpus import CorpusStats, iter_documents, iter_windows
 from ingest.feature_state import LayerState
-from ingest.graphed_update import GraphedStateUpdate
+from ingest.graphed_update import StepRunner
 from ingest.harvest import Harvester
 from ingest.model_loading import LoadedModel, load_model
 from ingest.sink_positions import SINK_POSITIONS
@@ -171,7 +171,7 @@ class IngestPass:
     def run(self, checkpoint: Path | None, every: int) -> None:
         """Stream the corpus through model and transcoders, checkpointing every `every` batches."""
         harvester = Harvester.for_transcoders(self.lm.model, self.active)
-        update = GraphedStateUpdate()  # this pass's states only: its graphs go with it
+        self.steps = StepRunner(self.lm.device)  # this pass's states only: its graphs go with it
         total = self.cfg.max_tokens
         bar = tqdm(total=total, unit="tok", unit_scale=True, desc="ingest", smoothing=0.1,
                    disable=None if self.show_progress is None else not self.show_progress)
@@ -185,8 +185,10 @@ class IngestPass:
                 captured = harvester.run(ids.to(self.lm.device))
                 # made where the state lives: copying it there, or reading it back, would make the CPU wait
                 win_ids = torch.arange(first, first + len(windows), device=self.lm.device)
-                for t in self.active:
-                    update(self.states[t.layer], captured[(t.layer, t.hook_in)], win_ids, functools.partial(_step, t))
+                with self.steps.batch():
+                    for t in self.active:
+                        self.steps(self.states[t.layer], captured[(t.layer, t.hook_in)], win_ids,
+                                   functools.partial(_step, t))
                 for w, row in zip(range(first, first + len(windows)), ids.numpy()):
                     self.bank[w] = row
                 self.progress.batches_done = b + 1

@@ -7,7 +7,7 @@ import torch
 
 from ingest import feature_state
 from ingest.feature_state import HIST_BINS, LayerState
-from ingest.graphed_update import GraphedStateUpdate
+from ingest.graphed_update import GraphedStateUpdate, StepRunner
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -72,3 +72,46 @@ def test_graphed_update_on_a_gpu_keeps_the_sparse_state() -> None:
     assert update.broken is None and len(update.graphs) == len({a.shape for a, _ in batches})
     for name, want in sparse.__dict__.items():
         assert torch.equal(getattr(state.to("cpu"), name), want), name
+
+
+def _run_batches(runner: StepRunner, n_batches: int, n_layers: int, now: list[float], cost: dict[str, float],
+                 ) -> list[tuple[int, int, str]]:
+    """Drive `runner` as the ingest pass does; each step advances the fake clock by its path's cost."""
+    done: list[tuple[int, int, str]] = []
+    for b in range(n_batches):
+        with runner.batch():
+            for layer in range(n_layers):
+                def step(state: object, x: object, windows: object, b: int = b, layer: int = layer) -> None:
+                    now[0] += cost[runner.path]
+                    done.append((b, layer, runner.path))
+                runner(None, None, None, step)  # type: ignore[arg-type]
+    return done
+
+
+def _fake_graphed(state: object, x: object, windows: object, step) -> None:
+    step(state, x, windows)
+
+
+def test_the_pass_times_both_gpu_paths_then_keeps_the_faster() -> None:
+    """On a GPU the first batches run plain, then through graphs, each timed after waiting for the GPU; the
+    faster path takes every later batch, and every layer's step runs exactly once per batch whichever path."""
+    for plain_cost, graphed_cost, want in [(10.0, 4.0, "graphed"), (4.0, 10.0, "plain")]:
+        now, syncs = [0.0], []
+        runner = StepRunner(torch.device("cuda"), clock=lambda: now[0], sync=lambda: syncs.append(now[0]),
+                            graphed=_fake_graphed)
+        done = _run_batches(runner, 12, 3, now, {"plain": plain_cost, "graphed": graphed_cost})
+        assert sorted((b, layer) for b, layer, _ in done) == [(b, layer) for b in range(12) for layer in range(3)]
+        paths = [next(p for b2, _, p in done if b2 == b) for b in range(12)]
+        assert paths[:7] == ["plain"] * 3 + ["graphed"] * 4  # 1 + 2 timed plain, 2 warm-up + 2 timed graphed
+        assert runner.choice == want and paths[7:] == [want] * 5
+        assert runner.times == {"plain": [3 * plain_cost] * 2, "graphed": [3 * graphed_cost] * 2}
+        assert len(syncs) == 8  # before and after each timed batch, never after the choice
+        assert (runner.graphed is None) == (want == "plain")  # a losing path's graphs are let go
+
+
+def test_without_a_gpu_the_pass_never_waits_or_captures() -> None:
+    now, syncs = [0.0], []
+    runner = StepRunner(torch.device("cpu"), clock=lambda: now[0], sync=lambda: syncs.append(1),
+                        graphed=_fake_graphed)
+    done = _run_batches(runner, 8, 2, now, {"plain": 1.0, "graphed": 1.0})
+    assert {p for _, _, p in done} == {"plain"} and not syncs and runner.choice == "plain"
