@@ -12,6 +12,12 @@ SmolLM2's architecture from DIR's config.json and tokenizer with random weights 
 With `--pass-only` the pass is also timed with the sparse state update forced (the CPU's path, which waits
 for the GPU to pick the rows that change), in the same run, so the dense update's gain shows.
 `--layers all` hooks all 30 layers (122,880 features) instead of four.
+
+`--compare REPS` times, in one process on the same windows, the bare baseline and the pass with each state
+update path (sparse, dense op by op, dense as CUDA graphs, and the default that times both dense paths),
+median of REPS rounds after a warm-up round; the short separate processes above vary too much on a GPU:
+
+    python3 bench/bench_ingest.py --compare 3 --device cuda --batch 64 --random-model DIR --layers all
 """
 
 from __future__ import annotations
