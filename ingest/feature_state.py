@@ -13,11 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from featuredb.activation_bins import HIST_BINS, HIST_BINS_PER_DECADE, HIST_LOG10_MIN
 from ingest.activation_scan import fused_scan
 
-HIST_LOG10_MIN = -4.0  # fixed histogram bins: 10^-4 .. 10^4, 8 bins per decade (mergeable across shards)
-HIST_BINS_PER_DECADE = 8
-HIST_BINS = 64
 MERGE_ROWS = 2048  # features merged per step: bounds the temporaries of a merge, whatever the layer's width
 DENSE_ROWS = 16384  # features merged per step on a GPU (every row, no selection): bounds the temporaries there
 HIST_SCRATCH = 1 << 16  # slots that absorb the non-positive entries of a dense histogram update

@@ -12,7 +12,8 @@ import torch
 
 from featuredb.feature_packs import pack_table
 from featuredb.schema import Q_LEVELS, example_id
-from ingest.feature_state import HIST_BINS, HIST_BINS_PER_DECADE, HIST_LOG10_MIN, LayerState, pair_priority
+from featuredb.activation_bins import HIST_BINS, HIST_BINS_PER_DECADE, HIST_LOG10_MIN, hist_centres
+from ingest.feature_state import LayerState, pair_priority
 from ingest.logit_lens import LogitStats
 
 
@@ -35,11 +36,6 @@ class LayerRecords:
     examples: pa.Table
     whole: pa.Table
     packs: pa.Table  # featuredb.feature_packs, for features without whole rows
-
-
-def hist_centres() -> np.ndarray:
-    """Activation values at the centres of the fixed log-spaced histogram bins."""
-    return 10 ** (HIST_LOG10_MIN + (np.arange(HIST_BINS) + 0.5) / HIST_BINS_PER_DECADE)
 
 
 def _list_array(flat: pa.Array, width: int, rows: int) -> pa.ListArray:

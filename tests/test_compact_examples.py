@@ -188,3 +188,33 @@ def test_threads_sharing_the_window_cache_read_the_same_features(stores: dict[st
             t.join()
     assert not errors, errors
     assert len(got) == 30 and all(g == expected for g in got)
+
+
+def test_a_pack_leaves_out_the_fixed_bin_centres_and_stores_float32_lists_raw_yet_reads_back_exactly() -> None:
+    """The histogram's bin centres are not repeated in every pack and the logit lens's float32 values are not
+    17-digit JSON, yet the row reads back equal; a value float32 cannot hold, and a pack in the older layout
+    (every field as JSON), read back exactly too."""
+    import json
+    import zlib
+
+    from featuredb.activation_bins import hist_centres
+    from featuredb.feature_packs import EXAMPLE_FIELDS, pack, unpack
+
+    rng = np.random.default_rng(0)
+    row = {"modelId": "m", "layer": "3-tc", "index": 7, "maxActApprox": 2.5, "explanations": None,
+           "pos_values": rng.standard_normal(10).astype(np.float32).astype(np.float64).tolist(),
+           "neg_values": [0.1, -0.2],  # not float32 values: kept as JSON
+           "logits_hist_data_bar_values": rng.standard_normal(40).astype(np.float32).astype(np.float64).tolist(),
+           "freq_hist_data_bar_values": hist_centres().tolist(), "freq_hist_data_bar_heights": [0.0] * 64}
+    examples = {k: [1] for k in EXAMPLE_FIELDS}
+    q = [bytes([0, 255, 3])]
+    blob = pack(row, examples, q)
+    fields, cols, qs = unpack(blob)
+    assert fields == {k: v for k, v in row.items() if v is not None} and cols == examples
+    assert [x.tobytes() for x in qs] == q
+    head = json.loads(zlib.decompress(blob).split(b"\0", 1)[0])
+    assert head["k"] == ["freq_hist_data_bar_values"]
+    assert head["b"] == [["pos_values", 10], ["logits_hist_data_bar_values", 40]]
+    old = zlib.compress(json.dumps({"f": fields, "e": examples, "n": [3]}).encode() + b"\0" + q[0])
+    assert len(blob) < 0.8 * len(old)
+    assert unpack(old)[0] == fields and unpack(old)[2][0].tobytes() == q[0]

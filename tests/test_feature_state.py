@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ingest import feature_state
-from ingest.feature_state import HIST_BINS, LayerState
+from featuredb.activation_bins import HIST_BINS
+from ingest.feature_state import LayerState
 from ingest.graphed_update import GraphedStateUpdate, StepRunner
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
