@@ -96,7 +96,8 @@ class IngestPass:
         self.shard = shard
         self.show_progress = progress
         # Everything that can be wrong with the inputs is checked before any compute.
-        self.tset: TranscoderSet = load_transcoders(cfg.transcoders, cfg.layers)
+        # each layer's weights are read and checked here, then let go until its pass (`begin`) needs them
+        self.tset: TranscoderSet = load_transcoders(cfg.transcoders, cfg.layers, lazy=True)
         self.lm: LoadedModel = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, model_id=cfg.model_id)
         arch_spec(self.lm.model)
         width, n_layers = d_model(self.lm.model), len(blocks(self.lm.model))
@@ -105,14 +106,18 @@ class IngestPass:
                 raise FeatureDBError(f"{t.path}: layer {t.layer} but the model has {n_layers} layers")
             if t.d_model != width:
                 raise FeatureDBError(f"{t.path}: transcoder d_model {t.d_model} != model d_model {width}")
-            t.to(self.lm.device, torch.float32)
         self.set_name = cfg.source_set or self.tset.name
         self.begin(self.tset.layers if group is None else group)
 
     def begin(self, group: list[int]) -> None:
-        """Start a fresh pass that keeps state for the layers in `group` only (the others are not encoded)."""
+        """Start a fresh pass that keeps state for the layers in `group` only (the others are not encoded); only
+        the group's transcoders hold their weights."""
         self.states = {}  # the previous pass's state goes before the new one is allocated
-        self.active = [t for t in self.tset.transcoders if t.layer in set(group)]
+        for t in self.tset.transcoders:
+            if t.layer not in set(group):
+                t.release()
+        self.active = [t.materialise().to(self.lm.device, torch.float32)
+                       for t in self.tset.transcoders if t.layer in set(group)]
         cfg = self.cfg
         self.states = {t.layer: LayerState.empty(t.d_transcoder, cfg.k, cfg.reservoir, cfg.ctx_len, self.lm.device)
                        for t in self.active}
@@ -122,6 +127,9 @@ class IngestPass:
 
     def drop_transcoders(self, layers: list[int]) -> None:
         """Forget finished layers' transcoders (their memory returns before the next pass)."""
+        for t in self.tset.transcoders:
+            if t.layer in set(layers):
+                t.release()
         self.tset.transcoders = [t for t in self.tset.transcoders if t.layer not in set(layers)]
         self.active = [t for t in self.active if t.layer not in set(layers)]
 

@@ -1,9 +1,9 @@
 """How much memory an ingest may use, and how its layers are split into passes over the corpus to stay under it.
 
 The ingest's memory is, in turn:
-- fixed: the process with the model and transcoders loaded (measured, not estimated);
-- the pass: the running state of the layers in this pass (`LayerState.bytes_per_feature` each feature) plus the
-  temporaries of one batch's update;
+- fixed: the process with the model loaded (measured, not estimated);
+- the pass: the running state of the layers in this pass (`LayerState.bytes_per_feature` each feature) and their
+  transcoders' weights (the other layers' weights are not in memory), plus the temporaries of one batch's update;
 - the write: the same state, shrinking layer by layer, plus one block of records and of logits;
 - the commit: DuckDB, reading the spilled records, under a `memory_limit` of its own.
 Layers are packed into as few passes as fit; each extra pass re-reads the corpus and re-runs the model up to the
@@ -70,7 +70,7 @@ class MemoryPlan:
         """One line for the log: budget, state and passes."""
         state = sum(self.state_bytes.values())
         spans = ", ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in self.groups)
-        return (f"memory budget {self.budget / GB:.1f} GB: state {state / GB:.2f} GB, model and transcoders "
+        return (f"memory budget {self.budget / GB:.1f} GB: state and transcoders {state / GB:.2f} GB, model "
                 f"{self.fixed / GB:.2f} GB; {self.passes} pass(es) over the corpus (layers {spans})")
 
     def as_dict(self) -> dict[str, object]:
@@ -94,17 +94,18 @@ def transient_bytes(widths: dict[int, int], *, batch: int, ctx_len: int, k: int,
 
 
 def plan_memory(budget_gb: float, widths: dict[int, int], *, fixed: int, transient: int, k: int, reservoir: int,
-                ctx_len: int) -> MemoryPlan:
-    """Pack consecutive layers into passes whose state fits the budget; a clear error when one layer cannot fit."""
+                ctx_len: int, weights: dict[int, int] | None = None) -> MemoryPlan:
+    """Pack consecutive layers into passes whose state (and transcoder `weights`, bytes by layer) fits the budget;
+    a clear error when one layer cannot fit."""
     budget = int(budget_gb * GB)
     per_feature = LayerState.bytes_per_feature(k, reservoir, ctx_len)
-    state = {layer: width * per_feature for layer, width in widths.items()}
+    state = {layer: width * per_feature + (weights or {}).get(layer, 0) for layer, width in widths.items()}
     room = int(budget * (1 - HEADROOM)) - fixed - transient
     if room <= 0 or any(b > room for b in state.values()):
         need = (fixed + transient + max(state.values())) / (1 - HEADROOM)
         raise FeatureDBError(
-            f"--memory-gb {budget_gb:g}: too small; the model and transcoders take {fixed / GB:.2f} GB and the "
-            f"widest layer's state {max(state.values()) / GB:.2f} GB, so at least {need / GB:.1f} GB is needed "
+            f"--memory-gb {budget_gb:g}: too small; the model takes {fixed / GB:.2f} GB and the widest layer's "
+            f"state and transcoder {max(state.values()) / GB:.2f} GB, so at least {need / GB:.1f} GB is needed "
             f"(or lower --k / --ctx-len, or pass fewer --layers)")
     groups: list[list[int]] = []
     used = room

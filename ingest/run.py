@@ -110,6 +110,8 @@ def spill_records(spill: RecordSpill, ing: IngestPass, states: dict[int, LayerSt
         for t in layers:
             src = source_id(t.layer, ing.set_name)
             state = states.pop(t.layer).to("cpu")
+            released = not t.loaded  # a merge's transcoders: read one layer's weights at a time
+            t.materialise()
             for lo in range(0, t.d_transcoder, RECORD_BLOCK):
                 hi = min(lo + RECORD_BLOCK, t.d_transcoder)
                 spill.add(src, layer_records(ing.lm.model_id, src, ing.set_name, state.rows(lo, hi), tokens_counted,
@@ -118,6 +120,8 @@ def spill_records(spill: RecordSpill, ing: IngestPass, states: dict[int, LayerSt
             n_live = int((state.nonzero > 0).sum())
             live, dead = live + n_live, dead + t.d_transcoder - n_live
             del state
+            if released:
+                t.release()
     spill.add_windows(window_table(bank, np.array(sorted(spill.windows_used), np.int64), vocab))
     return live, dead
 
@@ -219,14 +223,16 @@ def run_ingest(cfg: IngestConfig, db: str | None, *, resume: bool = False, check
 
 
 def _plan(ing: IngestPass, memory_gb: float | None) -> MemoryPlan:
-    """The memory plan of this ingest, from the process's memory with model and transcoders loaded."""
+    """The memory plan of this ingest, from the process's memory with the model loaded; each layer's transcoder
+    weights count with its state, since a pass holds only its own layers' weights."""
     cfg = ing.cfg
     widths = {t.layer: t.d_transcoder for t in ing.tset.transcoders}
+    weights = {t.layer: t.weight_bytes() for t in ing.tset.transcoders}
     transient = transient_bytes(widths, batch=cfg.batch_size, ctx_len=cfg.ctx_len, k=cfg.k, reservoir=cfg.reservoir,
                                 vocab=len(ing.lm.tokenizer), d_model=d_model(ing.lm.model))
     return plan_memory(memory_gb if memory_gb is not None else default_memory_gb(), widths,
                        fixed=current_rss_bytes(), transient=transient, k=cfg.k, reservoir=cfg.reservoir,
-                       ctx_len=cfg.ctx_len)
+                       ctx_len=cfg.ctx_len, weights=weights)
 
 
 def merge_shards(paths: list[str], db: str | None, *, device: str | None = None,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 HOOK_MLP_IN = "mlp_in"  # input of the MLP, after the pre-MLP norm
 HOOK_RESID_MID = "resid_mid"  # residual stream after attention, before the pre-MLP norm
 HOOK_MLP_OUT = "mlp_out"  # output of the MLP (after Gemma's post-MLP norm)
+WEIGHTS = ("W_enc", "b_enc", "W_dec", "threshold", "b_dec", "input_bias", "W_skip")
 
 # Hook names used by circuit-tracer, TransformerLens, SAELens and sparsify, mapped onto ours.
 HOOK_ALIASES = {
@@ -52,6 +53,7 @@ class Transcoder:
     hook_out: str = HOOK_MLP_OUT
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    reload: Callable[[], "Transcoder"] | None = field(default=None, repr=False, compare=False)  # reads the weights
 
     @property
     def d_model(self) -> int:
@@ -63,9 +65,35 @@ class Transcoder:
         """Number of features."""
         return int(self.W_enc.shape[1])
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (a released transcoder keeps only their shapes)."""
+        return self.W_enc.device.type != "meta"
+
+    def weight_bytes(self) -> int:
+        """Memory the weights take as float32, loaded or not."""
+        return sum(getattr(self, n).numel() * 4 for n in WEIGHTS if getattr(self, n) is not None)
+
+    def release(self) -> "Transcoder":
+        """Let the weights go, keeping their shapes, when `reload` can read them again; else keep them."""
+        if self.reload is not None:
+            for name in WEIGHTS:
+                t = getattr(self, name)
+                if t is not None:
+                    setattr(self, name, t.to("meta"))
+        return self
+
+    def materialise(self) -> "Transcoder":
+        """Read released weights back from disk (a no-op when they are loaded)."""
+        if not self.loaded and self.reload is not None:
+            fresh = self.reload()
+            for name in WEIGHTS:
+                setattr(self, name, getattr(fresh, name))
+        return self
+
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Transcoder":
         """Move every tensor to a device and dtype (k stays an int)."""
-        for name in ("W_enc", "b_enc", "W_dec", "threshold", "b_dec", "input_bias", "W_skip"):
+        for name in WEIGHTS:
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device=device, dtype=dtype))

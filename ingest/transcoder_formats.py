@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,6 +36,24 @@ class TranscoderSet:
     def layers(self) -> list[int]:
         """Layers covered, ascending."""
         return [t.layer for t in self.transcoders]
+
+
+_LAZY = contextvars.ContextVar("featuredb_lazy_transcoders", default=False)
+
+
+def _one_layer(build: Callable[..., Transcoder]) -> Callable[..., Transcoder]:
+    """A reader of one layer's transcoder; under lazy loading its weights are read and checked, then let go until
+    `Transcoder.materialise` reads them again, so a set is never in memory all at once."""
+
+    @functools.wraps(build)
+    def read(*args: Any) -> Transcoder:
+        t = build(*args)
+        if _LAZY.get():
+            t.reload = functools.partial(build, *args)
+            t.release()
+        return t
+
+    return read
 
 
 def _hook(name: str | None, default: str, where: Path) -> str:
@@ -68,6 +88,7 @@ def _need(tensors: dict[str, Any], keys: tuple[str, ...], path: Path) -> None:
 # -- circuit-tracer per-layer: config.yaml + layer_{i}.safetensors ---------------------------------------
 
 
+@_one_layer
 def _circuit_tracer_layer(path: Path, layer: int, cfg: dict[str, Any], hook_in: str, hook_out: str) -> Transcoder:
     t = _safetensors(path)
     _need(t, ("W_enc", "W_dec", "b_enc"), path)
@@ -120,6 +141,23 @@ def _load_circuit_tracer(folder: Path, cfg: dict[str, Any]) -> TranscoderSet:
                           "feature_output_hook": cfg.get("feature_output_hook")})
 
 
+@_one_layer
+def _clt_layer(folder: Path, i: int, hook_in: str, hook_out: str) -> Transcoder:
+    enc_path, dec_path = folder / f"W_enc_{i}.safetensors", folder / f"W_dec_{i}.safetensors"
+    enc, dec = _safetensors(enc_path), _safetensors(dec_path)
+    _need(enc, (f"W_enc_{i}", f"b_enc_{i}"), enc_path)
+    _need(dec, (f"W_dec_{i}",), dec_path)
+    w_dec = dec[f"W_dec_{i}"]
+    threshold = enc.get(f"threshold_{i}")
+    return Transcoder(
+        layer=i, W_enc=enc[f"W_enc_{i}"].T.contiguous(), b_enc=enc[f"b_enc_{i}"],
+        # The feature writes to every later layer; its total write to the residual stream drives the logits.
+        W_dec=w_dec.sum(dim=1) if w_dec.dim() == 3 else w_dec,
+        activation="jumprelu" if threshold is not None else "relu", threshold=threshold,
+        b_dec=enc.get(f"b_dec_{i}"), hook_in=hook_in, hook_out=hook_out, path=str(enc_path),
+        extra={"cross_layer": True})
+
+
 def _load_clt(folder: Path, hook_in: str, hook_out: str, cfg: dict[str, Any]) -> TranscoderSet:
     layers = sorted(int(m.group(1)) for f in folder.glob("W_enc_*.safetensors")
                     if (m := re.fullmatch(r"W_enc_(\d+)\.safetensors", f.name)))
@@ -127,21 +165,7 @@ def _load_clt(folder: Path, hook_in: str, hook_out: str, cfg: dict[str, Any]) ->
         raise TranscoderFormatError(f"{folder}: no W_enc_*.safetensors files for a cross-layer transcoder")
     if layers != list(range(len(layers))):
         raise TranscoderFormatError(f"{folder}: cross-layer transcoder layers {layers} are not 0..n-1")
-    tcs = []
-    for i in layers:
-        enc_path, dec_path = folder / f"W_enc_{i}.safetensors", folder / f"W_dec_{i}.safetensors"
-        enc, dec = _safetensors(enc_path), _safetensors(dec_path)
-        _need(enc, (f"W_enc_{i}", f"b_enc_{i}"), enc_path)
-        _need(dec, (f"W_dec_{i}",), dec_path)
-        w_dec = dec[f"W_dec_{i}"]
-        threshold = enc.get(f"threshold_{i}")
-        tcs.append(Transcoder(
-            layer=i, W_enc=enc[f"W_enc_{i}"].T.contiguous(), b_enc=enc[f"b_enc_{i}"],
-            # The feature writes to every later layer; its total write to the residual stream drives the logits.
-            W_dec=w_dec.sum(dim=1) if w_dec.dim() == 3 else w_dec,
-            activation="jumprelu" if threshold is not None else "relu", threshold=threshold,
-            b_dec=enc.get(f"b_dec_{i}"), hook_in=hook_in, hook_out=hook_out, path=str(enc_path),
-            extra={"cross_layer": True}))
+    tcs = [_clt_layer(folder, i, hook_in, hook_out) for i in layers]
     return TranscoderSet(tcs, "circuit-tracer-clt", _set_name(cfg, folder),
                          {"model_name": cfg.get("model_name")})
 
@@ -149,6 +173,7 @@ def _load_clt(folder: Path, hook_in: str, hook_out: str, cfg: dict[str, Any]) ->
 # -- SAELens: cfg.json + sae_weights.safetensors -----------------------------------------------------------
 
 
+@_one_layer
 def _load_saelens(folder: Path) -> Transcoder:
     cfg = json.loads((folder / "cfg.json").read_text())
     t = _safetensors(folder / "sae_weights.safetensors")
@@ -182,6 +207,7 @@ def _load_saelens(folder: Path) -> Transcoder:
 # -- GemmaScope: params.npz -----------------------------------------------------------------------------------
 
 
+@_one_layer
 def _load_gemmascope(path: Path, layer: int | None) -> Transcoder:
     try:
         p = np.load(path)
@@ -200,6 +226,7 @@ def _load_gemmascope(path: Path, layer: int | None) -> Transcoder:
 # -- EleutherAI sparsify: {hookpoint}/cfg.json + sae.safetensors -------------------------------------------
 
 
+@_one_layer
 def _load_sparsify(folder: Path) -> Transcoder:
     cfg = json.loads((folder / "cfg.json").read_text())
     t = _safetensors(folder / "sae.safetensors")
@@ -254,8 +281,19 @@ def _load_one(path: Path, layer_hint: int | None) -> tuple[str, list[Transcoder]
         "layers.N.mlp/sae.safetensors)")
 
 
-def load_transcoders(paths: list[str | Path], layers: list[int] | None = None) -> TranscoderSet:
-    """Load every transcoder under `paths` (optionally only `layers`), sorted by layer; one format per set."""
+def load_transcoders(paths: list[str | Path], layers: list[int] | None = None, *, lazy: bool = False) -> TranscoderSet:
+    """Load every transcoder under `paths` (optionally only `layers`), sorted by layer; one format per set.
+
+    `lazy`: each layer's weights are read and checked, then let go (`Transcoder.materialise` reads them again), so
+    at most one layer's weights are in memory while loading."""
+    token = _LAZY.set(lazy)
+    try:
+        return _load_transcoders(paths, layers)
+    finally:
+        _LAZY.reset(token)
+
+
+def _load_transcoders(paths: list[str | Path], layers: list[int] | None) -> TranscoderSet:
     if not paths:
         raise TranscoderFormatError("no transcoders given (--transcoders PATH)")
     found: dict[int, Transcoder] = {}

@@ -17,6 +17,7 @@ from ingest import run as ingest_run
 from ingest.feature_state import LayerState
 from ingest.memory_budget import GB, HEADROOM, plan_memory
 from ingest.run import IngestConfig, run_ingest
+from ingest.transcoder_formats import load_transcoders
 from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +51,25 @@ def test_a_run_split_into_passes_writes_the_rows_of_one_pass(tiny: dict[str, Pat
                        ctx_len=16, batch_size=4, k=5, model_id="tiny", source_set="tc64")
     one = run_ingest(cfg, str(tmp_path / "one.duckdb"), progress=False)
     assert one.memory["passes"] == 1
-    # With no fixed memory, a budget of the transient plus 1.5 layers' state allows one layer per pass.
+    # With no fixed memory, a budget of the transient plus 1.5 layers' state and weights allows one layer per pass.
     monkeypatch.setattr(ingest_run, "current_rss_bytes", lambda: 0)
-    layer = 64 * LayerState.bytes_per_feature(5, 25, 16)
-    transient = ingest_run._plan(ingest_run.IngestPass(cfg, None, False, group=[]), 64).transient
+    weights = load_transcoders([tiny["tc"]], lazy=True).transcoders[0].weight_bytes()
+    layer = 64 * LayerState.bytes_per_feature(5, 25, 16) + weights
+    ing = ingest_run.IngestPass(cfg, None, False, group=[])
+    assert not any(t.loaded for t in ing.tset.transcoders)  # read and checked, then let go
+    transient = ingest_run._plan(ing, 64).transient
+    loaded_in_pass: list[list[int]] = []
+    run = ingest_run.IngestPass.run
+
+    def recording_run(self: ingest_run.IngestPass, *args: object) -> None:
+        loaded_in_pass.append([t.layer for t in self.tset.transcoders if t.loaded])
+        run(self, *args)
+
+    monkeypatch.setattr(ingest_run.IngestPass, "run", recording_run)
     split = run_ingest(cfg, str(tmp_path / "split.duckdb"), progress=False,
                        memory_gb=(transient + 1.5 * layer) / (1 - HEADROOM) / GB)
     assert split.memory["groups"] == [[0], [1], [2]]
+    assert loaded_in_pass == [[0], [1], [2]]  # each pass holds only its own layer's transcoder weights
     assert (split.live_features, split.dead_features, split.tokens) == (one.live_features, one.dead_features,
                                                                           one.tokens)
     with FeatureStore(tmp_path / "one.duckdb", read_only=True) as a, \

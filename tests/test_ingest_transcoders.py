@@ -52,6 +52,13 @@ def test_every_format_encodes_like_the_raw_weights(fmt: str, tmp_path: Path) -> 
         torch.testing.assert_close(t.encode(x), _reference(weights[t.layer], x, activation, expected_k))
         assert t.hook_in == ("resid_mid" if fmt == "clt" else "mlp_in")  # circuit-tracer's load_clt default
     assert tset.layers == ([0, 1] if fmt.startswith(("circuit", "clt")) else [1])
+    # Lazily, ingest's way: every layer's weights are read and checked, then let go until a pass needs them.
+    lazy = load_transcoders([path], lazy=True)
+    assert [t.loaded for t in lazy.transcoders] == [False] * len(tset.layers)
+    for t, eager in zip(lazy.transcoders, tset.transcoders):
+        assert (t.d_model, t.d_transcoder, t.weight_bytes()) == (eager.d_model, eager.d_transcoder, eager.weight_bytes())
+        torch.testing.assert_close(t.materialise().encode(x), eager.encode(x), rtol=0, atol=0)
+        assert t.release().loaded is False and eager.release().loaded  # one that cannot be read again is kept
 
 
 def test_layers_option_selects_and_reports_missing_layers(tmp_path: Path) -> None:
