@@ -13,6 +13,7 @@ import click
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import torch
 from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
@@ -111,7 +112,7 @@ def spill_records(spill: RecordSpill, ing: IngestPass, states: dict[int, LayerSt
             src = source_id(t.layer, ing.set_name)
             state = states.pop(t.layer).to("cpu")
             released = not t.loaded  # a merge's transcoders: read one layer's weights at a time
-            t.materialise()
+            t.materialise().to(ing.lm.device, torch.float32)
             for lo in range(0, t.d_transcoder, RECORD_BLOCK):
                 hi = min(lo + RECORD_BLOCK, t.d_transcoder)
                 spill.add(src, layer_records(ing.lm.model_id, src, ing.set_name, state.rows(lo, hi), tokens_counted,
