@@ -41,7 +41,7 @@ class GraphedStateUpdate:
 
     def __call__(self, state: LayerState, acts: torch.Tensor, windows: torch.Tensor, step: Step) -> None:
         """Fold a batch into `state`: `step(state, acts, windows)`, which must not synchronise with the host and
-        must do the same thing each time it is called for `state` (it is captured on the first call)."""
+        must do the same thing each time it is called for `state` (it is captured the second time a shape is seen)."""
         if self.broken or not acts.is_cuda:
             step(state, acts, windows)
             return
