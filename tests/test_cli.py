@@ -98,3 +98,20 @@ def test_query_cannot_write_read_files_or_change_settings(small_export: Path, tm
     assert res.returncode != 0 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
     assert db.read_bytes() == before and list(out_dir.iterdir()) == []
     assert json.loads(_run("query", "SELECT count(*) AS n FROM features", "--db", str(db), "--json").output) == [{"n": 40}]
+
+
+def test_every_command_that_talks_to_neuronpedia_takes_the_same_address_and_key() -> None:
+    """`trace label --online` and every `np` command read --base-url / NEURONPEDIA_BASE_URL and --api-key /
+    NEURONPEDIA_API_KEY alike, so a user who points np at a self-hosted Neuronpedia points trace label there too."""
+    import click
+
+    def walk(cmd: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
+        if isinstance(cmd, click.Group):
+            return [x for name in cmd.list_commands(None) for x in walk(cmd.get_command(None, name), path + (name,))]
+        return [(path, cmd)]
+
+    talking = [(path, cmd) for path, cmd in walk(cli, ()) if any(p.name == "base_url" for p in cmd.params)]
+    assert ("trace", "label") in [p for p, _ in talking] and len([p for p, _ in talking if p[0] == "np"]) >= 4
+    seen = {(p.name, p.envvar, p.default) for _, cmd in talking for p in cmd.params if p.name in ("base_url", "api_key")}
+    assert {(n, e) for n, e, _ in seen} == {("base_url", "NEURONPEDIA_BASE_URL"), ("api_key", "NEURONPEDIA_API_KEY")}
+    assert {d for n, _, d in seen if n == "base_url"} == {"https://www.neuronpedia.org"}

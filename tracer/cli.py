@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from featuredb.atomic_write import write_json_atomically
-from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
+from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, neuronpedia_options, open_store
 from featuredb.errors import BadInputError
 
 
@@ -26,8 +26,7 @@ def trace_group() -> None:
 @click.option("--source-set", help="Source set in the store (default: metadata.feature_details / transcoder_list).")
 @click.option("--overwrite", is_flag=True, help="Replace clerps that are already there.")
 @click.option("--online", is_flag=True, help="Ask Neuronpedia for features the store has no label for.")
-@click.option("--api-key", envvar="NEURONPEDIA_API_KEY", help="Neuronpedia API key for --online.")
-@click.option("--base-url", default="https://www.neuronpedia.org", show_default=True, help="Neuronpedia for --online.")
+@neuronpedia_options
 @click.option("--max-supernodes", default=50, show_default=True, type=click.IntRange(0))
 @click.option("--min-size", default=2, show_default=True, type=click.IntRange(2))
 @click.option("--max-size", default=8, show_default=True, type=click.IntRange(2),

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from featuredb.errors import FeatureDBError
+from featuredb.neuronpedia.client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from featuredb.store import DB_ENV, DEFAULT_DB, FeatureStore
 
 
@@ -19,6 +20,13 @@ def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         type=click.Path(dir_okay=False),
                         help=f"DuckDB store file (env {DB_ENV}); read-only commands also take "
                              "s3://bucket/store.duckdb or the s3:// prefix of a Parquet export.")(f)
+
+
+def neuronpedia_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--base-url and --api-key, the same for every command that talks to Neuronpedia (np, trace label --online)."""
+    f = click.option("--api-key", envvar=API_KEY_ENV, help=f"Neuronpedia API key (env {API_KEY_ENV}).")(f)
+    return click.option("--base-url", envvar=BASE_URL_ENV, default=DEFAULT_BASE_URL, show_default=True,
+                        help=f"Neuronpedia (or `featuredb serve`) address (env {BASE_URL_ENV}).")(f)
 
 
 def json_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,9 +6,8 @@ from typing import Any, Callable
 
 import click
 
-from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
+from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, neuronpedia_options, open_store
 from featuredb.formats.graph_json import load_graph
-from featuredb.neuronpedia.client import API_KEY_ENV, DEFAULT_BASE_URL
 from featuredb.neuronpedia.sync import (PullReport, graph_features, make_client, parse_indices, pull_features,
                                         subgraph_body, upload_payload)
 
@@ -17,9 +16,7 @@ def _connection(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--dry-run", is_flag=True, help="Print the requests instead of sending them.")(f)
     f = click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 64),
                      help="Requests in flight for batch pulls.")(f)
-    f = click.option("--api-key", envvar=API_KEY_ENV, help=f"Neuronpedia API key (env {API_KEY_ENV}).")(f)
-    return click.option("--base-url", envvar="NEURONPEDIA_BASE_URL", default=DEFAULT_BASE_URL, show_default=True,
-                        help="Neuronpedia (or `featuredb serve`) address.")(f)
+    return neuronpedia_options(f)
 
 
 def _pull(wanted: list[tuple[str, str, int]], *, refresh: bool, base_url: str, api_key: str | None,

@@ -28,6 +28,7 @@ from featuredb.neuronpedia.models import SearchExplanationsResponse
 
 DEFAULT_BASE_URL = "https://www.neuronpedia.org"
 API_KEY_ENV = "NEURONPEDIA_API_KEY"
+BASE_URL_ENV = "NEURONPEDIA_BASE_URL"
 UPLOAD_BATCH = 128  # Neuronpedia accepts at most 128 features per upload-batch call
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MAX_REDIRECTS = 5
