@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from importlib.metadata import EntryPoint, entry_points
 
 import click
 
@@ -17,33 +17,26 @@ from featuredb.cli.store_commands import feature, info, query
 from featuredb.cli.transfer_commands import export_group, import_group, sample_export
 
 
-# Sub-commands from the other packages, imported only when used: featuredb itself never imports them.
-LAZY_COMMANDS = {
-    "ingest": ("ingest.cli", "ingest_command", "Index transcoder features of a model over a corpus."),
-    "merge": ("ingest.cli", "merge_command", "Combine ingest shard states into the store."),
-    "train": ("ingest.train_cli", "train_command", "Train skip-transcoders for a model (circuit-tracer format)."),
-    "demo": ("tracer.demo_cli", "demo_command", "The whole loop on the default model: train, index, label, search, graphs."),
-    "trace": ("tracer.cli", "trace_group", "Make (circuit-tracer), label, group and serve attribution graphs."),
-}
+COMMANDS_GROUP = "featuredb.commands"  # entry points: commands other packages (ingest, tracer) plug in
+
+
+def plugin_commands() -> dict[str, EntryPoint]:
+    """The commands installed packages register under COMMANDS_GROUP, by name (loaded only when used)."""
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
 
 
 class RootGroup(FeatureDBGroup):
-    """The root group: eager store commands plus lazily imported ingest/tracer commands."""
+    """The root group: the store's own commands plus those ingest and tracer register as entry points; the help
+    lists each with its own short help."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+        return sorted({*super().list_commands(ctx), *plugin_commands()})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in LAZY_COMMANDS:
-            module, attr, _ = LAZY_COMMANDS[name]
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, name)
-
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(n, self.commands[n].get_short_help_str(80)) for n in super().list_commands(ctx)]
-        rows += [(n, help_) for n, (_, _, help_) in LAZY_COMMANDS.items()]
-        with formatter.section("Commands"):
-            formatter.write_dl(sorted(rows))
+        command = super().get_command(ctx, name)
+        if command is None and name in (plugins := plugin_commands()):
+            command = plugins[name].load()
+        return command
 
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})

@@ -1,18 +1,18 @@
 """Inference search (Neuronpedia's search-topk-by-token and search-all): run a text through the registered model.
 
-The model and transcoders are run by a backend from the `ingest` package, found by name at run time
-(featuredb never imports ingest); tests and other hosts may pass any object with the same method.
+The model and transcoders are run by a backend another package registers as an entry point (the `ingest`
+package's; featuredb never imports ingest); tests and other hosts may pass any object with the same methods.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from featuredb.errors import FeatureDBError, NotFoundError
 
-BACKEND_MODULE = "ingest.inference_backend"
+BACKENDS_GROUP = "featuredb.inference_backends"  # entry points: classes taking the store
 
 
 @dataclass
@@ -54,12 +54,15 @@ class InferenceBackend(Protocol):
 
 
 def load_backend(store: Any) -> InferenceBackend:
-    """The ingest package's backend over this store's registered models (a clear error when ingest is absent)."""
+    """The registered backend over this store's models (the ingest package's); a clear error when none is."""
+    backends = sorted(entry_points(group=BACKENDS_GROUP), key=lambda ep: ep.name)
+    if not backends:
+        raise FeatureDBError("inference search needs the ingest package and torch (no inference backend is installed)")
     try:
-        module = importlib.import_module(BACKEND_MODULE)
+        backend = backends[0].load()
     except ImportError as e:
         raise FeatureDBError(f"inference search needs the ingest package and torch ({e})") from None
-    return module.StoreInferenceBackend(store)
+    return backend(store)
 
 
 @dataclass
