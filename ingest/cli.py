@@ -6,24 +6,10 @@ import click
 
 from featuredb.cli.common import db_option, emit_json, json_option
 from featuredb.errors import FeatureDBError
+from featuredb.search.filters import parse_layers
 from ingest.run import IngestConfig, IngestSummary, merge_shards, run_ingest
 
 
-def parse_layers(value: str | None) -> list[int] | None:
-    """'3,5' or '2-6' (or a mix) to a list of layers; None when not given."""
-    if not value:
-        return None
-    out: list[int] = []
-    try:
-        for part in value.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise FeatureDBError(f"--layers {value!r}: expected e.g. 3,5 or 2-6") from None
-    return out
 
 
 def _shard(value: str | None) -> tuple[int, int] | None:
@@ -63,7 +49,7 @@ def _print_summary(s: IngestSummary) -> None:
 @click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
 @click.option("--text-column", default="text", show_default=True, help="Parquet column holding the text.")
 @click.option("--split", default="train", show_default=True, help="Split of an hf: dataset.")
-@click.option("--layers", help="Only these layers, e.g. 3,5 or 2-6.")
+@click.option("--layers", help="Only these layers, e.g. 3,5 or 2-6 or 0-3,10.")
 @click.option("--model-id", help="Model id in the store (default: from the model).")
 @click.option("--source-set", help="Source-set name; sources are {layer}-{source-set}.")
 @click.option("--max-tokens", type=click.IntRange(1), help="Stop after this many tokens.")
@@ -110,8 +96,9 @@ def ingest_command(model: str | None, transcoders: tuple[str, ...], corpus: str 
       featuredb ingest --model default --transcoders data/transcoders/smollm2 --ray --shards 8
       featuredb ingest --model default --transcoders data/transcoders/smollm2 --ray ray://head:10001 --resume
     """
-    cfg = IngestConfig(transcoders=list(transcoders), model=model, corpus=corpus, layers=parse_layers(layers),
-                       model_id=model_id, source_set=source_set, text_field=text_field, text_column=text_column,
+    chosen = parse_layers(layers)
+    cfg = IngestConfig(transcoders=list(transcoders), model=model, corpus=corpus,
+                       layers=list(chosen) if chosen else None, model_id=model_id, source_set=source_set, text_field=text_field, text_column=text_column,
                        split=split, max_tokens=max_tokens, ctx_len=ctx_len, batch_size=batch_size, k=k,
                        dtype=dtype, device=device)
     if ray_address is not None:

@@ -6,7 +6,7 @@ import click
 
 from featuredb.cli.common import emit_json, json_option
 from featuredb.errors import FeatureDBError
-from ingest.cli import parse_layers
+from featuredb.search.filters import parse_layers
 from ingest.train_run import TrainConfig, TrainRun, TrainSummary
 from ingest.training_table import print_training_table
 from ingest.transcoder_training import TrainSettings
@@ -22,7 +22,7 @@ def _print_summary(s: TrainSummary) -> None:
 
 @click.command("train", short_help="Train skip-transcoders for a model (circuit-tracer format).")
 @click.option("--model", help="Hugging Face folder or id, a .gguf file, or 'default' (SmolLM2-135M-Instruct).")
-@click.option("--layers", help="Layers to train, e.g. 10,15,20 or 0-29 (default: all).")
+@click.option("--layers", help="Layers to train, e.g. 3,5 or 0-29 (default: all).")
 @click.option("--out", default="data/transcoders/smollm2", show_default=True, help="Output folder.")
 @click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, detokenised), "
                                 "or 'installed-docs' (default).")
@@ -76,7 +76,9 @@ def train_command(model: str | None, layers: str | None, out: str, corpus: str |
     """
     settings = TrainSettings(n_features=n_features, activation=activation, k=k, epochs=epochs, lr=lr,
                              batch_tokens=batch_tokens, skip=not no_skip, seed=seed)
-    cfg = TrainConfig(out=out, model=model, layers=parse_layers(layers), corpus=corpus, text_field=text_field,
+    chosen = parse_layers(layers)
+    cfg = TrainConfig(out=out, model=model, layers=list(chosen) if chosen else None, corpus=corpus,
+                      text_field=text_field,
                       train_tokens=train_tokens, test_tokens=test_tokens, ctx_len=ctx_len, set_name=set_name,
                       settings=settings, memory_gb=memory_gb, device=device, ce_tokens=ce_tokens)
     if ray_address is not None:

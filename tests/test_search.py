@@ -14,7 +14,7 @@ from featuredb.cli.root import cli
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.search import indexes
 from featuredb.search.api import search
-from featuredb.search.filters import SearchFilters
+from featuredb.search.filters import SearchFilters, parse_layers
 
 M = "m"
 # (source, index, density, peak token, peak value, pos_str, neg_str, explanations[(type, text)])
@@ -59,7 +59,12 @@ def test_text_search_ranks_by_bm25_and_filters(store_path: Path) -> None:
     with FeatureStore(store_path, read_only=True) as store:
         assert set(_keys(search(store, "Texas", mode="text"))) == {"3-tc/0", "8-tc/2", "8-tc/4"}
         assert _keys(search(store, "football", mode="text")) == ["8-tc/2"]
-        assert _keys(search(store, "Texas", mode="text", filters=SearchFilters(layers=(3, 3)))) == ["3-tc/0"]
+        assert _keys(search(store, "Texas", mode="text", filters=SearchFilters(layers=(3,)))) == ["3-tc/0"]
+        # --layers means the same in search as in ingest and train: a list, ranges, or both
+        for value, want in [("3", {"3-tc/0"}), ("3,8", {"3-tc/0", "8-tc/2", "8-tc/4"}), ("0-2,8", {"8-tc/2", "8-tc/4"}),
+                            ("4-7", set())]:
+            hits = search(store, "Texas", mode="text", filters=SearchFilters(layers=parse_layers(value)))
+            assert set(_keys(hits)) == want, value
         dense_out = search(store, "Texas", mode="text", filters=SearchFilters(max_density=0.01))
         assert "8-tc/2" not in _keys(dense_out) and len(dense_out) == 2
         assert search(store, "cities", mode="text", filters=SearchFilters(sources=("3-tc",)))[0].source == "3-tc"
@@ -176,3 +181,20 @@ def test_a_store_embedded_by_an_older_format_is_embedded_again(store_path: Path)
         norms = store.con.execute("SELECT min(list_sum(list_transform(embedding, x -> x * x))) FROM search_texts")
         assert norms.fetchone()[0] == pytest.approx(1.0, abs=1e-4)
         assert _keys(search(store, "precipitation forecast", mode="semantic", limit=1)) == ["8-tc/3"]
+
+
+def test_every_command_reads_layers_one_way_and_refuses_bad_ones_in_one_line() -> None:
+    assert parse_layers("0-3,10") == (0, 1, 2, 3, 10) and parse_layers("5, 2-3") == (2, 3, 5)
+    assert parse_layers(None) is None and parse_layers(" ") is None
+    for bad, says in [("3-1", "the range is empty"), ("a", "expected e.g. 3,5"), ("-2", "expected e.g."),
+                      ("1,,2", "expected e.g.")]:
+        with pytest.raises(FeatureDBError, match=says):
+            parse_layers(bad)
+    import click
+
+    from featuredb.cli.root import cli
+
+    helps = {name: next(p.help for p in cli.get_command(None, name).params if p.name == "layers")
+             for name in ("ingest", "train", "search")}
+    assert all("3,5" in h for h in helps.values()), helps  # one grammar, said the same way
+    assert isinstance(cli.get_command(None, "search"), click.Command)

@@ -8,7 +8,7 @@ from featuredb.cli.common import db_option, emit_json, json_option, open_store
 from featuredb.errors import FeatureDBError
 from featuredb.object_storage import is_remote
 from featuredb.search.api import MODES, search
-from featuredb.search.filters import SearchFilters, parse_layer_range
+from featuredb.search.filters import SearchFilters, parse_layers
 from featuredb.search.hits import SearchHit
 from featuredb.search.indexes import has_search_tables, is_dirty
 from featuredb.search.inference import InferenceResult, inference_search
@@ -65,7 +65,7 @@ def _open_current(db: str):  # type: ignore[no-untyped-def]
               help="auto fuses text (BM25) and semantic (MiniLM); token/logit match a token; inference runs QUERY.")
 @click.option("--model", help="Only this model (required for inference when the store has several).")
 @click.option("--source", "sources", multiple=True, help="Only this source, e.g. 15-featuredb-skip-4k; repeatable.")
-@click.option("--layers", help="Only layers in this range, e.g. 10-20.")
+@click.option("--layers", help="Only these layers, e.g. 3,5 or 10-20 (as ingest and train take them).")
 @click.option("--max-density", type=float, help="Only features firing on at most this fraction of tokens.")
 @click.option("--negative", is_flag=True, help="logit mode: features that suppress the token.")
 @click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 1000))
@@ -99,7 +99,7 @@ def search_command(query: str, mode: str, model: str | None, sources: tuple[str,
                                       ignore_bos=ignore_bos, density_threshold=density_threshold, limit=limit)
             emit_json(result.as_dict()) if as_json else _print_inference(result)
             return
-        filters = SearchFilters(model=model, sources=sources, layers=parse_layer_range(layers),
+        filters = SearchFilters(model=model, sources=sources, layers=parse_layers(layers),
                                 max_density=max_density)
         hits = search(store, query, mode=mode, filters=filters, limit=limit, negative=negative)
     finally:

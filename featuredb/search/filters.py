@@ -1,4 +1,5 @@
-"""Search filters (model, sources, layer range, density) as one SQL condition over search_features columns."""
+"""Search filters (model, sources, layers, density) as one SQL condition over search_features columns, and the one
+`--layers` grammar every command shares."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ class SearchFilters:
 
     model: str | None = None
     sources: tuple[str, ...] = ()
-    layers: tuple[int, int] | None = None  # inclusive range of layer numbers
+    layers: tuple[int, ...] | None = None  # layer numbers (parse_layers)
     max_density: float | None = None
 
     def sql(self, alias: str = "f") -> tuple[str, list[Any]]:
@@ -27,7 +28,7 @@ class SearchFilters:
             conds.append(f"{alias}.source IN ({', '.join('?' for _ in self.sources)})")
             params.extend(self.sources)
         if self.layers:
-            conds.append(f"{alias}.layer_num BETWEEN ? AND ?")
+            conds.append(f"{alias}.layer_num IN ({', '.join('?' for _ in self.layers)})")
             params.extend(self.layers)
         if self.max_density is not None:
             conds.append(f"coalesce({alias}.density, 0) <= ?")
@@ -40,18 +41,23 @@ class SearchFilters:
         return bool(self.model or self.sources or self.layers or self.max_density is not None)
 
 
-def parse_layer_range(value: str | None) -> tuple[int, int] | None:
-    """'3-7' or '5' to an inclusive (low, high) range."""
-    if not value:
+def parse_layers(value: str | None) -> tuple[int, ...] | None:
+    """--layers in every command: '3,5', '2-6' or a mix ('0-3,10') to sorted layer numbers; None when not given."""
+    if not value or not value.strip():
         return None
+    out: set[int] = set()
     try:
-        if "-" in value:
-            a, b = value.split("-", 1)
-            low, high = int(a), int(b)
-        else:
-            low = high = int(value)
+        for part in value.split(","):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                low, high = int(a), int(b)
+                if low > high:
+                    raise FeatureDBError(f"--layers {value!r}: the range is empty")
+                out.update(range(low, high + 1))
+            else:
+                out.add(int(part))
     except ValueError:
-        raise FeatureDBError(f"--layers {value!r}: expected A-B, e.g. 10-20") from None
-    if low > high:
-        raise FeatureDBError(f"--layers {value!r}: the range is empty")
-    return low, high
+        raise FeatureDBError(f"--layers {value!r}: expected e.g. 3,5 or 2-6 or 0-3,10") from None
+    if min(out) < 0:
+        raise FeatureDBError(f"--layers {value!r}: layers count from 0")
+    return tuple(sorted(out))

@@ -51,7 +51,7 @@ def _features_of_texts(ctx: Any, ids: np.ndarray, sims: np.ndarray, filters: Sea
         keep &= np.isin(ctx.map_source[rows], list(filters.sources))
     if filters.layers:
         layer = ctx.map_layer[rows]
-        keep &= (layer >= filters.layers[0]) & (layer <= filters.layers[1])
+        keep &= np.isin(layer, list(filters.layers))
     if filters.max_density is not None:
         keep &= np.nan_to_num(ctx.map_density[rows], nan=0.0) <= filters.max_density
     out: dict[str, tuple[float, int]] = {}

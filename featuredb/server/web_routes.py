@@ -14,7 +14,7 @@ from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.graph_usage import GraphUse
 from featuredb.identity import layer_of_source
 from featuredb.search.api import MODES, search
-from featuredb.search.filters import SearchFilters, parse_layer_range
+from featuredb.search.filters import SearchFilters, parse_layers
 from featuredb.search.inference import InferenceBackend, inference_search
 from featuredb.server.errors import public_message
 from featuredb.server.feature_page import feature_page
@@ -118,7 +118,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
             return html(search_page(form, summary=_summary(store), **answer))
         try:
             density = _density(form.max_density)
-            layers = parse_layer_range(form.layers)
+            layers = parse_layers(form.layers)
             if form.mode == "inference":
                 chosen = form.model or (models[0] if len(models) == 1 else "")
                 if not chosen:
@@ -224,8 +224,8 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
     return router
 
 
-def _layer_in(source: str, layers: tuple[int, int]) -> bool:
+def _layer_in(source: str, layers: tuple[int, ...]) -> bool:
     try:
-        return layers[0] <= layer_of_source(source) <= layers[1]
+        return layer_of_source(source) in layers
     except ValueError:
         return False
