@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 
 from featuredb.cli.common import db_option, emit_json, json_option
@@ -40,22 +42,28 @@ def _print_summary(s: IngestSummary) -> None:
                    f"replaced {c.get('replaced_bytes', 0)} undecodable byte(s)")
 
 
+def corpus_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--corpus and how to read its text, the same for ingest and train."""
+    f = click.option("--split", default="train", show_default=True, help="Split of an hf: dataset.")(f)
+    f = click.option("--text-column", default="text", show_default=True, help="Parquet column holding the text.")(f)
+    f = click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")(f)
+    return click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, "
+                                         "detokenised), or 'installed-docs' (default).")(f)
+
+
 @click.command("ingest", short_help="Index transcoder features of a model over a corpus.")
 @click.option("--model", help="Hugging Face folder or id, a .gguf file, or 'default' (SmolLM2-135M-Instruct).")
 @click.option("--transcoders", "transcoders", multiple=True, required=True,
               help="Transcoder folder/file (circuit-tracer, SAELens, GemmaScope npz, sparsify); repeatable.")
-@click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, detokenised), "
-                                "or 'installed-docs' (default).")
-@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
-@click.option("--text-column", default="text", show_default=True, help="Parquet column holding the text.")
-@click.option("--split", default="train", show_default=True, help="Split of an hf: dataset.")
+@corpus_options
 @click.option("--layers", help="Only these layers, e.g. 3,5 or 2-6 or 0-3,10.")
 @click.option("--model-id", help="Model id in the store (default: from the model).")
 @click.option("--source-set", help="Source-set name; sources are {layer}-{source-set}.")
 @click.option("--max-tokens", type=click.IntRange(1), help="Stop after this many tokens.")
 @click.option("--ctx-len", default=128, show_default=True, type=click.IntRange(2))
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--k", "k", default=20, show_default=True, type=click.IntRange(1), help="Top examples per feature.")
+@click.option("--top-examples", "k", default=20, show_default=True, type=click.IntRange(1),
+              help="Top activating examples kept per feature (train's --k is active features per token).")
 @click.option("--dtype", help="Model dtype: float32, bfloat16, float16 (default: fp32 on CPU, bf16 on GPU).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
 @click.option("--checkpoint", default="data/ingest-checkpoint.pt", show_default=True, help="Checkpoint file.")
@@ -98,8 +106,9 @@ def ingest_command(model: str | None, transcoders: tuple[str, ...], corpus: str 
     """
     chosen = parse_layers(layers)
     cfg = IngestConfig(transcoders=list(transcoders), model=model, corpus=corpus,
-                       layers=list(chosen) if chosen else None, model_id=model_id, source_set=source_set, text_field=text_field, text_column=text_column,
-                       split=split, max_tokens=max_tokens, ctx_len=ctx_len, batch_size=batch_size, k=k,
+                       layers=list(chosen) if chosen else None, model_id=model_id, source_set=source_set,
+                       text_field=text_field, text_column=text_column, split=split, max_tokens=max_tokens,
+                       ctx_len=ctx_len, batch_size=batch_size, k=k,
                        dtype=dtype, device=device)
     if ray_address is not None:
         if shard or state_out:

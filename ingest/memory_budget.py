@@ -106,7 +106,7 @@ def plan_memory(budget_gb: float, widths: dict[int, int], *, fixed: int, transie
         raise FeatureDBError(
             f"--memory-gb {budget_gb:g}: too small; the model takes {fixed / GB:.2f} GB and the widest layer's "
             f"state and transcoder {max(state.values()) / GB:.2f} GB, so at least {need / GB:.1f} GB is needed "
-            f"(or lower --k / --ctx-len, or pass fewer --layers)")
+            f"(or lower --top-examples / --ctx-len, or pass fewer --layers)")
     groups: list[list[int]] = []
     used = room
     for layer in sorted(state):

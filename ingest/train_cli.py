@@ -7,6 +7,7 @@ import click
 from featuredb.cli.common import emit_json, json_option
 from featuredb.errors import FeatureDBError
 from featuredb.search.filters import parse_layers
+from ingest.cli import corpus_options
 from ingest.train_run import TrainConfig, TrainRun, TrainSummary
 from ingest.training_table import print_training_table
 from ingest.transcoder_training import TrainSettings
@@ -24,9 +25,7 @@ def _print_summary(s: TrainSummary) -> None:
 @click.option("--model", help="Hugging Face folder or id, a .gguf file, or 'default' (SmolLM2-135M-Instruct).")
 @click.option("--layers", help="Layers to train, e.g. 3,5 or 0-29 (default: all).")
 @click.option("--out", default="data/transcoders/smollm2", show_default=True, help="Output folder.")
-@click.option("--corpus", help="Text file/folder, .jsonl, .parquet, hf:NAME, wikitext:PATH (WikiText, detokenised), "
-                                "or 'installed-docs' (default).")
-@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
+@corpus_options
 @click.option("--train-tokens", default=40_000, show_default=True, type=click.IntRange(128))
 @click.option("--test-tokens", default=8_000, show_default=True, type=click.IntRange(128),
               help="Held-out tokens for FVU, L0 and dead fraction.")
@@ -54,6 +53,7 @@ def _print_summary(s: TrainSummary) -> None:
 @click.option("--workers", type=click.IntRange(1), help="With --ray and no ADDRESS: CPUs of the local cluster.")
 @json_option
 def train_command(model: str | None, layers: str | None, out: str, corpus: str | None, text_field: str,
+                  text_column: str, split: str,
                   train_tokens: int, test_tokens: int, n_features: int, activation: str, k: int, epochs: int,
                   lr: float, batch_tokens: int, no_skip: bool, set_name: str | None, ctx_len: int, memory_gb: float,
                   ce_tokens: int, device: str | None, seed: int, checkpoint_every: int, resume: bool,
@@ -78,7 +78,7 @@ def train_command(model: str | None, layers: str | None, out: str, corpus: str |
                              batch_tokens=batch_tokens, skip=not no_skip, seed=seed)
     chosen = parse_layers(layers)
     cfg = TrainConfig(out=out, model=model, layers=list(chosen) if chosen else None, corpus=corpus,
-                      text_field=text_field,
+                      text_field=text_field, text_column=text_column, split=split,
                       train_tokens=train_tokens, test_tokens=test_tokens, ctx_len=ctx_len, set_name=set_name,
                       settings=settings, memory_gb=memory_gb, device=device, ce_tokens=ce_tokens)
     if ray_address is not None:

@@ -35,6 +35,8 @@ class TrainConfig:
     layers: list[int] | None = None  # None: every layer
     corpus: str | None = None
     text_field: str = "text"
+    text_column: str = "text"
+    split: str = "train"
     train_tokens: int = 40_000
     test_tokens: int = 8_000
     ctx_len: int = 128
@@ -50,6 +52,9 @@ class TrainConfig:
         d = asdict(self)
         for k in ("device", "memory_gb", "out"):
             d.pop(k)
+        for k, default in (("text_column", "text"), ("split", "train")):  # as before these options existed
+            if d[k] == default:
+                d.pop(k)
         return d
 
 
@@ -193,7 +198,8 @@ class TrainRun:
             t0 = time.perf_counter()
             pairs, ps = collect_pairs(self.lm, todo, corpus=cfg.corpus, train_tokens=cfg.train_tokens,
                                       test_tokens=cfg.test_tokens, ctx_len=cfg.ctx_len, batch_size=cfg.batch_size,
-                                      text_field=cfg.text_field, progress=self.progress)
+                                      text_field=cfg.text_field, text_column=cfg.text_column, split=cfg.split,
+                                      progress=self.progress)
             n_train, n_test, test_windows = ps.train_tokens, ps.test_tokens, ps.test_windows
             excluded = {"sink_tokens": ps.sink_tokens, "outlier_tokens": ps.outlier_tokens,
                         **{str(k): v for k, v in ps.outliers_by_layer.items()},
@@ -293,7 +299,8 @@ class TrainRun:
     def _spliced_loss(self, summary: TrainSummary, windows: list[list[int]]) -> None:
         cfg = self.cfg
         if not windows:
-            windows = held_out_windows(self.lm.tokenizer, cfg.corpus, text_field=cfg.text_field, ctx_len=cfg.ctx_len,
+            windows = held_out_windows(self.lm.tokenizer, cfg.corpus, text_field=cfg.text_field,
+                                       text_column=cfg.text_column, split=cfg.split, ctx_len=cfg.ctx_len,
                                        train_tokens=cfg.train_tokens, test_tokens=cfg.test_tokens)
         n = max(1, cfg.ce_tokens // cfg.ctx_len)
         ids = torch.tensor(windows[:n], dtype=torch.long, device=self.lm.device)

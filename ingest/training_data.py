@@ -44,13 +44,14 @@ class PairsSummary:
 
 
 def assigned_windows(tokenizer: Any, corpus: str | None, *, text_field: str, ctx_len: int, train_tokens: int,
-                     test_tokens: int, stats: CorpusStats | None = None) -> Iterator[tuple[list[int], bool]]:
+                     test_tokens: int, stats: CorpusStats | None = None, text_column: str = "text",
+                     split: str = "train") -> Iterator[tuple[list[int], bool]]:
     """(window, held out?) in corpus order until both budgets are full; depends on the tokenizer only."""
     stats = stats if stats is not None else CorpusStats()
     body = ctx_len - SINK_POSITIONS
     want = {False: train_tokens, True: test_tokens}
     queued = {False: 0, True: 0}
-    docs = iter_documents(corpus, stats, text_field=text_field)
+    docs = iter_documents(corpus, stats, text_field=text_field, text_column=text_column, split=split)
     for window_id, w in enumerate(iter_windows(docs, tokenizer, ctx_len, None, stats)):
         held = window_id % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 and queued[True] < want[True]
         if not held and queued[False] >= want[False]:
@@ -62,14 +63,16 @@ def assigned_windows(tokenizer: Any, corpus: str | None, *, text_field: str, ctx
 
 
 def held_out_windows(tokenizer: Any, corpus: str | None, *, text_field: str, ctx_len: int, train_tokens: int,
-                     test_tokens: int) -> list[list[int]]:
+                     test_tokens: int, text_column: str = "text", split: str = "train") -> list[list[int]]:
     """The held-out windows collect_pairs uses, without running the model."""
     return [w for w, held in assigned_windows(tokenizer, corpus, text_field=text_field, ctx_len=ctx_len,
-                                              train_tokens=train_tokens, test_tokens=test_tokens) if held]
+                                              train_tokens=train_tokens, test_tokens=test_tokens,
+                                              text_column=text_column, split=split) if held]
 
 
 def collect_pairs(lm: LoadedModel, layers: list[int], *, corpus: str | None, train_tokens: int,
                   test_tokens: int, ctx_len: int = 128, batch_size: int = 16, text_field: str = "text",
+                  text_column: str = "text", split: str = "train",
                   progress: bool | None = None) -> tuple[dict[int, LayerPairs], PairsSummary]:
     """Stream the corpus through the model once; every layer's (mlp_in, mlp_out) pairs, sink and outliers dropped.
 
@@ -121,7 +124,8 @@ def collect_pairs(lm: LoadedModel, layers: list[int], *, corpus: str | None, tra
 
     try:
         for w, held in assigned_windows(lm.tokenizer, corpus, text_field=text_field, ctx_len=ctx_len,
-                                        train_tokens=train_tokens, test_tokens=test_tokens, stats=stats):
+                                        train_tokens=train_tokens, test_tokens=test_tokens, stats=stats,
+                                        text_column=text_column, split=split):
             bar.update(body)
             batch.append(w)
             roles.append(held)

@@ -115,3 +115,28 @@ def test_every_command_that_talks_to_neuronpedia_takes_the_same_address_and_key(
     seen = {(p.name, p.envvar, p.default) for _, cmd in talking for p in cmd.params if p.name in ("base_url", "api_key")}
     assert {(n, e) for n, e, _ in seen} == {("base_url", "NEURONPEDIA_BASE_URL"), ("api_key", "NEURONPEDIA_API_KEY")}
     assert {d for n, _, d in seen if n == "base_url"} == {"https://www.neuronpedia.org"}
+
+
+def test_one_option_name_means_one_thing_in_every_command() -> None:
+    """--k is train's active features per token and nothing else's (ingest keeps --top-examples); --overwrite is
+    the same flag pair wherever it appears; ingest and train read a corpus with the same options."""
+    import click
+
+    def walk(cmd: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
+        if isinstance(cmd, click.Group):
+            return [x for name in cmd.list_commands(None) for x in walk(cmd.get_command(None, name), path + (name,))]
+        return [(path, cmd)]
+
+    options: dict[str, list[tuple[tuple[str, ...], click.Option]]] = {}
+    for path, cmd in walk(cli, ()):
+        for p in cmd.params:
+            if isinstance(p, click.Option):
+                for name in p.opts:
+                    options.setdefault(name, []).append((path, p))
+    assert [path for path, _ in options["--k"]] == [("train",)]
+    assert [path for path, _ in options["--top-examples"]] == [("ingest",)]
+    assert {path for path, _ in options["--overwrite"]} >= {("trace", "label"), ("import", "graph")}
+    assert all(p.secondary_opts == ["--no-overwrite"] for _, p in options["--overwrite"])
+    for name in ("--corpus", "--text-field", "--text-column", "--split"):
+        by_command = {path: (p.help, p.default) for path, p in options[name] if path in {("ingest",), ("train",)}}
+        assert len(by_command) == 2 and len(set(by_command.values())) == 1, name

@@ -138,7 +138,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _ingest(tiny: dict[str, Path], db: Path, ckpt: Path) -> list[str]:
     return ["ingest", "--model", str(tiny["model"]), "--transcoders", str(tiny["tc"]), "--corpus", str(tiny["corpus"]),
-            "--layers", "1,2", "--ctx-len", "16", "--batch-size", "4", "--k", "5", "--model-id", "tiny",
+            "--layers", "1,2", "--ctx-len", "16", "--batch-size", "4", "--top-examples", "5", "--model-id", "tiny",
             "--source-set", "tc16", "--db", str(db), "--checkpoint", str(ckpt)]
 
 

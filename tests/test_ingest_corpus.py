@@ -66,3 +66,21 @@ def test_default_corpus_is_the_installed_packages_documentation() -> None:
     paragraphs = list(installed_docs())
     assert len(paragraphs) > 100
     assert any("DuckDB" in p or "duckdb" in p for p in paragraphs)
+
+
+def test_train_reads_a_parquet_column_as_ingest_does(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """train's windows (held-out ones too) come from the --text-column of a Parquet corpus, as ingest's do."""
+    from ingest.training_data import assigned_windows
+
+    texts = [f"document {i} about rivers, bridges and the towns beside them." * 3 for i in range(60)]
+    pl.DataFrame({"body": texts}).write_parquet(tmp_path / "c.parquet")
+    corpus = str(tmp_path / "c.parquet")
+    got = list(assigned_windows(tokenizer, corpus, text_field="text", text_column="body", ctx_len=16,
+                                train_tokens=300, test_tokens=60))
+    ingest_windows = list(iter_windows(iter_documents(corpus, CorpusStats(), text_column="body"), tokenizer, 16,
+                                       None, CorpusStats()))
+    windows = [w for w, _ in got]
+    assert windows[:10] == ingest_windows[:10] and any(held for _, held in got)
+    assert {tuple(w) for w in windows} <= {tuple(w) for w in ingest_windows}
+    with pytest.raises(BadInputError, match="body|text"):  # the default column is not there: a named error
+        list(assigned_windows(tokenizer, corpus, text_field="text", ctx_len=16, train_tokens=300, test_tokens=60))

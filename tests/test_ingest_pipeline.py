@@ -146,7 +146,7 @@ def test_shards_merge_to_the_same_rows_as_one_run(setup: dict[str, Path], tmp_pa
 def _ingest_cmd(setup: dict[str, Path], db: Path, ckpt: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "featuredb.cli", "ingest", "--model", str(setup["model"]), "--transcoders",
             str(setup["tc"]), "--corpus", str(setup["big_corpus"]), "--layers", "1,2", "--ctx-len", "16",
-            "--batch-size", "1", "--k", "5", "--model-id", "tiny", "--source-set", "tc16", "--db", str(db),
+            "--batch-size", "1", "--top-examples", "5", "--model-id", "tiny", "--source-set", "tc16", "--db", str(db),
             "--checkpoint", str(ckpt), "--checkpoint-every", "25", *extra]
 
 

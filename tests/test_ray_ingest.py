@@ -100,7 +100,7 @@ def test_a_killed_shard_task_is_retried(setup: dict[str, Path], one_process_big:
 def _ray_cmd(setup: dict[str, Path], db: Path, states: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "featuredb.cli", "ingest", "--model", str(setup["model"]), "--transcoders",
             str(setup["tc"]), "--corpus", str(setup["big_corpus"]), "--layers", "1,2", "--ctx-len", "16",
-            "--batch-size", "1", "--k", "5", "--model-id", "tiny", "--source-set", "tc16", "--db", str(db),
+            "--batch-size", "1", "--top-examples", "5", "--model-id", "tiny", "--source-set", "tc16", "--db", str(db),
             "--ray", "--shards", "4", "--workers", "1", "--state-dir", str(states), *extra]
 
 

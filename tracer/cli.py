@@ -24,7 +24,8 @@ def trace_group() -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False), help="Labelled graph file.")
 @click.option("--model", help="Model id in the store (default: from metadata.scan).")
 @click.option("--source-set", help="Source set in the store (default: metadata.feature_details / transcoder_list).")
-@click.option("--overwrite", is_flag=True, help="Replace clerps that are already there.")
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True,
+              help="Replace clerps that are already there, or keep them.")
 @click.option("--online", is_flag=True, help="Ask Neuronpedia for features the store has no label for.")
 @neuronpedia_options
 @click.option("--max-supernodes", default=50, show_default=True, type=click.IntRange(0))

@@ -142,7 +142,7 @@ def train_and_ingest_cases(work: Path) -> Iterator[Outcome]:
 
     def ingest(db: Path) -> list[str]:
         return ["ingest", "--model", str(model), "--transcoders", str(tc), "--corpus", str(corpus), "--layers", "1,2",
-                "--ctx-len", "16", "--batch-size", "4", "--k", "5", "--model-id", "tiny", "--source-set", "tc16",
+                "--ctx-len", "16", "--batch-size", "4", "--top-examples", "5", "--model-id", "tiny", "--source-set", "tc16",
                 "--db", str(db), "--checkpoint", str(db.with_suffix(".pt"))]
 
     _cli(*ingest(work / "ingest-clean.duckdb"))

@@ -45,10 +45,11 @@ def import_neuronpedia_command(directory: str, skip_bad_lines: bool, db: str, as
 @import_group.command("graph", short_help="Store an attribution graph (served at /api/graph/{model}/{slug}).")
 @click.argument("graph_file", metavar="GRAPH.json", type=click.Path(dir_okay=False))
 @click.option("--slug", help="Store under this slug instead of metadata.slug.")
-@click.option("--no-overwrite", is_flag=True, help="Refuse when a graph with this model and slug exists.")
+@click.option("--overwrite/--no-overwrite", default=True, show_default=True,
+              help="Replace a graph with this model and slug, or refuse.")
 @db_option
 @json_option
-def import_graph_command(graph_file: str, slug: str | None, no_overwrite: bool, db: str, as_json: bool) -> None:
+def import_graph_command(graph_file: str, slug: str | None, overwrite: bool, db: str, as_json: bool) -> None:
     """Store a circuit-tracer / Neuronpedia graph JSON so `featuredb serve` answers GET /api/graph/{model}/{slug}.
 
     \b
@@ -60,7 +61,7 @@ def import_graph_command(graph_file: str, slug: str | None, no_overwrite: bool, 
 
     graph = load_graph(graph_file)
     with open_store(db, read_only=False) as store:
-        rec = save_graph(store, graph, slug=slug, overwrite=not no_overwrite)
+        rec = save_graph(store, graph, slug=slug, overwrite=overwrite)
     if as_json:
         emit_json(rec)
         return
