@@ -58,6 +58,4 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
                 out.add(int(part))
     except ValueError:
         raise FeatureDBError(f"--layers {value!r}: expected e.g. 3,5 or 2-6 or 0-3,10") from None
-    if min(out) < 0:
-        raise FeatureDBError(f"--layers {value!r}: layers count from 0")
     return tuple(sorted(out))
