@@ -9,8 +9,6 @@ ingest processes at 50,000 and 200,000 tokens.
 On a machine without the store's packages or the model (the GPU machine), `--random-model DIR` builds
 SmolLM2's architecture from DIR's config.json and tokenizer with random weights (same compute), and
 `--pass-only` times the pass without writing to the store (the write is CPU work, as on any machine).
-With `--pass-only` the pass is also timed with the sparse state update forced (the CPU's path, which waits
-for the GPU to pick the rows that change), in the same run, so the dense update's gain shows.
 `--layers all` hooks all 30 layers (122,880 features) instead of four.
 
 `--compare REPS` times, in one process on the same windows, the bare baseline and the pass with each state
@@ -125,20 +123,15 @@ def _compare(tokens: int, device: str | None, batch: int, out: Path, model: str,
 
 def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path, model: str,
            corpus: str | None, layers: list[int], reps: int = 3) -> dict[str, float]:
-    """One measurement in this process: 'ingest' (the whole run), 'pass' (no store write), 'pass-sparse' (the
-    pass with the sparse state update forced) or 'baseline'."""
-    import functools
-
+    """One measurement in this process: 'ingest' (the whole run), 'pass' (no store write), 'baseline', or
+    'compare' (every state-update path, `_compare`)."""
     import torch
 
-    from ingest.feature_state import LayerState
     from ingest.harvest import Harvester
     from ingest.ingest_pass import IngestConfig, IngestPass
 
     if mode == "compare":
         return _compare(tokens, device, batch, out, model, corpus, layers, reps)
-    if mode == "pass-sparse":
-        LayerState.update = functools.partialmethod(LayerState.update, dense=False)  # type: ignore[method-assign]
     cfg = IngestConfig(transcoders=[str(_transcoders(out / "tc", layers))], model=model, corpus=corpus,
                        max_tokens=tokens, ctx_len=128, batch_size=batch, device=device, source_set="bench4k")
     res: dict[str, float] = {}
@@ -147,7 +140,7 @@ def worker(mode: str, tokens: int, device: str | None, batch: int, out: Path, mo
 
         s = run_ingest(cfg, str(out / f"ingest-{tokens}.duckdb"), checkpoint=None, progress=False)
         res = {"tokens": s.tokens, "seconds": s.seconds, **{f"t_{k}": v for k, v in s.timings.items()}}
-    elif mode in ("pass", "pass-sparse"):
+    elif mode == "pass":
         t0 = time.perf_counter()
         ing = IngestPass(cfg, None, progress=False)
         t1 = time.perf_counter()
@@ -193,7 +186,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device")
     ap.add_argument("--out", default="bench/out/ingest")
-    ap.add_argument("--worker", choices=["ingest", "pass", "pass-sparse", "baseline", "compare"])
+    ap.add_argument("--worker", choices=["ingest", "pass", "baseline", "compare"])
     ap.add_argument("--random-model", help="config/tokenizer folder: random weights, same architecture")
     ap.add_argument("--corpus", help="corpus path (default ../shared/corpus/wikitext-2 or installed docs)")
     ap.add_argument("--pass-only", action="store_true", help="time the pass without the store write")
@@ -224,7 +217,6 @@ def main() -> None:
     mode = "pass" if args.pass_only else "ingest"
     base = _spawn("baseline", args.tokens, args)
     small = _spawn(mode, args.tokens, args)
-    sparse = _spawn("pass-sparse", args.tokens, args) if args.pass_only else None
     big = _spawn(mode, args.big_tokens, args) if args.big_tokens else None
     rows = [
         ("device", args.device or "default (cuda if present)"),
@@ -232,9 +224,6 @@ def main() -> None:
         ("tokens", f"{small['tokens']:,}"),
         ("bare forward + encode", f"{base['seconds']:.1f} s ({base['tokens'] / base['seconds']:,.0f} tok/s)"),
         ("ingest: load / pass / write", f"{small['t_load']:.1f} / {small['t_pass']:.1f} / {small['t_write']:.1f} s"),
-        *([("pass, sparse state update (before)", f"{sparse['t_pass']:.2f} s, "
-                                                   f"{sparse['t_pass'] / base['seconds']:.3f}x baseline")]
-          if sparse else []),
         ("ingest pass / baseline", f"{small['t_pass'] / base['seconds']:.3f}"),
         ("ingest tokens/s (whole run)", f"{small['tokens'] / small['seconds']:,.0f}"),
     ]

@@ -7,11 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from conftest import MODEL, SOURCE
 from featuredb.cli.root import cli
+
+
+def _leaf_commands(cmd: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
+    """Every runnable command under `cmd`, with its path of names (ingest and tracer commands included)."""
+    if isinstance(cmd, click.Group):
+        return [leaf for name in cmd.list_commands(None)
+                for leaf in _leaf_commands(cmd.get_command(None, name), path + (name,))]
+    return [(path, cmd)]
 
 
 def _run(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -103,14 +112,7 @@ def test_query_cannot_write_read_files_or_change_settings(small_export: Path, tm
 def test_every_command_that_talks_to_neuronpedia_takes_the_same_address_and_key() -> None:
     """`trace label --online` and every `np` command read --base-url / NEURONPEDIA_BASE_URL and --api-key /
     NEURONPEDIA_API_KEY alike, so a user who points np at a self-hosted Neuronpedia points trace label there too."""
-    import click
-
-    def walk(cmd: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
-        if isinstance(cmd, click.Group):
-            return [x for name in cmd.list_commands(None) for x in walk(cmd.get_command(None, name), path + (name,))]
-        return [(path, cmd)]
-
-    talking = [(path, cmd) for path, cmd in walk(cli, ()) if any(p.name == "base_url" for p in cmd.params)]
+    talking = [(path, cmd) for path, cmd in _leaf_commands(cli, ()) if any(p.name == "base_url" for p in cmd.params)]
     assert ("trace", "label") in [p for p, _ in talking] and len([p for p, _ in talking if p[0] == "np"]) >= 4
     seen = {(p.name, p.envvar, p.default) for _, cmd in talking for p in cmd.params if p.name in ("base_url", "api_key")}
     assert {(n, e) for n, e, _ in seen} == {("base_url", "NEURONPEDIA_BASE_URL"), ("api_key", "NEURONPEDIA_API_KEY")}
@@ -120,15 +122,8 @@ def test_every_command_that_talks_to_neuronpedia_takes_the_same_address_and_key(
 def test_one_option_name_means_one_thing_in_every_command() -> None:
     """--k is train's active features per token and nothing else's (ingest keeps --top-examples); --overwrite is
     the same flag pair wherever it appears; ingest and train read a corpus with the same options."""
-    import click
-
-    def walk(cmd: click.Command, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
-        if isinstance(cmd, click.Group):
-            return [x for name in cmd.list_commands(None) for x in walk(cmd.get_command(None, name), path + (name,))]
-        return [(path, cmd)]
-
     options: dict[str, list[tuple[tuple[str, ...], click.Option]]] = {}
-    for path, cmd in walk(cli, ()):
+    for path, cmd in _leaf_commands(cli, ()):
         for p in cmd.params:
             if isinstance(p, click.Option):
                 for name in p.opts:
