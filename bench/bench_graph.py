@@ -26,7 +26,7 @@ PROMPTS = {"dallas-texas": "Fact: Dallas is in the state of", "france-paris": "T
 
 def main() -> None:
     """Attribute, score, label and group each prompt; print the table and the goal line."""
-    from featuredb.store import FeatureStore
+    from featuredb.store.feature_store import FeatureStore
     from tracer.attribution_bridge import AttributeOptions, CircuitTracerSession, model_for_transcoders, \
         transcoder_config
     from tracer.trace_label import trace_label

@@ -63,8 +63,8 @@ def vocabulary(n: int = 5000) -> list[str]:
 
 def build_store(path: Path, n: int, vocab: list[str]) -> float:
     """Generate the latency store with SQL straight into the store's write funnel; returns seconds."""
-    from featuredb.schema import ACTIVATIONS, EXPLANATIONS, FEATURES
-    from featuredb.store import FeatureStore
+    from featuredb.store.schema import ACTIVATIONS, EXPLANATIONS, FEATURES
+    from featuredb.store.feature_store import FeatureStore
 
     t0 = time.perf_counter()
     v = len(vocab)
@@ -110,7 +110,7 @@ def _pct(xs: list[float], p: float) -> float:
 def latency(path: Path, vocab: list[str], n_queries: int) -> dict[str, dict[str, float]]:
     """p50/p95 per mode through the warm Python API, and one CLI call per mode."""
     from featuredb.search.api import search
-    from featuredb.store import FeatureStore
+    from featuredb.store.feature_store import FeatureStore
 
     rng = random.Random(0)
     words = vocab[:2000]
@@ -148,7 +148,7 @@ def latency(path: Path, vocab: list[str], n_queries: int) -> dict[str, dict[str,
 def relevance(path: Path) -> list[tuple[str, bool, str]]:
     """(query, hit?, evidence) for the 20 concept queries on a store built from the default model."""
     from featuredb.search.api import search
-    from featuredb.store import FeatureStore
+    from featuredb.store.feature_store import FeatureStore
 
     rows = []
     with FeatureStore(path) as store:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from featuredb import FeatureStore  # noqa: E402
-from featuredb.feature_docs import build_feature_docs  # noqa: E402
+from featuredb.store.feature_docs import build_feature_docs  # noqa: E402
 from featuredb.formats.circuit_tracer_compact import export_circuit_tracer_compact  # noqa: E402
 from featuredb.formats.circuit_tracer_export import export_circuit_tracer  # noqa: E402
 from featuredb.formats.neuronpedia_import import import_neuronpedia  # noqa: E402

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, create_model
 
-from featuredb.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, Table
+from featuredb.store.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, Table
 
 _SCALARS: dict[str, Any] = {
     "VARCHAR": str,

@@ -16,7 +16,7 @@ from featuredb.labels.baseline import TYPE_NAME as BASELINE_TYPE
 from featuredb.labels.baseline import label_features
 from featuredb.labels.embedding_score import score_embedding
 from featuredb.search.api import search
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 from ingest.corpus import DEFAULT_CORPUS, WIKITEXT_PREFIX, CorpusStats, installed_docs
 from ingest.default_model import ensure_default_model
 from ingest.demo_profiles import Profile

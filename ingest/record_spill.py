@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 from ingest.records import LayerRecords
 
 ROW_GROUP = 4096  # rows per Parquet row group: DuckDB reads row groups in parallel

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from featuredb.feature_packs import pack_table
-from featuredb.schema import Q_LEVELS, example_id
+from featuredb.store.feature_packs import pack_table
+from featuredb.store.schema import Q_LEVELS, example_id
 from featuredb.activation_bins import HIST_BINS, HIST_BINS_PER_DECADE, HIST_LOG10_MIN, hist_centres
 from ingest.feature_state import LayerState, pair_priority
 from ingest.logit_lens import LogitStats
@@ -35,7 +35,7 @@ class LayerRecords:
     features: pa.Table
     examples: pa.Table
     whole: pa.Table
-    packs: pa.Table  # featuredb.feature_packs, for features without whole rows
+    packs: pa.Table  # featuredb.store.feature_packs, for features without whole rows
 
 
 def _list_array(flat: pa.Array, width: int, rows: int) -> pa.ListArray:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
 from featuredb.identity import source_id
-from featuredb.store import FeatureStore, default_db_path
+from featuredb.store.feature_store import FeatureStore, default_db_path
 from ingest.architectures import blocks, d_model, unembedding
 from ingest.feature_state import LayerState
 from ingest.ingest_pass import IngestConfig, IngestPass, load_state_file, save_state_file

@@ -1,6 +1,6 @@
 """Run the featuredb CLI and SIGKILL it at a named point: the Nth call of (or return from) a function.
 
-    python tests/kill_at.py featuredb.store:FeatureStore.close 1 call -- import neuronpedia EXPORT --db S
+    python tests/kill_at.py featuredb.store.feature_store:FeatureStore.close 1 call -- import neuronpedia EXPORT --db S
 
 The point is a module and a function's qualified name; `call` kills on entry, `return` just after it returns,
 `c_call:NAME` just before that function calls the C function NAME (e.g. DuckDB's `execute` of a COMMIT).

@@ -15,7 +15,7 @@ import ingest.records as records
 from featuredb import FeatureStore
 from featuredb.formats.neuronpedia_export import export_neuronpedia
 from featuredb.formats.neuronpedia_import import import_neuronpedia
-from featuredb.store import ACTIVATION_ORDER
+from featuredb.store.feature_store import ACTIVATION_ORDER
 from ingest.run import IngestConfig, run_ingest
 from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
 
@@ -164,7 +164,7 @@ def test_threads_sharing_the_window_cache_read_the_same_features(stores: dict[st
     another's windows."""
     import threading
 
-    import featuredb.store as store_module
+    import featuredb.store.feature_store as store_module
 
     monkeypatch.setattr(store_module, "WINDOW_CACHE", 1)  # every miss clears the cache
     keys = [(s, i) for s in ("0-tc", "1-tc") for i in range(N_FEATURES)]
@@ -198,7 +198,7 @@ def test_a_pack_leaves_out_the_fixed_bin_centres_and_stores_float32_lists_raw_ye
     import zlib
 
     from featuredb.activation_bins import hist_centres
-    from featuredb.feature_packs import EXAMPLE_FIELDS, pack, unpack
+    from featuredb.store.feature_packs import EXAMPLE_FIELDS, pack, unpack
 
     rng = np.random.default_rng(0)
     row = {"modelId": "m", "layer": "3-tc", "index": 7, "maxActApprox": 2.5, "explanations": None,

@@ -16,7 +16,7 @@ from featuredb.formats.circuit_tracer_export import export_circuit_tracer
 from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.formats.parquet_export import export_parquet
 from featuredb.identity import cantor_pair
-from featuredb.schema import TABLES
+from featuredb.store.schema import TABLES
 
 
 def test_circuit_tracer_files_validate_and_sit_where_the_frontend_looks(small_export: Path, db_path: Path,

@@ -76,9 +76,9 @@ def clean_import(export: Path) -> dict[str, list[tuple]]:
 
 
 IMPORT_POINTS = [
-    ("featuredb.store:FeatureStore.write_select", 2, "call"),       # mid-transaction
-    ("featuredb.store:FeatureStore.write_select", 5, "return"),     # last batch written, not committed
-    ("featuredb.store:FeatureStore.close", 1, "call"),              # committed, search indexes not built
+    ("featuredb.store.feature_store:FeatureStore.write_select", 2, "call"),       # mid-transaction
+    ("featuredb.store.feature_store:FeatureStore.write_select", 5, "return"),     # last batch written, not committed
+    ("featuredb.store.feature_store:FeatureStore.close", 1, "call"),              # committed, search indexes not built
     ("featuredb.search.indexes:_postings", 1, "call"),          # WAL holds search tables a reader cannot replay
     ("featuredb.search.indexes:refresh_search_indexes", 1, "return"),  # indexes built, not checkpointed
 ]
@@ -112,7 +112,7 @@ def test_pull_killed_then_run_again_equals_one_clean_pull(export: Path, tmp_path
         assert res.returncode == 0, res.stderr
         for nth, event in ((2, "call"), (1, "return")):
             db = tmp_path / f"killed-{nth}.duckdb"
-            point = "featuredb.store:FeatureStore.upsert" if event == "call" else "featuredb.store:FeatureStore.close"
+            point = "featuredb.store.feature_store:FeatureStore.upsert" if event == "call" else "featuredb.store.feature_store:FeatureStore.close"
             _killed(point, nth, "call", *pull(db))
             _opens_read_only(db)
             res = _cli(*pull(db))
@@ -143,8 +143,8 @@ def _ingest(tiny: dict[str, Path], db: Path, ckpt: Path) -> list[str]:
 
 
 INGEST_POINTS = [
-    ("featuredb.store:FeatureStore.write_select", 3, "call"),   # the write phase, mid-transaction
-    ("featuredb.store:FeatureStore.close", 1, "call"),          # rows committed, search indexes not built
+    ("featuredb.store.feature_store:FeatureStore.write_select", 3, "call"),   # the write phase, mid-transaction
+    ("featuredb.store.feature_store:FeatureStore.close", 1, "call"),          # rows committed, search indexes not built
 ]
 
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import MODEL, SOURCE
 from featuredb import FeatureStore
 from featuredb.cli.root import cli
-from featuredb.feature_docs import FeatureDocs, build_feature_docs
+from featuredb.store.feature_docs import FeatureDocs, build_feature_docs
 from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.server.app import create_app
 from loopback import serve_in_thread

@@ -13,7 +13,7 @@ import pytest
 from conftest import MODEL, SOURCE
 from featuredb import BadInputError, FeatureStore
 from featuredb.formats.neuronpedia_import import _read_sql, _rules, import_neuronpedia
-from featuredb.schema import ACTIVATIONS
+from featuredb.store.schema import ACTIVATIONS
 from featuredb.synthetic_export import generate_export
 
 

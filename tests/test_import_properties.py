@@ -27,7 +27,7 @@ from featuredb import BadInputError, FeatureStore
 from featuredb.errors import FeatureDBError
 from featuredb.formats.jsonl_lines import line_problem
 from featuredb.formats.neuronpedia_import import _read_sql, _rules, import_neuronpedia
-from featuredb.schema import ACTIVATIONS, FEATURES
+from featuredb.store.schema import ACTIVATIONS, FEATURES
 
 MODELS, SOURCES = ("m-a", "m-b"), ("3-tc", "7-tc")
 FEATURE_FIELDS = {"frac_nonzero": "DOUBLE", "hasVector": "BOOLEAN", "umap_cluster": "BIGINT", "hookName": "VARCHAR",

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from featuredb.schema import CURRENT_VERSION, FEATURE_KEY_COLUMN, TABLES_BY_NAME, columns_of
+from featuredb.store.schema import CURRENT_VERSION, FEATURE_KEY_COLUMN, TABLES_BY_NAME, columns_of
 
 DB_MODELS = json.loads((Path(__file__).parent / "fixtures" / "neuronpedia_db_models.json").read_text())
 TABLES = DB_MODELS["tables"]  # key -> {"file", "fields": {name: annotation}, "required": [...]}

@@ -25,7 +25,7 @@ from moto.server import ThreadedMotoServer
 from conftest import MODEL, SOURCE, imported_store
 from featuredb import FeatureStore
 from featuredb.errors import FeatureDBError, SchemaVersionError
-from featuredb.schema import TABLES, migrate
+from featuredb.store.schema import TABLES, migrate
 from featuredb.search import indexes
 from featuredb.server.app import create_app
 from loopback import serve_in_thread

@@ -14,7 +14,7 @@ from featuredb import FeatureStore, NotFoundError
 from featuredb.formats.neuronpedia_export import export_neuronpedia
 from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.identity import cantor_pair, cantor_unpair
-from featuredb.schema import TABLES
+from featuredb.store.schema import TABLES
 
 
 def test_get_feature_has_neuronpedia_shape_with_activations_by_max_value(small_export: Path, db_path: Path) -> None:

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from featuredb import FeatureStore, SchemaVersionError, StoreLockedError
-from featuredb.schema import CURRENT_VERSION, migrate
+from featuredb.store.schema import CURRENT_VERSION, migrate
 
 
 def test_older_schema_is_migrated_in_place_keeping_rows(db_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_duckdbs_progress_bar_stays_off_a_piped_stdout(db_path: Path) -> None:
     """`--json` output is piped: DuckDB's own progress bar (it draws on stdout after 2 s) must not mix into it."""
     script = textwrap.dedent(f"""
         import duckdb
-        import featuredb.store as store
+        import featuredb.store.feature_store as store
         connect = duckdb.connect
         def eager(*args, **kwargs):  # show the bar at once, as a query of over 2 s would
             con = connect(*args, **kwargs)

@@ -15,7 +15,7 @@ import pytest
 from chromium_page import chromium_tab
 from conftest import MODEL, SOURCE
 from featuredb import FeatureStore
-from featuredb.graph_store import save_graph
+from featuredb.store.graph_store import save_graph
 from featuredb.server.app import create_app
 from featuredb.server.page_charts import shown_token
 from loopback import serve_in_thread

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 from tracer.attribution_bridge import AttributeOptions, CircuitTracerSession, model_for_transcoders, transcoder_config
 from tracer.trace_label import trace_label
 

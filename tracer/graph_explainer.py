@@ -9,7 +9,7 @@ from featuredb.labels.chat_endpoint import ChatEndpoint
 from featuredb.labels.embedding_score import score_embedding
 from featuredb.labels.explain import explain_features
 from featuredb.neuronpedia.sync import graph_features
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 EXPLAIN_TYPE = "np_max-act-logits"
 

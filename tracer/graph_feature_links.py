@@ -13,11 +13,11 @@ from urllib.parse import quote
 
 from featuredb.errors import BadInputError
 from featuredb.formats.graph_json import feature_node_dicts, feature_nodes
-from featuredb.graph_identity import resolve_model, resolve_source_set
-from featuredb.graph_usage import GraphUse, read_feature_nodes, uses_of
+from featuredb.store.graph_identity import resolve_model, resolve_source_set
+from featuredb.store.graph_usage import GraphUse, read_feature_nodes, uses_of
 from featuredb.identity import source_id
 from featuredb.server.page_layout import feature_url
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 Identity = Callable[[dict[str, Any]], tuple[str, str | None]]
 

@@ -36,14 +36,14 @@ from featuredb.atomic_write import write_json_atomically
 from featuredb.errors import BadInputError, FeatureDBError, NotFoundError
 from featuredb.formats.circuit_tracer_export import feature_file
 from featuredb.formats.graph_json import graph_model, graph_source_set
-from featuredb.graph_identity import resolve_model, resolve_source_set
-from featuredb.graph_usage import GraphUse
+from featuredb.store.graph_identity import resolve_model, resolve_source_set
+from featuredb.store.graph_usage import GraphUse
 from featuredb.identity import cantor_unpair, source_id
-from featuredb.schema import feature_key
+from featuredb.store.schema import feature_key
 from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.limits import MAX_NAME_CHARS, MAX_SAVE_BYTES, BodyLimit
 from featuredb.server.web_routes import web_router
-from featuredb.store import ACTIVATION_ORDER, FeatureStore
+from featuredb.store.feature_store import ACTIVATION_ORDER, FeatureStore
 from tracer.evidence_page import evidence_page
 from tracer.graph_feature_links import FolderGraphs, store_identity
 from tracer.offline_frontend import CHECKOUT_DIR, ESCAPED_FILES, escaped_asset, offline_frontend

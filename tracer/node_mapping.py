@@ -7,9 +7,9 @@ from typing import Any
 
 from featuredb.errors import BadInputError
 from featuredb.formats.graph_json import FeatureNode, feature_nodes
-from featuredb.graph_identity import resolve_model, resolve_source_set, source_sets
+from featuredb.store.graph_identity import resolve_model, resolve_source_set, source_sets
 from featuredb.identity import source_id
-from featuredb.schema import feature_key
+from featuredb.store.schema import feature_key
 from tracer.key_tables import registered_values
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featuredb.formats.graph_json import check_graph, decode_qparams, feature_node_dicts, is_feature_node
-from featuredb.graph_identity import graph_model
+from featuredb.store.graph_identity import graph_model
 from featuredb.neuronpedia.sync import subgraph_body
 from tracer.decoders import decoder_vectors
 from tracer.example_vectors import example_windows
@@ -61,7 +61,7 @@ def _store_lacks(store: Any, graph: dict[str, Any], model: str | None) -> str:
         return "no store"
     if model:  # asked for by name: map_nodes says what is wrong with it
         return ""
-    from featuredb.graph_identity import resolve_model
+    from featuredb.store.graph_identity import resolve_model
 
     want = resolve_model(store.con, graph, None)
     if not store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? LIMIT 1', [want]).fetchone():

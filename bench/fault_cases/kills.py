@@ -65,10 +65,10 @@ def import_cases(work: Path) -> Iterator[Outcome]:
     clean = work / "clean.duckdb"
     _cli("import", "neuronpedia", str(export), "--db", str(clean))
     want = rows(clean)
-    points = [("featuredb.store:FeatureStore.write_select", 2, "call"),
-              ("featuredb.store:FeatureStore.write_select", 5, "return"),
-              ("featuredb.store:FeatureStore.transaction", 2, "c_call:execute"),
-              ("featuredb.store:FeatureStore.close", 1, "call"),
+    points = [("featuredb.store.feature_store:FeatureStore.write_select", 2, "call"),
+              ("featuredb.store.feature_store:FeatureStore.write_select", 5, "return"),
+              ("featuredb.store.feature_store:FeatureStore.transaction", 2, "c_call:execute"),
+              ("featuredb.store.feature_store:FeatureStore.close", 1, "call"),
               ("featuredb.search.indexes:_embeddings", 1, "call"),
               ("featuredb.search.indexes:_postings", 1, "call"),
               ("featuredb.search.indexes:refresh_search_indexes", 1, "return")]
@@ -86,9 +86,9 @@ def pull_cases(work: Path, base_url: str) -> Iterator[Outcome]:
     clean = work / "pull-clean.duckdb"
     _cli(*pull(clean))
     want = rows(clean)
-    for i, (point, nth, event) in enumerate([("featuredb.store:FeatureStore.upsert", 2, "call"),
-                                             ("featuredb.store:FeatureStore.upsert", 3, "return"),
-                                             ("featuredb.store:FeatureStore.close", 1, "call")]):
+    for i, (point, nth, event) in enumerate([("featuredb.store.feature_store:FeatureStore.upsert", 2, "call"),
+                                             ("featuredb.store.feature_store:FeatureStore.upsert", 3, "return"),
+                                             ("featuredb.store.feature_store:FeatureStore.close", 1, "call")]):
         db = work / f"pull-{i}.duckdb"
         same = lambda db=db: {t: rows(db)[t] for t in ("features", "activations")} == \
             {t: want[t] for t in ("features", "activations")}  # noqa: E731
@@ -147,7 +147,7 @@ def train_and_ingest_cases(work: Path) -> Iterator[Outcome]:
 
     _cli(*ingest(work / "ingest-clean.duckdb"))
     want = rows(work / "ingest-clean.duckdb")
-    for i, (point, nth, event) in enumerate([("featuredb.store:FeatureStore.write_select", 3, "call"),
-                                             ("featuredb.store:FeatureStore.close", 1, "call")]):
+    for i, (point, nth, event) in enumerate([("featuredb.store.feature_store:FeatureStore.write_select", 3, "call"),
+                                             ("featuredb.store.feature_store:FeatureStore.close", 1, "call")]):
         db = work / f"ingest-{i}.duckdb"
         yield _kill_case("kill ingest", point, nth, event, ingest(db), ingest(db), lambda db=db: rows(db) == want, db)

@@ -11,7 +11,7 @@ import click
 
 from featuredb.errors import FeatureDBError
 from featuredb.neuronpedia.client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
-from featuredb.store import DB_ENV, DEFAULT_DB, FeatureStore
+from featuredb.store.feature_store import DB_ENV, DEFAULT_DB, FeatureStore
 
 
 def db_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -127,7 +127,7 @@ def reindex_command(feature_docs: bool, db: str, as_json: bool) -> None:
     with open_store(db, read_only=False) as store:
         timings: dict[str, object] = dict(store.refresh_search(progress=None))
         if feature_docs:
-            from featuredb.feature_docs import build_feature_docs
+            from featuredb.store.feature_docs import build_feature_docs
 
             built = build_feature_docs(store)
             timings["feature_docs"] = built["seconds"]

@@ -49,7 +49,7 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
     from featuredb.object_storage import is_remote, is_remote_file
     from featuredb.server.app import DB_ENV_FOR_WORKERS, create_app
     from featuredb.server.limits import SHUTDOWN_GRACE_S
-    from featuredb.store import FeatureStore
+    from featuredb.store.feature_store import FeatureStore
 
     mode = "read-only" if not write_token else "writes with the token"
     if workers > 1:

@@ -57,7 +57,7 @@ def import_graph_command(graph_file: str, slug: str | None, overwrite: bool, db:
       featuredb import graph graphs/dallas-austin.json && featuredb serve
     """
     from featuredb.formats.graph_json import load_graph
-    from featuredb.graph_store import save_graph
+    from featuredb.store.graph_store import save_graph
 
     graph = load_graph(graph_file)
     with open_store(db, read_only=False) as store:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
 from featuredb.formats.circuit_tracer_export import count_features, export_pairs, feature_records, source_layer
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 INDEX_FILE = "index.json.gz"
 MAX_INDEX = 2**24  # offsets are dense (one per index up to the largest): refuse sources sparser than this

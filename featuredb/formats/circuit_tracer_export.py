@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.identity import cantor_pair, layer_of_source
-from featuredb.store import ACTIVATION_ORDER, FeatureStore
+from featuredb.store.feature_store import ACTIVATION_ORDER, FeatureStore
 
 CHUNK = 1024
 HISTOGRAM_BINS = 40

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from featuredb.errors import NotFoundError
 from featuredb.identity import set_of_source
-from featuredb.schema import (
+from featuredb.store.schema import (
     ACTIVATIONS,
     CURRENT_VERSION,
     EXPLANATIONS,
@@ -23,7 +23,7 @@ from featuredb.schema import (
     Table,
     columns_of,
 )
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 BATCH_SIZE = 1024  # rows per batch file, as Neuronpedia's own exporter writes
 

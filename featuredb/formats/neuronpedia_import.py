@@ -17,7 +17,7 @@ from featuredb.errors import BadInputError, FeatureDBError
 from featuredb.formats.import_rules import LineRules
 from featuredb.formats.jsonl_lines import gzip_problem, scan_file
 from featuredb.identity import set_of_source
-from featuredb.schema import (
+from featuredb.store.schema import (
     ACTIVATIONS,
     CURRENT_VERSION,
     EXPLANATIONS,
@@ -30,7 +30,7 @@ from featuredb.schema import (
     Table,
     columns_of,
 )
-from featuredb.store import FeatureStore, MissingKeyError
+from featuredb.store.feature_store import FeatureStore, MissingKeyError
 
 BATCH_DIRS = (FEATURES, ACTIVATIONS, EXPLANATIONS)  # {sourceDir}/{features,activations,explanations}/batch-N
 META_FILES = (MODELS, RELEASES, SOURCE_SETS, SOURCES)  # {sourceDir}/{model,release,sourceset,source}.jsonl

@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 
 from featuredb.object_storage import connect_object_storage, failure, is_remote, join_url
-from featuredb.schema import TABLES
-from featuredb.store import FeatureStore
+from featuredb.store.schema import TABLES
+from featuredb.store.feature_store import FeatureStore
 
 # Which column of each table holds the model id and the source id, for --model / --source filters.
 _FILTER_COLUMNS = {

@@ -8,8 +8,8 @@ import duckdb
 
 from featuredb.errors import NotFoundError
 from featuredb.object_storage import connect_object_storage, failure, is_remote, join_url
-from featuredb.schema import TABLES
-from featuredb.store import FeatureStore
+from featuredb.store.schema import TABLES
+from featuredb.store.feature_store import FeatureStore
 
 STORE_FILE = "store.duckdb"  # the store file a materialised export gets inside its directory
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError
-from featuredb.schema import EXPLANATION_SCORES_COLUMNS
+from featuredb.store.schema import EXPLANATION_SCORES_COLUMNS
 
 EMBEDDING_TYPE = "eleuther_embedding"
 RECALL_TYPE = "eleuther_recall"  # delphi's detection scorer

@@ -17,8 +17,8 @@ from featuredb.formats.graph_json import feature_nodes, graph_model, graph_sourc
 from featuredb.identity import source_id
 from featuredb.models import Feature
 from featuredb.neuronpedia.client import NeuronpediaClient
-from featuredb.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, MODELS, SOURCE_SETS, SOURCES
-from featuredb.store import FeatureStore
+from featuredb.store.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, MODELS, SOURCE_SETS, SOURCES
+from featuredb.store.feature_store import FeatureStore
 
 
 @dataclass

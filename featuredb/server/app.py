@@ -12,9 +12,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from featuredb.errors import FeatureDBError, NotFoundError
-from featuredb.explanation_search import search_explanations
-from featuredb.feature_docs import FeatureDocs
-from featuredb.graph_usage import StoreGraphUses
+from featuredb.search.explanation_search import search_explanations
+from featuredb.store.feature_docs import FeatureDocs
+from featuredb.store.graph_usage import StoreGraphUses
 from featuredb.identity import parse_index
 from featuredb.models import Feature
 from featuredb.search.inference import InferenceBackend
@@ -28,7 +28,7 @@ from featuredb.server.limits import (MAX_ACTS_TO_RETURN, MAX_BODY_BYTES, MAX_FEA
 from featuredb.server.page_layout import path_part
 from featuredb.server.upload_routes import upload_router
 from featuredb.server.web_routes import web_router
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 MAX_SEARCH_RESULTS = 20  # Neuronpedia's MAX_EXPLANATION_SEARCH_RESULTS
 SEARCH_ACTS = 3  # activations attached to each search result's neuron, as on Neuronpedia

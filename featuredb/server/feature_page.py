@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from featuredb.graph_usage import GraphUse
+from featuredb.store.graph_usage import GraphUse
 from featuredb.server.page_charts import example_html, histogram_svg, logit_list, token_label
 from featuredb.server.page_layout import SearchForm, density_text, esc, feature_url, page, path_part
 

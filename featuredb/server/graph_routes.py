@@ -13,12 +13,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from featuredb.errors import BadInputError, NotFoundError
-from featuredb.graph_store import (delete_graph, delete_subgraph, graph_data, graph_record, list_graphs,
+from featuredb.store.graph_store import (delete_graph, delete_subgraph, graph_data, graph_record, list_graphs,
                                    list_subgraphs, save_graph, save_subgraph)
 from featuredb.server.fields import Name, Number, int_in
 from featuredb.server.limits import MAX_GRAPH_BYTES, MAX_GRAPH_ITEMS, MAX_NAME_CHARS
 from featuredb.server.write_access import WRITE_ERRORS, WriteDenied, writer_check
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 LOCAL_USER = "local"
 UPLOAD_PREFIX = "/api/graph/upload/"

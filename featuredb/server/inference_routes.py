@@ -11,11 +11,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.labels.label_rule import LABEL_ORDER_SQL
-from featuredb.schema import feature_key
+from featuredb.store.schema import feature_key
 from featuredb.search.inference import InferenceBackend, load_backend
 from featuredb.server.fields import Bool, Index, Name, Number, int_in
 from featuredb.server.limits import MAX_INDEX, MAX_SORT_INDEXES, MAX_SOURCES, MAX_TEXT_CHARS, MAX_TEXTS
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 TOPK_DEFAULT_DENSITY = 0.01  # Neuronpedia's DEFAULT_DENSITY_THRESHOLD for search-topk-by-token
 SEARCH_ALL_RESULTS = 50

@@ -13,11 +13,11 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_v
 
 from featuredb.errors import BadInputError, NotFoundError
 from featuredb.identity import set_of_source
-from featuredb.schema import INTERNAL_COLUMNS
+from featuredb.store.schema import INTERNAL_COLUMNS
 from featuredb.server.fields import Number, int_in
 from featuredb.server.limits import MAX_NAME_CHARS
 from featuredb.server.write_access import WRITE_ERRORS, writer_check
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 LOCAL_USER = "local"
 MODEL_ID = re.compile(r"^[a-z][a-z0-9.-]*[a-z0-9]$|^[a-z]$")  # Neuronpedia's model/new rule

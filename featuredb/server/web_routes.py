@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from featuredb.errors import FeatureDBError, NotFoundError
-from featuredb.graph_usage import GraphUse
+from featuredb.store.graph_usage import GraphUse
 from featuredb.identity import layer_of_source
 from featuredb.search.api import MODES, search
 from featuredb.search.filters import SearchFilters, parse_layers
@@ -21,7 +21,7 @@ from featuredb.server.feature_page import feature_page
 from featuredb.server.limits import MAX_INDEX, MAX_NAME_CHARS, MAX_QUERY_CHARS
 from featuredb.server.page_layout import PAGE_HEADERS, SearchForm, esc, feature_url, page, path_part
 from featuredb.server.search_page import MAX_LIMIT, search_page, store_summary
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 PAGE_MODES = (*MODES, "inference")
 RESERVED = frozenset({"api", "graphs", "openapi.json", "docs", "redoc"})  # first path parts that are not models

@@ -7,10 +7,10 @@ from typing import Any
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.labels.label_rule import LABEL_ORDER_SQL
-from featuredb.schema import feature_key
+from featuredb.store.schema import feature_key
 from featuredb.search.api import search
 from featuredb.search.filters import SearchFilters
-from featuredb.store import FeatureStore
+from featuredb.store.feature_store import FeatureStore
 
 
 def query_terms(query: str) -> list[str]:

@@ -423,7 +423,7 @@ def _add_compact_examples_v7(con: duckdb.DuckDBPyConnection) -> None:
     cols = ", ".join(f'"{n}" {ty}' for n, ty in ACTIVATION_EXAMPLES_COLUMNS.items())
     con.execute(f"CREATE TABLE activation_examples ({cols})")
     con.execute('CREATE INDEX activation_examples_feature_key ON activation_examples (feature_key)')
-    # featuredb.feature_packs: a feature's row and compact examples in one BLOB, for GET feature
+    # featuredb.store.feature_packs: a feature's row and compact examples in one BLOB, for GET feature
     con.execute('CREATE TABLE feature_packs (feature_key VARCHAR, "modelId" VARCHAR, "layer" VARCHAR, pack BLOB)')
     con.execute('CREATE INDEX feature_packs_feature_key ON feature_packs (feature_key)')
     _create_activations_view(con)

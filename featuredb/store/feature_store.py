@@ -19,13 +19,13 @@ import polars as pl
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError, NotFoundError, SchemaVersionError, StoreLockedError
-from featuredb.feature_packs import EXAMPLE_FIELDS, unpack
+from featuredb.store.feature_packs import EXAMPLE_FIELDS, unpack
 from featuredb.identity import parse_index, set_of_source
 from featuredb.labels.label_rule import LABEL_ORDER_SQL, label_sort_key
 from featuredb.models import Feature
 from featuredb.object_storage import connect_object_storage, is_remote, is_remote_file
 from featuredb.object_storage import failure as object_storage_failure
-from featuredb.schema import (
+from featuredb.store.schema import (
     ACTIVATION_EXAMPLES_COLUMNS,
     ACTIVATION_ROWS,
     ACTIVATIONS,
@@ -71,7 +71,7 @@ _ID_EXPRESSIONS = {
 ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of activations
 ACTIVATION_COLUMNS = tuple(columns_of(ACTIVATIONS, CURRENT_VERSION))
 FEATURE_COLUMNS = tuple(columns_of(FEATURES, CURRENT_VERSION))
-PACKS = "feature_packs"  # featuredb.feature_packs
+PACKS = "feature_packs"  # featuredb.store.feature_packs
 PACKED_TABLES = (FEATURES, ACTIVATIONS)  # writes here delete the written features' packs
 WINDOW_CACHE = 200_000  # example windows' tokens kept per model and reader before the cache starts again
 EXPLANATION_ORDER = LABEL_ORDER_SQL  # GET feature's order of explanations: the label first (labels.label_rule)
@@ -483,7 +483,7 @@ class FeatureStore:
     def mark_search_stale(self) -> None:
         """Record that the search indexes must be rebuilt (done on close or before the next search)."""
         self.con.execute("UPDATE search_state SET value = 'true' WHERE key = 'dirty'")
-        from featuredb.feature_docs import clear_feature_docs  # documents derive from the same rows
+        from featuredb.store.feature_docs import clear_feature_docs  # documents derive from the same rows
 
         clear_feature_docs(self.con)
 
@@ -554,7 +554,7 @@ class FeatureStore:
         key = [feature_key(model, source, idx)]
         where = f'"{FEATURE_KEY_COLUMN[0]}" = ?'  # the only filter, so DuckDB uses the ART index
         packed = self.con.execute(f"SELECT pack FROM {PACKS} WHERE {where}", key).fetchone()
-        if packed is not None:  # one BLOB instead of the rows' list columns (featuredb.feature_packs)
+        if packed is not None:  # one BLOB instead of the rows' list columns (featuredb.store.feature_packs)
             fields, cols, q = unpack(packed[0])
             feature = dict.fromkeys(FEATURE_COLUMNS)
             feature.update(fields)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from featuredb.errors import BadInputError
 from featuredb.formats.graph_json import feature_node_dicts, feature_nodes
-from featuredb.graph_identity import resolve_source_set
+from featuredb.store.graph_identity import resolve_source_set
 from featuredb.identity import layer_of_source, set_of_source
 
 

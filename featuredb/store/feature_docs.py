@@ -16,8 +16,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from featuredb.schema import FEATURE_KEY_COLUMN, feature_key
-from featuredb.store import ACTIVATION_ORDER, EXPLANATION_ORDER, FeatureStore, feature_from_rows, feature_relations
+from featuredb.store.schema import FEATURE_KEY_COLUMN, feature_key
+from featuredb.store.feature_store import ACTIVATION_ORDER, EXPLANATION_ORDER, FeatureStore, feature_from_rows, feature_relations
 
 TABLE = "feature_docs"
 KEY = FEATURE_KEY_COLUMN[0]

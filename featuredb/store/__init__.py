@@ -1,0 +1,22 @@
+"""The store: every module here reads or writes the DuckDB tables; SQL against them lives nowhere else.
+
+- `feature_store`: the connection, the write path and GET feature (`FeatureStore`);
+- `schema`: Neuronpedia's tables and featuredb's migrations;
+- `reads`: the typed read layer every other package goes through (feature rows, labels, settings);
+- `feature_packs`, `feature_docs`: the compact per-feature documents behind GET;
+- `graph_store`, `graph_identity`, `graph_usage`: saved attribution graphs and what they use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["FeatureStore", "MissingKeyError"]
+
+
+def __getattr__(name: str) -> Any:
+    """`from featuredb.store import FeatureStore` without importing the store with the package."""
+    if name in __all__:
+        from featuredb.store import feature_store
+        return getattr(feature_store, name)
+    raise AttributeError(f"module 'featuredb.store' has no attribute {name!r}")
