@@ -130,3 +130,17 @@ def test_subgraph_body_reads_string_qparams(tmp_path: Path) -> None:
 
     body = subgraph_body(load_graph(_graph(tmp_path)))
     assert body["slug"] == "austin" and body["modelId"] == MODEL
+
+
+def test_np_indices_take_the_shared_range_grammar(tmp_path) -> None:
+    """`np pull --indices` reads ranges as every other command does (a mix like '0-2,7' failed before)."""
+    from featuredb.errors import FeatureDBError
+    from featuredb.neuronpedia.sync import parse_indices
+
+    assert parse_indices("0-2,7") == [0, 1, 2, 7] and parse_indices("5,5,3") == [5, 3]
+    listed = tmp_path / "indices.txt"
+    listed.write_text("4\n\n9\n")
+    assert parse_indices(str(listed)) == [4, 9]
+    for bad in ("3-1", "a", "1,,2"):
+        with pytest.raises(FeatureDBError, match="--indices"):
+            parse_indices(bad)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 from tqdm import tqdm
 
+from featuredb.int_ranges import parse_int_ranges
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.labels.chat_endpoint import ChatEndpoint, ChatReply, EndpointError
 from featuredb.labels.explain_prompts import (
@@ -90,17 +90,7 @@ class _Ref:
 
 def parse_index_spec(spec: str) -> list[int]:
     """'1,2,5-9' → [1, 2, 5, 6, 7, 8, 9] (ranges inclusive, order kept, no repeats); else a one-line error."""
-    out: dict[int, None] = {}
-    for part in (p.strip() for p in spec.split(",")):
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise FeatureDBError(f"--indices {spec!r}: {part!r} is not an index or a range A-B; expected e.g. 1,2,5-9")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi - lo > 10_000_000:
-            raise FeatureDBError(f"--indices {spec!r}: the range {part} is too large")
-        out.update(dict.fromkeys(range(lo, hi + 1)))
-    return list(out)
+    return parse_int_ranges(spec, "--indices")
 
 
 def _select(con: Any, model: str, source: str | None, indices: Sequence[int] | None, keys: Sequence[str] | None,

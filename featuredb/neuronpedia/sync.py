@@ -12,6 +12,7 @@ import httpx
 import pyarrow as pa
 from tqdm import tqdm
 
+from featuredb.int_ranges import parse_int_ranges
 from featuredb.errors import FeatureDBError
 from featuredb.formats.graph_json import feature_nodes, graph_model, graph_source_set
 from featuredb.identity import source_id
@@ -105,7 +106,7 @@ def pull_features(client: NeuronpediaClient, store: FeatureStore, wanted: list[t
 
 
 def parse_indices(spec: str) -> list[int]:
-    """'A-B' (inclusive), 'A,B,C', or a file with one index per line."""
+    """The shared range grammar ('A-B', 'A,B,C', '0-3,10'), or a file with one index per line."""
     from pathlib import Path
 
     p = Path(spec)
@@ -118,13 +119,7 @@ def parse_indices(spec: str) -> list[int]:
                 except ValueError:
                     raise FeatureDBError(f"{p}:{n}: not a feature index: {line.strip()!r}") from None
         return out
-    try:
-        if "-" in spec and "," not in spec:
-            a, b = spec.split("-")
-            return list(range(int(a), int(b) + 1))
-        return [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise FeatureDBError(f"--indices {spec!r}: expected A-B, A,B,C or a file of indices") from None
+    return parse_int_ranges(spec, "--indices")
 
 
 def graph_features(graph: dict[str, Any], model: str | None, source_set: str | None) -> list[tuple[str, str, int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from featuredb.errors import FeatureDBError
+from featuredb.int_ranges import parse_int_ranges
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,4 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
     """--layers in every command: '3,5', '2-6' or a mix ('0-3,10') to sorted layer numbers; None when not given."""
     if not value or not value.strip():
         return None
-    out: set[int] = set()
-    try:
-        for part in value.split(","):
-            if "-" in part:
-                a, b = part.split("-", 1)
-                low, high = int(a), int(b)
-                if low > high:
-                    raise FeatureDBError(f"--layers {value!r}: the range is empty")
-                out.update(range(low, high + 1))
-            else:
-                out.add(int(part))
-    except ValueError:
-        raise FeatureDBError(f"--layers {value!r}: expected e.g. 3,5 or 2-6 or 0-3,10") from None
-    return tuple(sorted(out))
+    return tuple(sorted(parse_int_ranges(value, "--layers")))
