@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import secrets
 import stat
 from contextlib import contextmanager
@@ -126,3 +127,10 @@ def write_json_atomically(path: str | Path, data: Any, **dumps: Any) -> None:
     except ValueError:
         raise FeatureDBError(f"{path}: not written: the data holds NaN or Infinity, which JSON cannot carry") from None
     write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def replace_folder(staged: str | Path, target: str | Path) -> None:
+    """Put a fully written folder `staged` in place of `target` (a folder cannot be swapped in one rename:
+    `target` is removed first, so a crash between leaves no `target` and the caller builds it again)."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staged, target)

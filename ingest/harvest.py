@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ingest.architectures import hook_module
 from ingest.transcoder import Transcoder
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 HookPoint = tuple[int, str]  # (layer, hook kind such as 'mlp_in')
 
@@ -19,7 +22,7 @@ class _StopForward(Exception):
 class Harvester:
     """Captures {(layer, hook): (W, T, d_model)} activations for a batch of token windows."""
 
-    def __init__(self, model: Any, points: list[HookPoint]) -> None:
+    def __init__(self, model: PreTrainedModel, points: list[HookPoint]) -> None:
         self.model = model
         self.captured: dict[HookPoint, torch.Tensor] = {}
         self._handles = []
@@ -30,7 +33,7 @@ class Harvester:
             self._handles.append(self._register(module, kind, point, point == last))
 
     @classmethod
-    def for_transcoders(cls, model: Any, transcoders: list[Transcoder]) -> "Harvester":
+    def for_transcoders(cls, model: PreTrainedModel, transcoders: list[Transcoder]) -> "Harvester":
         """A harvester of each transcoder's input hook."""
         return cls(model, [(t.layer, t.hook_in) for t in transcoders])
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import threading
-from typing import Any
 
 import torch
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.identity import source_id
 from featuredb.search.inference import FeatureValues, SourceActivations, TextActivations
+from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import model_settings, model_sources
 from ingest.corpus import expects_bos
 from ingest.harvest import Harvester
 from ingest.model_loading import LoadedModel, load_model
@@ -21,7 +21,7 @@ from ingest.transcoder_formats import load_transcoders
 class StoreInferenceBackend:
     """Loads each model and source set once (from the paths ingest recorded in `settings`) and runs texts."""
 
-    def __init__(self, store: Any, device: str | None = None) -> None:
+    def __init__(self, store: FeatureStore, device: str | None = None) -> None:
         self.store = store
         self.device = device
         self._models: dict[str, LoadedModel] = {}
@@ -30,30 +30,24 @@ class StoreInferenceBackend:
 
     def _model(self, model: str) -> LoadedModel:
         if model not in self._models:
-            row = self.store.con.execute("SELECT settings FROM models WHERE id = ?", [model]).fetchone()
-            settings = json.loads(row[0]) if row and row[0] else {}
-            if not settings.get("path"):
+            settings = model_settings(self.store, model)
+            if settings is None or not settings.path:
                 raise NotFoundError(f"model {model!r} has no local weights recorded (it was imported, not ingested)")
-            self._models[model] = load_model(settings["path"], device=self.device, dtype="float32", model_id=model)
+            self._models[model] = load_model(settings.path, device=self.device, dtype="float32", model_id=model)
         return self._models[model]
 
     def _sources(self, model: str, wanted: list[str] | None) -> list[tuple[str, Transcoder]]:
-        rows = self.store.con.execute(
-            'SELECT s.id, s."setName", s.settings, ss.settings FROM sources s LEFT JOIN source_sets ss '
-            'ON ss."modelId" = s."modelId" AND ss.name = s."setName" WHERE s."modelId" = ? ORDER BY s.id',
-            [model]).fetchall()
         out = []
-        for sid, set_name, s_settings, set_settings in rows:
+        for row in model_sources(self.store, model):
+            sid = row.source
             if wanted and sid not in wanted:
                 continue
             if (model, sid) not in self._transcoders:
-                ss = json.loads(set_settings or "{}")
-                layer = json.loads(s_settings or "{}").get("layer")
-                if not ss.get("transcoders") or layer is None:
+                if not row.set_settings.transcoders or row.settings.layer is None:
                     continue  # imported from Neuronpedia: no local transcoder to run
-                tset = load_transcoders(ss["transcoders"], [int(layer)])
+                tset = load_transcoders(list(row.set_settings.transcoders), [int(row.settings.layer)])
                 for t in tset.transcoders:
-                    self._transcoders[(model, source_id(t.layer, set_name))] = t
+                    self._transcoders[(model, source_id(t.layer, row.set_name))] = t
             if (model, sid) in self._transcoders:
                 out.append((sid, self._transcoders[(model, sid)]))
         if wanted:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from featuredb.atomic_write import atomic_output
 from featuredb.errors import FeatureDBError
 from ingest.architectures import arch_spec, blocks, d_model
 from ingest.corpus import CorpusStats, iter_documents, iter_windows
@@ -63,12 +63,8 @@ class _Progress:
 
 def save_state_file(obj: dict[str, Any], path: Path) -> None:
     """Write a checkpoint or shard state atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_state_file(path: Path) -> dict[str, Any]:

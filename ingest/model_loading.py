@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from featuredb.errors import FeatureDBError
-from ingest.portable_model_folder import canonical_gguf_tokenizer, make_portable
+from ingest.default_model import DEFAULT_MODEL_ID, ensure_default_model, models_dir
+from ingest.gguf_conversion import convert_gguf
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -21,8 +23,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 class LoadedModel:
     """A model ready for harvesting, with what is needed to load it again."""
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     model_id: str
     path: str
     device: torch.device
@@ -45,31 +47,8 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def convert_gguf(gguf: Path, target: Path) -> None:
-    """De-quantise a GGUF checkpoint with transformers and save it as a normal safetensors folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quant = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    cfg = quant.config.to_dict()
-    cfg.pop("quantization_config", None)  # transformers refuses to save a GGUF-loaded model as is
-    plain = AutoModelForCausalLM.from_config(type(quant.config).from_dict(cfg), dtype=torch.float32)
-    plain.load_state_dict(quant.state_dict())
-    plain.tie_weights()
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    canonical_gguf_tokenizer(gguf, tmp)
-    make_portable(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-
-
 def resolve_model_path(spec: str | None) -> tuple[str, str]:
     """(path or hub id, model id) for --model: 'default'/None, a folder, a .gguf file or a hub id."""
-    from ingest.default_model import DEFAULT_MODEL_ID, ensure_default_model, models_dir
-
     if spec in (None, "", "default", DEFAULT_MODEL_ID):
         return str(ensure_default_model()), DEFAULT_MODEL_ID
     p = Path(spec)

@@ -8,9 +8,10 @@ which 4.57 does not know. Writing both spellings and the class both versions kno
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from featuredb.atomic_write import write_bytes_atomically
 
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 _V5_ONLY_TOKENIZER_KEYS = ("backend", "is_local", "local_files_only")
@@ -21,9 +22,7 @@ def _rewrite(path: Path, fix: Any) -> bool:
     new = fix(dict(data))
     if new == data:
         return False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomically(path, (json.dumps(new, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return True
 
 

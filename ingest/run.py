@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from featuredb.errors import FeatureDBError
 from featuredb.identity import source_id
 from featuredb.store.feature_store import FeatureStore, default_db_path
+from featuredb.store.reads import ModelSettings, SourceSetSettings, SourceSettings
 from ingest.architectures import blocks, d_model, unembedding
 from ingest.feature_state import LayerState
 from ingest.ingest_pass import IngestConfig, IngestPass, load_state_file, save_state_file
@@ -28,6 +28,9 @@ from ingest.memory_budget import (GB, RECORD_BLOCK, MemoryPlan, current_rss_byte
 from ingest.record_spill import RecordSpill
 from ingest.records import RecordOptions, layer_records, window_table
 from ingest.sink_positions import SINK_POSITIONS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["IngestConfig", "IngestSummary", "merge_shards", "run_ingest"]
 
@@ -54,7 +57,7 @@ class IngestSummary:
         return asdict(self)
 
 
-def _vocab(tokenizer: Any) -> pa.Array:
+def _vocab(tokenizer: PreTrainedTokenizerBase) -> pa.Array:
     size = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
     return pa.array([tokenizer.decode([i]) for i in range(size)], pa.string())
 
@@ -71,24 +74,24 @@ def store_rows(ing: IngestPass) -> dict[str, pl.DataFrame]:
         "creatorId": "featuredb", "dimension": d_model(model), "layers": len(blocks(model)),
         "neuronsPerLayer": t0.d_transcoder, "owner": "featuredb", "visibility": "PRIVATE", "instruct": False,
         "inferenceEnabled": True, "defaultSourceSetName": ing.set_name, "createdAt": now, "updatedAt": now,
-        "settings": _json({"path": _absolute(ing.lm.path), "dtype": str(ing.lm.dtype).removeprefix("torch."),
-                           "architecture": model.config.model_type}),
+        "settings": ModelSettings(path=_absolute(ing.lm.path), dtype=str(ing.lm.dtype).removeprefix("torch."),
+                                  architecture=model.config.model_type).to_json(),
     }])
     set_row = pl.DataFrame([{
         "modelId": ing.lm.model_id, "name": ing.set_name, "hasDashboards": True, "visibility": "PRIVATE",
         "description": f"{ing.tset.format} transcoders", "type": "transcoder", "creatorName": "featuredb",
         "creatorId": "featuredb", "urls": [], "allowInferenceSearch": True, "createdAt": now,
-        "settings": _json({"format": ing.tset.format, "transcoders": [_absolute(p) for p in cfg.transcoders],
-                           "layers": ing.tset.layers, **ing.tset.settings}),
+        "settings": SourceSetSettings(format=ing.tset.format, transcoders=tuple(_absolute(p) for p in cfg.transcoders),
+                                      layers=tuple(ing.tset.layers), extra=dict(ing.tset.settings)).to_json(),
     }])
     source_rows = pl.DataFrame([{
         "id": source_id(t.layer, ing.set_name), "modelId": ing.lm.model_id, "setName": ing.set_name,
         "hasDashboards": True, "inferenceEnabled": True, "visibility": "PRIVATE", "creatorId": "featuredb",
         "num_prompts": 0, "num_tokens_in_prompt": cfg.ctx_len, "dataset": data_source,
         "createdAt": now,
-        "settings": _json({"layer": t.layer, "path": _absolute(t.path), "format": ing.tset.format, "hook_in": t.hook_in,
-                           "hook_out": t.hook_out, "activation": t.activation, "k": t.k,
-                           "d_transcoder": t.d_transcoder, "bos_excluded": True, "sink_positions_excluded": SINK_POSITIONS}),
+        "settings": SourceSettings(layer=t.layer, path=_absolute(t.path), format=ing.tset.format, hook_in=t.hook_in,
+                                   hook_out=t.hook_out, activation=t.activation, k=t.k, d_transcoder=t.d_transcoder,
+                                   bos_excluded=True, sink_positions_excluded=SINK_POSITIONS).to_json(),
     } for t in ing.tset.transcoders])
     return {"models": model_row, "source_sets": set_row, "sources": source_rows}
 
@@ -149,10 +152,6 @@ def _absolute(path: str) -> str:
     """An absolute path when `path` exists locally (so the store can find it from any directory), else as given."""
     p = Path(path)
     return str(p.resolve()) if p.exists() else str(path)
-
-
-def _json(d: dict[str, Any]) -> str:
-    return json.dumps(d, default=str)
 
 
 def run_ingest(cfg: IngestConfig, db: str | None, *, resume: bool = False, checkpoint: str | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from tqdm import tqdm
@@ -15,6 +15,9 @@ from ingest.harvest import Harvester
 from ingest.model_loading import LoadedModel
 from ingest.sink_positions import SINK_POSITIONS, outlier_mask
 from ingest.transcoder import HOOK_MLP_IN, HOOK_MLP_OUT, HOOK_RESID_MID
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 HOLDOUT_EVERY = 10  # every 10th window is held out for evaluation (until the held-out budget is full)
 
@@ -43,7 +46,7 @@ class PairsSummary:
     test_windows: list[list[int]] = field(default_factory=list)  # held-out token windows (spliced-in loss)
 
 
-def assigned_windows(tokenizer: Any, corpus: str | None, *, text_field: str, ctx_len: int, train_tokens: int,
+def assigned_windows(tokenizer: PreTrainedTokenizerBase, corpus: str | None, *, text_field: str, ctx_len: int, train_tokens: int,
                      test_tokens: int, stats: CorpusStats | None = None, text_column: str = "text",
                      split: str = "train") -> Iterator[tuple[list[int], bool]]:
     """(window, held out?) in corpus order until both budgets are full; depends on the tokenizer only."""
@@ -62,7 +65,7 @@ def assigned_windows(tokenizer: Any, corpus: str | None, *, text_field: str, ctx
         yield w, held
 
 
-def held_out_windows(tokenizer: Any, corpus: str | None, *, text_field: str, ctx_len: int, train_tokens: int,
+def held_out_windows(tokenizer: PreTrainedTokenizerBase, corpus: str | None, *, text_field: str, ctx_len: int, train_tokens: int,
                      test_tokens: int, text_column: str = "text", split: str = "train") -> list[list[int]]:
     """The held-out windows collect_pairs uses, without running the model."""
     return [w for w, held in assigned_windows(tokenizer, corpus, text_field=text_field, ctx_len=ctx_len,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from safetensors.torch import save_file
 
+from featuredb.atomic_write import atomic_output
 from ingest.transcoder import Transcoder
 
 # circuit-tracer names the hook points of Llama-style models like this (its nnsight mapping).
@@ -25,9 +25,8 @@ def write_layer(folder: Path, t: Transcoder) -> Path:
     if t.W_skip is not None:
         tensors["W_skip"] = t.W_skip.float()
     path = folder / f"layer_{t.layer}.safetensors"
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     return path
 
 

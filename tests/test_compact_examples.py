@@ -15,7 +15,7 @@ import ingest.records as records
 from featuredb import FeatureStore
 from featuredb.formats.neuronpedia_export import export_neuronpedia
 from featuredb.formats.neuronpedia_import import import_neuronpedia
-from featuredb.store.feature_store import ACTIVATION_ORDER
+from featuredb.store.schema import ACTIVATION_ORDER
 from ingest.run import IngestConfig, run_ingest
 from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
 

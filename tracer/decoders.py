@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
+from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import source_set_settings
 from tracer.node_mapping import NodeMapping
 
 
-def decoder_vectors(store: Any, mapping: NodeMapping) -> dict[str, np.ndarray]:
+def decoder_vectors(store: FeatureStore, mapping: NodeMapping) -> dict[str, np.ndarray]:
     """node_id -> W_dec row; empty when the store has no transcoder files for the source set (e.g. imported)."""
-    row = store.con.execute('SELECT settings FROM source_sets WHERE "modelId" = ? AND name = ?',
-                            [mapping.model, mapping.source_set]).fetchone()
-    paths = (json.loads(row[0]) if row and row[0] else {}).get("transcoders")
+    settings = source_set_settings(store, mapping.model, mapping.source_set)
+    paths = list(settings.transcoders) if settings else []
     if not paths or not mapping.mapped:
         return {}
     from ingest.transcoder_formats import load_transcoders  # torch only when there is something to load

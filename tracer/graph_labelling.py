@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featuredb.formats.graph_json import feature_node_dicts
+from featuredb.neuronpedia.client import NeuronpediaClient
+from featuredb.store.feature_store import FeatureStore
 from tracer.feature_labels import best_explanation, store_labels
 from tracer.node_mapping import NodeMapping
 
@@ -35,7 +37,7 @@ class LabelReport:
                 "by_type": self.by_type}
 
 
-def _online_labels(client: Any, model: str, wanted: list[tuple[str, int, str]]) -> dict[str, tuple[str, str]]:
+def _online_labels(client: NeuronpediaClient, model: str, wanted: list[tuple[str, int, str]]) -> dict[str, tuple[str, str]]:
     """feature_key -> label from Neuronpedia's POST /api/features for (source, index, key) triples."""
     out: dict[str, tuple[str, str]] = {}
     by_ref = {(s, str(i)): k for s, i, k in wanted}
@@ -49,8 +51,8 @@ def _online_labels(client: Any, model: str, wanted: list[tuple[str, int, str]]) 
     return out
 
 
-def label_graph(store: Any, graph: dict[str, Any], mapping: NodeMapping, *, overwrite: bool = False,
-                online: Any = None) -> LabelReport:
+def label_graph(store: FeatureStore | None, graph: dict[str, Any], mapping: NodeMapping, *, overwrite: bool = False,
+                online: NeuronpediaClient | None = None) -> LabelReport:
     """Write `clerp` on the graph's mapped feature nodes in place; `online` is a NeuronpediaClient or None."""
     report = LabelReport(mapping.model, mapping.source_set, unmapped=list(mapping.unmapped))
     report.feature_nodes = len(mapping.mapped) + len(mapping.unmapped)

@@ -39,11 +39,11 @@ from featuredb.formats.graph_json import graph_model, graph_source_set
 from featuredb.store.graph_identity import resolve_model, resolve_source_set
 from featuredb.store.graph_usage import GraphUse
 from featuredb.identity import cantor_unpair, source_id
-from featuredb.store.schema import feature_key
 from featuredb.server.errors import hidden_paths, install_error_handlers
 from featuredb.server.limits import MAX_NAME_CHARS, MAX_SAVE_BYTES, BodyLimit
 from featuredb.server.web_routes import web_router
-from featuredb.store.feature_store import ACTIVATION_ORDER, FeatureStore
+from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import activation_rows, feature_row
 from tracer.evidence_page import evidence_page
 from tracer.graph_feature_links import FolderGraphs, store_identity
 from tracer.offline_frontend import CHECKOUT_DIR, ESCAPED_FILES, escaped_asset, offline_frontend
@@ -51,6 +51,8 @@ from tracer.offline_frontend import CHECKOUT_DIR, ESCAPED_FILES, escaped_asset, 
 VIEWER = Path(__file__).resolve().parent / "viewer"
 METADATA_KEYS = ("slug", "scan", "prompt_tokens", "prompt", "title_prefix", "node_threshold", "schema_version")
 TOKEN_HEADER = "x-featuredb-token"
+FEATURE_FILE_ACTIVATION_COLUMNS = ["index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex",
+                                   "binMin", "binMax", "binContains"]  # what a feature file shows of each example
 FEATURE_FILE = re.compile(r"[0-9]{1,30}\.json", re.ASCII)
 PAGE_HEADERS = {"cache-control": "no-store", "content-security-policy": "frame-ancestors 'none'",
                 "x-frame-options": "DENY", "x-content-type-options": "nosniff"}
@@ -198,31 +200,36 @@ def default_frontend() -> tuple[Path, str]:
     return VIEWER, "featuredb's viewer (run `featuredb trace frontend` for circuit-tracer's)"
 
 
-_CACHE: dict[Path, tuple[float, dict[str, Any], str, str | None]] = {}
-_CACHE_LOCK = threading.Lock()
+class GraphFolderIndex:
+    """slug -> (file, metadata, model, source set) of each graph JSON in one folder, parsed once per change;
+    one per app, so two servers (or tests) never share what they have read."""
 
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._parsed: dict[Path, tuple[float, dict[str, Any], str, str | None]] = {}
+        self._lock = threading.Lock()
 
-def _graphs(folder: Path) -> dict[str, tuple[Path, dict[str, Any], str, str | None]]:
-    """slug -> (file, metadata, model, source set) for each graph JSON in the folder; parsed once per change."""
-    out = {}
-    for p in sorted(folder.glob("*.json")):
-        if p.name == "graph-metadata.json":
-            continue
-        mtime = p.stat().st_mtime
-        with _CACHE_LOCK:
-            hit = _CACHE.get(p)
-        if hit is None or hit[0] != mtime:
-            try:
-                g = json.loads(p.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+    def graphs(self) -> dict[str, tuple[Path, dict[str, Any], str, str | None]]:
+        """slug -> (file, metadata, model, source set) for each graph JSON in the folder now."""
+        out = {}
+        for p in sorted(self.folder.glob("*.json")):
+            if p.name == "graph-metadata.json":
                 continue
-            if not (isinstance(g, dict) and isinstance(g.get("metadata"), dict) and "nodes" in g):
-                continue
-            hit = (mtime, g["metadata"], graph_model(g), graph_source_set(g))
-            with _CACHE_LOCK:
-                _CACHE[p] = hit
-        out[p.stem] = (p, hit[1], hit[2], hit[3])
-    return out
+            mtime = p.stat().st_mtime
+            with self._lock:
+                hit = self._parsed.get(p)
+            if hit is None or hit[0] != mtime:
+                try:
+                    g = json.loads(p.read_text(encoding="utf-8"))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if not (isinstance(g, dict) and isinstance(g.get("metadata"), dict) and "nodes" in g):
+                    continue
+                hit = (mtime, g["metadata"], graph_model(g), graph_source_set(g))
+                with self._lock:
+                    self._parsed[p] = hit
+            out[p.stem] = (p, hit[1], hit[2], hit[3])
+        return out
 
 
 def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | None = None) -> FastAPI:
@@ -239,6 +246,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     hidden = hidden_paths(the_graph_folder=folder, the_store=db)
     install_error_handlers(app, hidden)
     app.add_middleware(BodyLimit, limit_for=lambda _path: MAX_SAVE_BYTES)
+    graph_index = GraphFolderIndex(folder)
 
     def view() -> FeatureStore:
         if store is None:
@@ -249,7 +257,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
 
     def scan_identity(scan: str) -> tuple[str, str | None] | None:
         """(model, source set) of the graphs named `scan`, resolved against the store when there is one."""
-        for _, meta, model, sset in _graphs(folder).values():
+        for _, meta, model, sset in graph_index.graphs().values():
             if str(meta.get("scan")) == scan:
                 if store is not None:
                     model = resolve_model(view().con, {"metadata": meta})
@@ -261,13 +269,13 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
     def graph_metadata() -> dict[str, Any]:
         """Every graph in the folder, as circuit-tracer's graph-metadata.json lists them."""
         return {"graphs": [{k: meta[k] for k in METADATA_KEYS if k in meta} | {"slug": slug}
-                           for slug, (_, meta, _, _) in _graphs(folder).items()]}
+                           for slug, (_, meta, _, _) in graph_index.graphs().items()]}
 
     linked = FolderGraphs(store_identity(view)) if store is not None else None
 
     def graph_file(name: str) -> Response:
         slug = check_name(name[:-5] if name.endswith(".json") else name, "graph")
-        graphs = _graphs(folder)
+        graphs = graph_index.graphs()
         if slug not in graphs:
             raise NotFoundError(f"no graph {slug} in the graph folder")
         if linked is not None:  # each feature node's title links to its feature page
@@ -280,7 +288,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         /evidence/SLUG.json the file, /evidence/SLUG the page that draws it."""
         as_json = name.endswith(".json")
         slug = check_name(name[:-5] if as_json else name, "graph")
-        graphs = _graphs(folder)
+        graphs = graph_index.graphs()
         path = graphs[slug][0].with_name(f"{graphs[slug][0].stem}.evidence.json") if slug in graphs else None
         if path is None or not path.is_file():
             raise NotFoundError(f"no supernode evidence for graph {slug} (trace label computes it with the "
@@ -306,16 +314,10 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
         model, source_set = identity
         layer, index = cantor_unpair(int(name[:-5]))
         source = source_id(layer, source_set or "")
-        con = view().con
-        cur = con.execute("SELECT * FROM features WHERE feature_key = ?", [feature_key(model, source, index)])
-        row = cur.fetchone()
-        if row is None:
+        feat = feature_row(view(), model, source, index)
+        if feat is None:
             raise NotFoundError(f"feature {model}/{source}/{index} is not in the store")
-        feat = dict(zip([d[0] for d in cur.description], row))
-        cur = con.execute('SELECT "index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", '
-                          f'"binMin", "binMax", "binContains" FROM activations WHERE feature_key = ? ORDER BY {ACTIVATION_ORDER}',
-                          [feature_key(model, source, index)])
-        acts = [dict(zip([d[0] for d in cur.description], r)) for r in cur.fetchall()]
+        acts = activation_rows(view(), model, source, index, FEATURE_FILE_ACTIVATION_COLUMNS)
         return Response(json.dumps(feature_file(model, source, feat, acts)), media_type="application/json")
 
     @app.post("/save_graph/{slug}")
@@ -329,7 +331,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
             raise BadInputError("the save body is not JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("qParams"), dict):
             raise BadInputError("the save body must be a JSON object with a qParams object")
-        graphs = _graphs(folder)
+        graphs = graph_index.graphs()
         if slug not in graphs:
             raise NotFoundError(f"no graph {slug} in the graph folder")
         write_qparams(graphs[slug][0], body["qParams"], save_lock)
@@ -337,7 +339,7 @@ def create_graph_app(folder: str | Path, db: str | None, *, frontend: Path | Non
 
     if linked is not None:  # feature pages (/{model}/{source}/{index}, /search), listing the folder's graphs
         def folder_uses(_store: FeatureStore, model: str, source: str, index: int) -> list[GraphUse]:
-            return linked.uses({slug: g[0] for slug, g in _graphs(folder).items()}, model, source, index)
+            return linked.uses({slug: g[0] for slug, g in graph_index.graphs().items()}, model, source, index)
         app.include_router(web_router(view, folder_uses, site=False, hidden=hidden))
     app.mount("/", PageFiles(frontend or default_frontend()[0], token), name="frontend")
     return app

@@ -10,7 +10,8 @@ from featuredb.formats.graph_json import FeatureNode, feature_nodes
 from featuredb.store.graph_identity import resolve_model, resolve_source_set, source_sets
 from featuredb.identity import source_id
 from featuredb.store.schema import feature_key
-from tracer.key_tables import registered_values
+from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import model_ids, present_keys
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,11 @@ class NodeMapping:
     absent: list[MappedNode] = field(default_factory=list)  # unmapped nodes' would-be features (for --online)
 
 
-def map_nodes(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
+def map_nodes(store: FeatureStore, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
               source_set: str | None = None) -> NodeMapping:
     """Resolve model and source set, then look every feature node up in the store."""
     model = resolve_model(store.con, graph, model)
-    models = [r[0] for r in store.con.execute('SELECT DISTINCT "modelId" FROM features ORDER BY 1').fetchall()]
+    models = model_ids(store, having="features")
     if model not in models:
         has = ", ".join(models) or "no features at all"
         raise BadInputError(f"{where}: the graph is for model {model!r}, which the store lacks (it has: {has}); "
@@ -53,9 +54,7 @@ def map_nodes(store: Any, graph: dict[str, Any], *, where: str = "graph", model:
         raise BadInputError(f"{where}: {e}") from None
     mapping = NodeMapping(model, source_set)
     keys = [feature_key(model, source_id(n.layer, source_set), n.index) for n in nodes]
-    with registered_values(store.con, "_graph_keys", keys):
-        present = {r[0] for r in store.con.execute(
-            "SELECT feature_key FROM features WHERE feature_key IN (SELECT v FROM _graph_keys)").fetchall()}
+    present = present_keys(store, keys)
     for n, key in zip(nodes, keys):
         if key in present:
             mapping.mapped.append(MappedNode(n, source_id(n.layer, source_set), key))

@@ -9,7 +9,9 @@ from typing import Any
 
 from featuredb.formats.graph_json import check_graph, decode_qparams, feature_node_dicts, is_feature_node
 from featuredb.store.graph_identity import graph_model
+from featuredb.neuronpedia.client import NeuronpediaClient
 from featuredb.neuronpedia.sync import subgraph_body
+from featuredb.store.feature_store import FeatureStore
 from tracer.decoders import decoder_vectors
 from tracer.example_vectors import example_windows
 from tracer.graph_labelling import LabelReport, label_graph
@@ -55,22 +57,23 @@ def existing_clerps(value: Any) -> list[list[str]]:
     return [[str(p[0]), str(p[1])] for p in value if isinstance(p, (list, tuple)) and len(p) == 2]
 
 
-def _store_lacks(store: Any, graph: dict[str, Any], model: str | None) -> str:
+def _store_lacks(store: FeatureStore | None, graph: dict[str, Any], model: str | None) -> str:
     """Why the store cannot label this graph ("" when it can): no store, or not the graph's model."""
     if store is None:
         return "no store"
     if model:  # asked for by name: map_nodes says what is wrong with it
         return ""
     from featuredb.store.graph_identity import resolve_model
+    from featuredb.store.reads import Scope, has_features
 
     want = resolve_model(store.con, graph, None)
-    if not store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? LIMIT 1', [want]).fetchone():
+    if not has_features(store, Scope(want)):
         return f"the store has no features of model {want!r}"
     return ""
 
 
-def trace_label(store: Any, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
-                source_set: str | None = None, overwrite: bool = False, online: Any = None,
+def trace_label(store: FeatureStore | None, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
+                source_set: str | None = None, overwrite: bool = False, online: NeuronpediaClient | None = None,
                 options: SupernodeOptions | None = None, use_decoders: bool = True, evidence_model: Any = None,
                 keep_weak: bool = False, n_random: int = 8) -> TraceLabelResult:
     """Label `graph` from `store` and propose supernodes into its qParams (supernodes, pinnedIds, clerps).

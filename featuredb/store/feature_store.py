@@ -19,13 +19,16 @@ import polars as pl
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError, NotFoundError, SchemaVersionError, StoreLockedError
+from featuredb.store.feature_docs_table import clear_feature_docs
 from featuredb.store.feature_packs import EXAMPLE_FIELDS, unpack
+from featuredb.store.reads import dict_row, dict_rows
 from featuredb.identity import parse_index, set_of_source
 from featuredb.labels.label_rule import LABEL_ORDER_SQL, label_sort_key
 from featuredb.models import Feature
 from featuredb.object_storage import connect_object_storage, is_remote, is_remote_file
 from featuredb.object_storage import failure as object_storage_failure
 from featuredb.store.schema import (
+    ACTIVATION_ORDER,
     ACTIVATION_EXAMPLES_COLUMNS,
     ACTIVATION_ROWS,
     ACTIVATIONS,
@@ -68,7 +71,6 @@ _ID_EXPRESSIONS = {
 }
 
 
-ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of activations
 ACTIVATION_COLUMNS = tuple(columns_of(ACTIVATIONS, CURRENT_VERSION))
 FEATURE_COLUMNS = tuple(columns_of(FEATURES, CURRENT_VERSION))
 PACKS = "feature_packs"  # featuredb.store.feature_packs
@@ -483,9 +485,7 @@ class FeatureStore:
     def mark_search_stale(self) -> None:
         """Record that the search indexes must be rebuilt (done on close or before the next search)."""
         self.con.execute("UPDATE search_state SET value = 'true' WHERE key = 'dirty'")
-        from featuredb.store.feature_docs import clear_feature_docs  # documents derive from the same rows
-
-        clear_feature_docs(self.con)
+        clear_feature_docs(self.con)  # documents derive from the same rows
 
     def _check_keys(self, table: Table, where: str, params: list[Any], relation: str | None = None) -> None:
         missing = " OR ".join(f'"{k}" IS NULL' for k in table.key)
@@ -560,11 +560,9 @@ class FeatureStore:
             feature.update(fields)
             acts = self._decoded_examples(model, key[0], feature, cols, q)
         else:
-            cur = self.con.execute(f"SELECT * FROM features WHERE {where}", key)
-            row = cur.fetchone()
-            if row is None:
+            feature = dict_row(self.con.execute(f"SELECT * FROM features WHERE {where}", key))
+            if feature is None:
                 raise NotFoundError(f"feature {model}/{source}/{idx} is not in {self.path}")
-            feature = dict(zip([d[0] for d in cur.description], row))
             acts = self._rows(f'SELECT * FROM {ACTIVATION_ROWS} WHERE {where}', key) + self._compact_activations(
                 model, key[0])
         # the view's order (ACTIVATION_ORDER), without the view's join over every window
@@ -633,9 +631,7 @@ class FeatureStore:
         return out
 
     def _rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-        cur = self.con.execute(sql, params)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r)) for r in cur.fetchall()]
+        return dict_rows(self.con.execute(sql, params))
 
     def sources(self, model: str | None = None, source: str | None = None) -> list[tuple[str, str]]:
         """(modelId, source id) pairs that have features, activations, explanations or a source row."""

@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from featuredb.labels.label_rule import labels_sql
-from featuredb.store.schema import feature_key
+from featuredb.store.schema import ACTIVATION_ORDER, feature_key
 
 if TYPE_CHECKING:
     import duckdb
@@ -89,7 +90,7 @@ class ModelSettings:
 
     def to_json(self) -> str:
         """The JSON ingest stores."""
-        return json.dumps(asdict(self))
+        return json.dumps(asdict(self), default=str)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class SourceSetSettings:
     def to_json(self) -> str:
         """The JSON ingest stores (the format's extra settings at the top level, as before)."""
         return json.dumps({"format": self.format, "transcoders": list(self.transcoders), "layers": list(self.layers),
-                           **self.extra})
+                           **self.extra}, default=str)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class SourceSettings:
 
     def to_json(self) -> str:
         """The JSON ingest stores."""
-        return json.dumps(asdict(self))
+        return json.dumps(asdict(self), default=str)
 
 
 @dataclass(frozen=True)
@@ -234,8 +235,6 @@ def feature_row(store: FeatureStore, model: str, source: str, index: int) -> dic
 
 def activation_rows(store: FeatureStore, model: str, source: str, index: int, columns: list[str]) -> list[dict]:
     """One feature's activation rows (`columns` only) in GET feature's order: strongest first."""
-    from featuredb.store.feature_store import ACTIVATION_ORDER
-
     cols = ", ".join(f'"{c}"' for c in columns)
     return dict_rows(store.con.execute(f"SELECT {cols} FROM activations WHERE feature_key = ? "
                                        f"ORDER BY {ACTIVATION_ORDER}", [feature_key(model, source, index)]))
@@ -248,3 +247,39 @@ def chosen_labels(store: FeatureStore, keys: list[str]) -> dict[str, tuple[str, 
     with registered_values(store.con, "_label_keys", keys):
         rows = store.con.execute(labels_sql("feature_key IN (SELECT v FROM _label_keys)")).fetchall()
     return {k: (d.strip(), t) for k, d, t in rows}
+
+
+def peak_window_hashes(store: FeatureStore, keys: list[str], *, top: int, buckets: int,
+                       window: int) -> dict[str, set[int]]:
+    """feature key -> where its `top` strongest examples peak, hashed below `buckets`: the corpus row and peak
+    token, or (for examples without a corpus row, e.g. imported) the `window` tokens up to the peak."""
+    # each feature's top examples (max_by keeps a heap per feature: no sort of all rows)
+    query = '''SELECT feature_key, max_by({bucket} % {buckets}, "maxValue", {top}) FROM activations
+                 WHERE feature_key IN (SELECT v FROM _graph_example_keys) AND "maxValue" > 0
+                   AND "maxValueTokenIndex" IS NOT NULL {extra} GROUP BY feature_key'''
+    with registered_values(store.con, "_graph_example_keys", keys):  # narrow columns first: fast
+        rows = store.con.execute(query.format(bucket='hash("dataSource", "dataIndex", "maxValueTokenIndex")',
+                                              buckets=buckets, top=top, extra='AND "dataIndex" IS NOT NULL')).fetchall()
+    found = {r[0] for r in rows}
+    rest = [k for k in keys if k not in found]
+    if rest:
+        with registered_values(store.con, "_graph_example_keys", rest):
+            rows += store.con.execute(query.format(
+                bucket=f'hash(list_slice(tokens, greatest("maxValueTokenIndex" - {window - 2}, 1), '
+                       '"maxValueTokenIndex" + 1))', buckets=buckets, top=top, extra="")).fetchall()
+    return {key: {int(b) for b in hits} for key, hits in rows}
+
+
+def stored_text_embeddings(store: FeatureStore, texts: list[str]) -> dict[str, np.ndarray]:
+    """text -> its stored MiniLM vector, for the texts the search index has embedded (none before indexing)."""
+    from featuredb.search.indexes import has_search_tables
+
+    if not texts or not has_search_tables(store.con):
+        return {}
+    with registered_values(store.con, "_label_texts", texts):
+        tbl = store.con.execute("SELECT description, embedding FROM search_texts "
+                                "WHERE description IN (SELECT v FROM _label_texts)").to_arrow_table()
+    if not tbl.num_rows:
+        return {}
+    vecs = tbl.column("embedding").combine_chunks().flatten().to_numpy().reshape(tbl.num_rows, -1)
+    return dict(zip(tbl.column("description").to_pylist(), vecs.astype(np.float32)))

@@ -254,6 +254,9 @@ DB_MODELS_COLUMNS: dict[str, dict[str, str]] = {
 }
 
 
+ACTIVATION_ORDER = '"maxValue" DESC NULLS LAST, "id"'  # GET feature's order of activations: strongest first
+
+
 def feature_key(model: str, source: str, index: int) -> str:
     """The value of the feature_key column for one feature."""
     return f"{model}/{source}/{index}"
