@@ -20,7 +20,7 @@ FUSION_DEPTH = 50  # how deep each list goes into reciprocal-rank fusion
 
 def prepare(store: Any) -> SearchContext:
     """Make the search tables current (rebuilding them on a writable store); the store's reusable context."""
-    ctx = getattr(store, "_search_context", None)
+    ctx = store.search_context
     if ctx is not None and store.read_only:
         return ctx  # nobody can write while this process reads the file
     con = store.con
@@ -34,7 +34,7 @@ def prepare(store: Any) -> SearchContext:
             ctx = None
     if ctx is None:
         ctx = build_context(con)
-        store._search_context = ctx
+        store.search_context = ctx
     return ctx
 
 

@@ -172,6 +172,10 @@ class MissingKeyError(FeatureDBError):
 class FeatureStore:
     """A featuredb DuckDB file. Open with FeatureStore(path) (read-write) or read_only=True."""
 
+    # The search package's reusable per-store state (featuredb.search.context.SearchContext): set by
+    # featuredb.search.api.prepare, dropped by refresh_search; None until a search builds it (also per thread view).
+    search_context: Any = None
+
     def __init__(self, path: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
         self.path = str(path or default_db_path())
         self.read_only = read_only
@@ -288,10 +292,10 @@ class FeatureStore:
         """Rebuild the search tables (BM25 postings, token and logit lookups, embeddings) from the rows."""
         from featuredb.search.indexes import has_search_tables, is_dirty, refresh_search_indexes
 
-        self._require_writable()
+        self.require_writable()
         if only_if_dirty and not is_dirty(self.con) and has_search_tables(self.con):
             return {}
-        self._search_context = None
+        self.search_context = None
         return refresh_search_indexes(self.con, progress=progress)
 
     def __enter__(self) -> "FeatureStore":
@@ -303,7 +307,7 @@ class FeatureStore:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """All writes inside commit together or not at all."""
-        self._require_writable()
+        self.require_writable()
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield self.con
@@ -319,7 +323,8 @@ class FeatureStore:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
-    def _require_writable(self) -> None:
+    def require_writable(self) -> None:
+        """Raise FeatureDBError when the store was opened read-only (before any write)."""
         if self.read_only:
             raise FeatureDBError(f"{self.path}: opened read-only")
 
@@ -332,7 +337,7 @@ class FeatureStore:
         `scope` = (modelId, source) says all rows belong to that source; a source with no rows yet is then
         written in one pass.
         """
-        self._require_writable()
+        self.require_writable()
         written: dict[str, int] = {}
 
         def run() -> None:
@@ -359,7 +364,7 @@ class FeatureStore:
         """Replace one source's rows of each table (`features`, `activations`) by the rows of Parquet files.
 
         Run inside `transaction()`. DuckDB streams the files, so memory stays under its `memory_limit`."""
-        self._require_writable()
+        self.require_writable()
         written = {}
         for name, paths in files.items():
             table = TABLES_BY_NAME[name]
@@ -373,7 +378,7 @@ class FeatureStore:
 
     def delete_source_rows(self, table: Table, model: str, source: str) -> None:
         """Delete one source's rows of a table (for `activations`, whole and compact rows both)."""
-        self._require_writable()
+        self.require_writable()
         scope = '"modelId" = ? AND "layer" = ?'
         self.con.execute(f'DELETE FROM "{stored_name(table)}" WHERE {scope}', [model, source])
         if table is ACTIVATIONS:
@@ -388,7 +393,7 @@ class FeatureStore:
 
         Run inside `transaction()` after `replace_source_from_parquet` (which deletes the source's examples);
         windows no example of the model uses any more are dropped."""
-        self._require_writable()
+        self.require_writable()
         con = self.con
         con.execute('DELETE FROM activation_examples WHERE "modelId" = ? AND "layer" = ?', [model, source])
         if windows:
