@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from featuredb.search.embedder import embed
-from featuredb.search.indexes import has_search_tables
+from featuredb.store.search_indexes import has_search_tables
 from tracer.key_tables import registered_values
 
 

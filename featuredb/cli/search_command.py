@@ -10,7 +10,7 @@ from featuredb.object_storage import is_remote
 from featuredb.search.api import MODES, search
 from featuredb.search.filters import SearchFilters, parse_layers
 from featuredb.search.hits import SearchHit
-from featuredb.search.indexes import has_search_tables, is_dirty
+from featuredb.store.search_indexes import has_search_tables, is_dirty
 from featuredb.search.inference import InferenceResult, inference_search
 
 

@@ -9,7 +9,7 @@ from featuredb.search.context import SearchContext, build_context
 from featuredb.search.filters import SearchFilters
 from featuredb.search.fusion import reciprocal_rank_fusion
 from featuredb.search.hits import SearchHit, build_hits
-from featuredb.search.indexes import has_search_tables, is_dirty, refresh_search_indexes
+from featuredb.store.search_indexes import has_search_tables, is_dirty, refresh_search_indexes
 from featuredb.search.semantic_search import semantic_ranking
 from featuredb.search.text_search import text_ranking
 from featuredb.search.token_search import logit_ranking, token_ranking

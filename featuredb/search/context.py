@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from featuredb.search.extensions import load_extension
-from featuredb.search.indexes import FTS_SCHEMA, has_hnsw
+from featuredb.store.search_indexes import FTS_SCHEMA, has_hnsw
 
 
 @dataclass

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from featuredb.search.filters import SearchFilters
-from featuredb.search.indexes import FTS_SCHEMA
+from featuredb.store.search_indexes import FTS_SCHEMA
 
 K1, B = 1.2, 0.75
 

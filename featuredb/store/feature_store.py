@@ -290,7 +290,7 @@ class FeatureStore:
 
     def refresh_search(self, *, only_if_dirty: bool = False, progress: bool | None = None) -> dict[str, float]:
         """Rebuild the search tables (BM25 postings, token and logit lookups, embeddings) from the rows."""
-        from featuredb.search.indexes import has_search_tables, is_dirty, refresh_search_indexes
+        from featuredb.store.search_indexes import has_search_tables, is_dirty, refresh_search_indexes
 
         self.require_writable()
         if only_if_dirty and not is_dirty(self.con) and has_search_tables(self.con):
