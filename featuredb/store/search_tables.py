@@ -168,7 +168,7 @@ def keyword_explanation_rows(store: FeatureStore, terms: list[str], *, model: st
     score = " + ".join("CAST(contains(lower(e.description), ?) AS INTEGER)" for _ in terms)
     where, params = Scope(model).where("e")
     if sources:
-        where += f' AND e."layer" IN ({_marks(sources)})'
+        where, params = where + f' AND e."layer" IN ({_marks(sources)})', [*params, *sources]
     sql = f"""SELECT * EXCLUDE (feature_key, _score) FROM (
                 SELECT e.*, ({score}) AS _score FROM explanations e WHERE {where})
               WHERE _score > 0
