@@ -79,8 +79,8 @@ IMPORT_POINTS = [
     ("featuredb.store.feature_store:FeatureStore.write_select", 2, "call"),       # mid-transaction
     ("featuredb.store.feature_store:FeatureStore.write_select", 5, "return"),     # last batch written, not committed
     ("featuredb.store.feature_store:FeatureStore.close", 1, "call"),              # committed, search indexes not built
-    ("featuredb.search.indexes:_postings", 1, "call"),          # WAL holds search tables a reader cannot replay
-    ("featuredb.search.indexes:refresh_search_indexes", 1, "return"),  # indexes built, not checkpointed
+    ("featuredb.store.search_indexes:_postings", 1, "call"),          # WAL holds search tables a reader cannot replay
+    ("featuredb.store.search_indexes:refresh_search_indexes", 1, "return"),  # indexes built, not checkpointed
 ]
 
 

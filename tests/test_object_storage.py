@@ -26,7 +26,7 @@ from conftest import MODEL, SOURCE, imported_store
 from featuredb import FeatureStore
 from featuredb.errors import FeatureDBError, SchemaVersionError
 from featuredb.store.schema import TABLES, migrate
-from featuredb.search import indexes
+from featuredb.store import search_indexes as indexes
 from featuredb.server.app import create_app
 from loopback import serve_in_thread
 from test_server_hardening import free_port

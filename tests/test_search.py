@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from featuredb import FeatureStore
 from featuredb.cli.root import cli
 from featuredb.errors import FeatureDBError, NotFoundError
-from featuredb.search import indexes
+from featuredb.store import search_indexes as indexes
 from featuredb.search.api import search
 from featuredb.search.filters import SearchFilters, parse_layers
 

@@ -69,9 +69,9 @@ def import_cases(work: Path) -> Iterator[Outcome]:
               ("featuredb.store.feature_store:FeatureStore.write_select", 5, "return"),
               ("featuredb.store.feature_store:FeatureStore.transaction", 2, "c_call:execute"),
               ("featuredb.store.feature_store:FeatureStore.close", 1, "call"),
-              ("featuredb.search.indexes:_embeddings", 1, "call"),
-              ("featuredb.search.indexes:_postings", 1, "call"),
-              ("featuredb.search.indexes:refresh_search_indexes", 1, "return")]
+              ("featuredb.store.search_indexes:_embeddings", 1, "call"),
+              ("featuredb.store.search_indexes:_postings", 1, "call"),
+              ("featuredb.store.search_indexes:refresh_search_indexes", 1, "return")]
     for i, (point, nth, event) in enumerate(points):
         db = work / f"import-{i}.duckdb"
         args = ["import", "neuronpedia", str(export), "--db", str(db)]

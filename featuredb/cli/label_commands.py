@@ -6,6 +6,7 @@ import click
 
 from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
 from featuredb.labels.baseline import TYPE_NAME, label_features
+from featuredb.store.reads import model_ids
 
 
 @click.group("label", cls=FeatureDBGroup, short_help="Write labels for features in the store.")
@@ -38,8 +39,7 @@ def label_features_command(model: str | None, source: str | None, score: bool, d
         summary = label_features(store, model=model, source=source)
         if score:
             store.refresh_search(only_if_dirty=True)  # embeds the new labels once; scoring reuses those vectors
-            models = [model] if model else [r[0] for r in store.con.execute(
-                'SELECT DISTINCT "modelId" FROM explanations WHERE "typeName" = ? ORDER BY 1', [TYPE_NAME]).fetchall()]
+            models = [model] if model else model_ids(store, having="explanations", type_name=TYPE_NAME)
             scores = [score_embedding(store, model=m, source=source, type_name=TYPE_NAME) for m in models]
     scored = [{"model": m, "labels": s.explanations, "mean_score": s.mean_score, "seconds": round(s.seconds, 2)}
               for m, s in zip([model] if model else models, scores)] if score else []

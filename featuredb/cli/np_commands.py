@@ -19,11 +19,16 @@ def _connection(f: Callable[..., Any]) -> Callable[..., Any]:
     return neuronpedia_options(f)
 
 
-def _pull(wanted: list[tuple[str, str, int]], *, refresh: bool, base_url: str, api_key: str | None,
-          concurrency: int, dry_run: bool, db: str) -> PullReport:
+def _pull(wanted: list[tuple[str, str, int]], summary: Callable[[PullReport], str], *, refresh: bool, base_url: str,
+          api_key: str | None, concurrency: int, dry_run: bool, db: str, as_json: bool) -> None:
+    """Pull the `wanted` features into the store; print the report as JSON or as the line `summary` makes of it."""
     with make_client(base_url, api_key, dry_run=dry_run, concurrency=concurrency) as client, \
             open_store(db, read_only=False) as store:
-        return pull_features(client, store, wanted, refresh=refresh)
+        report = pull_features(client, store, wanted, refresh=refresh)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(summary(report))
 
 
 @click.group("np", cls=FeatureDBGroup, short_help="Sync features and labels with Neuronpedia.")
@@ -47,14 +52,12 @@ def np_pull(model: str, source: str, indices: str, refresh: bool, base_url: str,
     Example:
       featuredb np pull gpt2-small 8-res-jb --indices 0-999
     """
-    wanted = [(model, source, i) for i in parse_indices(indices)]
-    report = _pull(wanted, refresh=refresh, base_url=base_url, api_key=api_key, concurrency=concurrency,
-                   dry_run=dry_run, db=db)
-    if as_json:
-        emit_json(report.as_dict())
-    else:
-        click.echo(f"pulled {report.fetched} feature(s), skipped {report.skipped} already stored, "
-                   f"{len(report.missing)} not found, in {report.seconds:.1f}s")
+    def summary(report: PullReport) -> str:
+        return (f"pulled {report.fetched} feature(s), skipped {report.skipped} already stored, "
+                f"{len(report.missing)} not found, in {report.seconds:.1f}s")
+
+    _pull([(model, source, i) for i in parse_indices(indices)], summary, refresh=refresh, base_url=base_url,
+          api_key=api_key, concurrency=concurrency, dry_run=dry_run, db=db, as_json=as_json)
 
 
 @np_group.command("pull-graph-labels", short_help="Pull explanations for the features a graph uses.")
@@ -74,13 +77,13 @@ def np_pull_graph_labels(graph: str, model: str | None, source_set: str | None, 
       featuredb np pull-graph-labels austin-dallas.json
     """
     wanted = graph_features(load_graph(graph), model, source_set)
-    report = _pull(wanted, refresh=refresh, base_url=base_url, api_key=api_key, concurrency=concurrency,
-                   dry_run=dry_run, db=db)
-    if as_json:
-        emit_json(report.as_dict())
-    else:
-        click.echo(f"{len(wanted)} feature(s) in the graph: pulled {report.fetched}, had {report.skipped}, "
-                   f"{len(report.missing)} not on the server")
+
+    def summary(report: PullReport) -> str:
+        return (f"{len(wanted)} feature(s) in the graph: pulled {report.fetched}, had {report.skipped}, "
+                f"{len(report.missing)} not on the server")
+
+    _pull(wanted, summary, refresh=refresh, base_url=base_url, api_key=api_key, concurrency=concurrency,
+          dry_run=dry_run, db=db, as_json=as_json)
 
 
 @np_group.command("push-labels", short_help="Save a graph's labels and supernodes as a Neuronpedia subgraph.")

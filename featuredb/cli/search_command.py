@@ -10,8 +10,9 @@ from featuredb.object_storage import is_remote
 from featuredb.search.api import MODES, search
 from featuredb.search.filters import SearchFilters, parse_layers
 from featuredb.search.hits import SearchHit
-from featuredb.search.indexes import has_search_tables, is_dirty
+from featuredb.store.search_indexes import has_search_tables, is_dirty
 from featuredb.search.inference import InferenceResult, inference_search
+from featuredb.store.reads import model_ids
 
 
 def _clip(text: str | None, width: int) -> str:
@@ -90,7 +91,7 @@ def search_command(query: str, mode: str, model: str | None, sources: tuple[str,
     try:
         if mode == "inference":
             if not model:
-                models = [r[0] for r in store.con.execute("SELECT id FROM models ORDER BY id").fetchall()]
+                models = model_ids(store)
                 model = models[0] if len(models) == 1 else None
                 if model is None:
                     raise click.UsageError("--model is required for inference: the store has "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import duckdb
 import click
 
 from featuredb.cli.common import db_option, emit_json, json_option, open_store
 from featuredb.errors import FeatureDBError
+from featuredb.store.server_reads import run_user_query
 
 
 @click.command(short_help="Show the store: schema version, size, rows per source.")
@@ -70,15 +70,10 @@ def query(sql: str, db: str, as_json: bool) -> None:
       featuredb query "SELECT \\"index\\", description FROM explanations WHERE description ILIKE '%texas%' LIMIT 5"
     """
     with open_store(db, read_only=True) as store:
-        store.seal()
-        try:
-            cur = store.con.execute(sql)
-            if cur is None or cur.description is None:  # an empty query, or a statement without rows
-                return
-            names = [d[0] for d in cur.description]
-            rows = [tuple(r.values()) for r in cur.to_arrow_table().to_pylist()]  # time zones without pytz
-        except duckdb.Error as e:
-            raise FeatureDBError(f"query failed: {str(e).splitlines()[0]}") from None
+        result = run_user_query(store, sql)
+    if result is None:  # an empty query, or a statement without rows
+        return
+    names, rows = result
     if as_json:
         emit_json([dict(zip(names, r)) for r in rows])
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import click
 
 from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
@@ -79,11 +81,16 @@ def _filters(f):  # type: ignore[no-untyped-def]
     return click.option("--model", help="Only this model id.")(f)
 
 
-@export_group.command("neuronpedia", short_help="Neuronpedia export layout (batch-N.jsonl.gz).")
-@click.argument("out", type=click.Path(file_okay=False))
-@_filters
-@db_option
-@json_option
+def _export_command(name: str, short_help: str) -> Callable[[Callable[..., Any]], click.Command]:
+    """An `export` subcommand taking OUT, --model, --source, --db and --json."""
+    def wrap(f: Callable[..., Any]) -> click.Command:
+        f = _filters(db_option(json_option(f)))
+        f = click.argument("out", type=click.Path(file_okay=False))(f)
+        return export_group.command(name, short_help=short_help)(f)
+    return wrap
+
+
+@_export_command("neuronpedia", short_help="Neuronpedia export layout (batch-N.jsonl.gz).")
 def export_neuronpedia_command(out: str, model: str | None, source: str | None, db: str, as_json: bool) -> None:
     """Write Neuronpedia's export layout (1024 rows per batch-N.jsonl.gz) under OUT.
 
@@ -146,11 +153,7 @@ def export_circuit_tracer_command(out: str, model: str | None, source: str | Non
                f"in {report['seconds']:.1f}s")
 
 
-@export_group.command("parquet", short_help="One Parquet file per table.")
-@click.argument("out", type=click.Path(file_okay=False))
-@_filters
-@db_option
-@json_option
+@_export_command("parquet", short_help="One Parquet file per table.")
 def export_parquet_command(out: str, model: str | None, source: str | None, db: str, as_json: bool) -> None:
     """Write every table as OUT/{table}.parquet; OUT may be an s3:// prefix.
 

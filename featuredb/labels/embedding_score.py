@@ -88,7 +88,7 @@ def _cached_explanation_vectors(store: Any, descriptions: list[str]) -> tuple[li
     """Embeddings the search index already holds for these explanation texts (same model, same text cleaning)."""
     con = store.con
     try:
-        from featuredb.search.indexes import SEARCH_FORMAT
+        from featuredb.store.search_indexes import SEARCH_FORMAT
 
         fmt = con.execute("SELECT value FROM search_state WHERE key = 'format'").fetchone()
         if fmt is None or fmt[0] != SEARCH_FORMAT or not con.execute(

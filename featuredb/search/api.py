@@ -9,7 +9,8 @@ from featuredb.search.context import SearchContext, build_context
 from featuredb.search.filters import SearchFilters
 from featuredb.search.fusion import reciprocal_rank_fusion
 from featuredb.search.hits import SearchHit, build_hits
-from featuredb.search.indexes import has_search_tables, is_dirty, refresh_search_indexes
+from featuredb.store.search_indexes import has_search_tables, is_dirty, refresh_search_indexes
+from featuredb.store.search_tables import texts_by_id
 from featuredb.search.semantic_search import semantic_ranking
 from featuredb.search.text_search import text_ranking
 from featuredb.search.token_search import logit_ranking, token_ranking
@@ -20,7 +21,7 @@ FUSION_DEPTH = 50  # how deep each list goes into reciprocal-rank fusion
 
 def prepare(store: Any) -> SearchContext:
     """Make the search tables current (rebuilding them on a writable store); the store's reusable context."""
-    ctx = getattr(store, "_search_context", None)
+    ctx = store.search_context
     if ctx is not None and store.read_only:
         return ctx  # nobody can write while this process reads the file
     con = store.con
@@ -34,7 +35,7 @@ def prepare(store: Any) -> SearchContext:
             ctx = None
     if ctx is None:
         ctx = build_context(con)
-        store._search_context = ctx
+        store.search_context = ctx
     return ctx
 
 
@@ -47,11 +48,7 @@ def _check_scope(ctx: SearchContext, filters: SearchFilters) -> None:
 
 def _describe(con: Any, ranked: list[tuple[str, float, Any]]) -> list[tuple[str, float, str | None]]:
     """Replace text ids in `matched` by the explanation text that matched."""
-    ids = sorted({int(m) for _, _, m in ranked if m is not None})
-    if not ids:
-        return [(k, s, None) for k, s, _ in ranked]
-    rows = dict(con.execute(f"SELECT text_id, description FROM search_texts WHERE text_id IN "
-                            f"({', '.join(str(i) for i in ids)})").fetchall())
+    rows = texts_by_id(con, sorted({int(m) for _, _, m in ranked if m is not None}))
     return [(k, s, rows.get(int(m)) if m is not None else None) for k, s, m in ranked]
 
 

@@ -6,11 +6,12 @@ import re
 from typing import Any
 
 from featuredb.errors import FeatureDBError, NotFoundError
-from featuredb.labels.label_rule import LABEL_ORDER_SQL
-from featuredb.store.schema import feature_key
 from featuredb.search.api import search
 from featuredb.search.filters import SearchFilters
 from featuredb.store.feature_store import FeatureStore
+from featuredb.store.schema import feature_key
+from featuredb.store.search_tables import keyword_explanation_rows, release_source_ids
+from featuredb.store.server_reads import explanations_by_feature
 
 
 def query_terms(query: str) -> list[str]:
@@ -27,9 +28,7 @@ def search_explanations(store: FeatureStore, query: str, *, model: str | None = 
                         limit: int = 20) -> list[dict[str, Any]]:
     """Explanation rows, best BM25 match first (one per feature); Neuronpedia's paging by offset."""
     if release:
-        sources = [r[0] for r in store.con.execute(
-            'SELECT s.id FROM sources s JOIN source_sets ss ON ss."modelId" = s."modelId" AND ss.name = s."setName" '
-            'WHERE ss."releaseName" = ?', [release]).fetchall()]
+        sources = release_source_ids(store, release)
         if not sources:
             return []
     try:
@@ -43,14 +42,7 @@ def search_explanations(store: FeatureStore, query: str, *, model: str | None = 
     if not hits:
         return []
     keys = [feature_key(h.model, h.source, h.index) for h in hits]
-    cur = store.con.execute(
-        f"SELECT * FROM explanations WHERE feature_key IN ({', '.join('?' for _ in keys)}) "
-        f'ORDER BY {LABEL_ORDER_SQL}', keys)
-    names = [d[0] for d in cur.description]
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for r in cur.fetchall():
-        d = dict(zip(names, r))
-        by_key.setdefault(d.pop("feature_key"), []).append(d)
+    by_key = explanations_by_feature(store, keys)
     rows = []
     for key, hit in zip(keys, hits):
         options = by_key.get(key, [])
@@ -67,25 +59,7 @@ def keyword_explanations(store: FeatureStore, query: str, *, model: str | None =
     terms = query_terms(query)
     if not terms:
         return []
-    score = " + ".join("CAST(contains(lower(e.description), ?) AS INTEGER)" for _ in terms)
-    conds, params = ["1=1"], list(terms)
-    if model:
-        conds.append('e."modelId" = ?')
-        params.append(model)
-    if sources:
-        conds.append(f'e."layer" IN ({", ".join("?" for _ in sources)})')
-        params.extend(sources)
-    sql = f"""SELECT * EXCLUDE (feature_key) FROM (
-                SELECT e.*, ({score}) AS _score FROM explanations e WHERE {" AND ".join(conds)})
-              WHERE _score > 0
-              ORDER BY _score DESC, {LABEL_ORDER_SQL.replace('"id"', '"modelId", "layer", "index", "id"')}
-              LIMIT {int(limit)} OFFSET {int(offset)}"""
-    cur = store.con.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    rows = []
-    for r in cur.fetchall():
-        d = dict(zip(names, r))
-        d.pop("_score")
+    rows = keyword_explanation_rows(store, terms, model=model, sources=sources, offset=offset, limit=limit)
+    for d in rows:
         d["index"] = str(d["index"])
-        rows.append(d)
     return rows

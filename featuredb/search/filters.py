@@ -1,10 +1,9 @@
-"""Search filters (model, sources, layers, density) as one SQL condition over search_features columns, and the one
-`--layers` grammar every command shares."""
+"""Search filters (model, sources, layers, density; store.search_tables.filter_where reads them as a condition
+over the search tables), and the one `--layers` grammar every command shares."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from featuredb.int_ranges import parse_int_ranges
 
@@ -17,23 +16,6 @@ class SearchFilters:
     sources: tuple[str, ...] = ()
     layers: tuple[int, ...] | None = None  # layer numbers (parse_layers)
     max_density: float | None = None
-
-    def sql(self, alias: str = "f") -> tuple[str, list[Any]]:
-        """(condition, parameters) over a table with "modelId", source, layer_num and density columns."""
-        conds, params = ["TRUE"], []
-        if self.model:
-            conds.append(f'{alias}."modelId" = ?')
-            params.append(self.model)
-        if self.sources:
-            conds.append(f"{alias}.source IN ({', '.join('?' for _ in self.sources)})")
-            params.extend(self.sources)
-        if self.layers:
-            conds.append(f"{alias}.layer_num IN ({', '.join('?' for _ in self.layers)})")
-            params.extend(self.layers)
-        if self.max_density is not None:
-            conds.append(f"coalesce({alias}.density, 0) <= ?")
-            params.append(self.max_density)
-        return " AND ".join(conds), params
 
     @property
     def active(self) -> bool:

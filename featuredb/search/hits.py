@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from featuredb.store.search_tables import hit_rows
+
 
 @dataclass
 class SearchHit:
@@ -30,14 +32,11 @@ def build_hits(con: Any, ranked: list[tuple[str, float, str | None]]) -> list[Se
     """SearchHits for (feature_key, score, matched) in the given order."""
     if not ranked:
         return []
-    keys = [k for k, _, _ in ranked]
-    rows = con.execute(
-        'SELECT feature_key, "modelId", source, "index", label, density, top_tokens FROM search_features '
-        f"WHERE feature_key IN ({', '.join('?' for _ in keys)})", keys).fetchall()
-    by_key = {r[0]: r for r in rows}
+    by_key = hit_rows(con, [k for k, _, _ in ranked])
     hits = []
     for key, score, matched in ranked:
         r = by_key.get(key)
         if r is not None:
-            hits.append(SearchHit(r[1], r[2], int(r[3]), r[4], float(score), r[5], list(r[6] or []), matched))
+            hits.append(SearchHit(r["modelId"], r["source"], int(r["index"]), r["label"], float(score), r["density"],
+                                  list(r["top_tokens"] or []), matched))
     return hits

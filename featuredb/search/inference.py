@@ -11,6 +11,9 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from featuredb.errors import FeatureDBError, NotFoundError
+from featuredb.store.reads import model_ids
+from featuredb.store.schema import feature_key
+from featuredb.store.search_tables import feature_labels
 
 BACKENDS_GROUP = "featuredb.inference_backends"  # entry points: classes taking the store
 
@@ -102,9 +105,7 @@ class InferenceResult:
 def _labels(con: Any, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str | None, float | None]]:
     if not keys:
         return {}
-    fkeys = [f"{model}/{s}/{i}" for s, i in keys]
-    rows = con.execute(f"SELECT source, \"index\", label, density FROM search_features WHERE feature_key IN "
-                       f"({', '.join('?' for _ in fkeys)})", fkeys).fetchall()
+    rows = feature_labels(con, [feature_key(model, s, i) for s, i in keys])
     return {(s, int(i)): (label, d) for s, i, label, d in rows}
 
 
@@ -114,8 +115,7 @@ def inference_search(store: Any, model: str, text: str, *, sources: list[str] | 
     """Run `text` through `model` and its registered transcoders; top features per token and overall."""
     if not text.strip():
         raise FeatureDBError("inference search needs a non-empty text")
-    known = [r[0] for r in store.con.execute('SELECT id FROM models WHERE id = ?', [model]).fetchall()]
-    if not known:
+    if model not in model_ids(store):
         raise NotFoundError(f"model {model!r} is not registered in {store.path}; ingest it first")
     backend = backend or load_backend(store)
     acts = backend.activations(model, text, sources, top_k * 4 if density_threshold is not None else top_k)

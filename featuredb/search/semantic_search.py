@@ -8,19 +8,13 @@ import numpy as np
 
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.filters import SearchFilters
-
-
-def _literal(vec: Any) -> str:
-    # The HNSW index is used only for a constant query vector, not a bound parameter.
-    return "[" + ",".join(f"{float(v):.7g}" for v in vec) + f"]::FLOAT[{DIM}]"
+from featuredb.store.search_tables import hnsw_nearest_texts
 
 
 def _nearest_texts(con: Any, ctx: Any, vec: np.ndarray, fetch: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(text ids, similarities) of the `fetch` nearest texts (all of them when fetch is None), best first."""
     if ctx.hnsw:
-        lit = _literal(vec)
-        rows = con.execute(f"SELECT text_id, array_cosine_distance(embedding, {lit}) FROM search_texts "
-                           f"ORDER BY array_cosine_distance(embedding, {lit}) LIMIT {int(fetch or 1000)}").fetchall()
+        rows = hnsw_nearest_texts(con, vec, DIM, fetch or 1000)
         return np.array([r[0] for r in rows], dtype=np.int64), np.array([1.0 - r[1] for r in rows])
     if ctx.vectors is None or not len(ctx.vectors):
         return np.zeros(0, np.int64), np.zeros(0)

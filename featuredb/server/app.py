@@ -175,14 +175,18 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
             out += await run_in_threadpool(features_json, body[start:start + CHUNK])
         return json_response("[" + ",".join(out) + "]")
 
-    def search_response(request: dict[str, Any], rows: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    def explanation_results(body: Any, **scope: Any) -> dict[str, Any]:
+        """One page of search_explanations for the request's query in `scope`, each row with its neuron."""
+        offset = body.offset
+        rows = search_explanations(view(), body.query, offset=offset, limit=MAX_SEARCH_RESULTS, **scope)
         for r in rows:
             try:
                 r["neuron"] = feature_json(r["modelId"], r["layer"], r["index"], SEARCH_ACTS)
             except NotFoundError:
                 r["neuron"] = None
         has_more = len(rows) == MAX_SEARCH_RESULTS
-        resp: dict[str, Any] = {"request": request, "results": rows, "resultsCount": len(rows), "hasMore": has_more}
+        resp: dict[str, Any] = {"request": body.model_dump(), "results": rows, "resultsCount": len(rows),
+                                "hasMore": has_more}
         if has_more:
             resp["nextOffset"] = offset + len(rows)
         return resp
@@ -191,32 +195,25 @@ def create_app(db: str, *, write_token: str | None = None, backend: InferenceBac
               response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search(body: ExplanationSearch) -> dict[str, Any]:
         """Explanations of features in some sources of a model matching the query, 20 at a time."""
-        rows = search_explanations(view(), body.query, model=body.modelId, sources=body.layers, offset=body.offset,
-                                   limit=MAX_SEARCH_RESULTS)
-        return search_response(body.model_dump(), rows, body.offset)
+        return explanation_results(body, model=body.modelId, sources=body.layers)
 
     @app.post("/api/explanation/search-model", tags=["Explanations"], summary="Search by Model",
               response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search_model(body: ExplanationSearchModel) -> dict[str, Any]:
         """Explanations of any feature of a model matching the query."""
-        rows = search_explanations(view(), body.query, model=body.modelId, offset=body.offset,
-                                   limit=MAX_SEARCH_RESULTS)
-        return search_response(body.model_dump(), rows, body.offset)
+        return explanation_results(body, model=body.modelId)
 
     @app.post("/api/explanation/search-release", tags=["Explanations"], summary="Search by Release",
               response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search_release(body: ExplanationSearchRelease) -> dict[str, Any]:
         """Explanations of features in a release's source sets matching the query."""
-        rows = search_explanations(view(), body.query, release=body.releaseName, offset=body.offset,
-                                   limit=MAX_SEARCH_RESULTS)
-        return search_response(body.model_dump(), rows, body.offset)
+        return explanation_results(body, release=body.releaseName)
 
     @app.post("/api/explanation/search-all", tags=["Explanations"], summary="Search All Features",
               response_model=SearchResults, response_model_exclude_none=True)
     def explanation_search_all(body: ExplanationSearchAll) -> dict[str, Any]:
         """Explanations of any feature in the store matching the query."""
-        rows = search_explanations(view(), body.query, offset=body.offset, limit=MAX_SEARCH_RESULTS)
-        return search_response(body.model_dump(), rows, body.offset)
+        return explanation_results(body)
 
     runner = LazyBackend(store, backend)
     app.include_router(inference_router(view, runner))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from featuredb.labels.label_rule import score as label_score
 from featuredb.store.graph_usage import GraphUse
 from featuredb.server.page_charts import example_html, histogram_svg, logit_list, token_label
 from featuredb.server.page_layout import SearchForm, density_text, esc, feature_url, page, path_part
@@ -29,10 +30,9 @@ def _explanations(exps: list[dict[str, Any]]) -> str:
         label = ' <span class="small muted">(label)</span>' if i == 0 else ""
         who = e.get("explanationModelName") or e.get("authorId") or ""
         who = "" if who == e.get("typeName") else who
-        score = e.get("scoreV2") if e.get("scoreV2") is not None else e.get("scoreV1")  # as the label rule ranks
         rows.append(f'<tr><td class="expl">{esc(e.get("description"))}{label}</td>'
                     f'<td class="small">{esc(e.get("typeName"))}<br><span class="muted">{esc(who)}</span></td>'
-                    f'<td class="num small">{_score(score)}</td></tr>')
+                    f'<td class="num small">{_score(label_score(e))}</td></tr>')
     return ('<table class="explanations"><tr><th>explanation</th><th>type</th><th>score</th></tr>'
             + "".join(rows) + "</table>")
 

@@ -10,12 +10,13 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
 
 from featuredb.errors import FeatureDBError, NotFoundError
-from featuredb.labels.label_rule import LABEL_ORDER_SQL
-from featuredb.store.schema import feature_key
 from featuredb.search.inference import InferenceBackend, load_backend
 from featuredb.server.fields import Bool, Index, Name, Number, int_in
 from featuredb.server.limits import MAX_INDEX, MAX_SORT_INDEXES, MAX_SOURCES, MAX_TEXT_CHARS, MAX_TEXTS
 from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import source_ids
+from featuredb.store.schema import feature_key
+from featuredb.store.server_reads import explanations_by_feature, feature_densities
 
 TOPK_DEFAULT_DENSITY = 0.01  # Neuronpedia's DEFAULT_DENSITY_THRESHOLD for search-topk-by-token
 SEARCH_ALL_RESULTS = 50
@@ -90,19 +91,17 @@ def _explanation_neurons(store: FeatureStore, model: str, keys: set[tuple[str, i
     """Explanation-only neurons (as Neuronpedia's topk searcher returns them) for (source, index) pairs."""
     if not keys:
         return {}
-    fkeys = [feature_key(model, s, i) for s, i in keys]
-    marks = ", ".join("?" for _ in fkeys)
+    by_key = {feature_key(model, s, i): (s, i) for s, i in keys}
+    densities = feature_densities(store, list(by_key))
+    explanations = explanations_by_feature(store, list(by_key))
     out: dict[tuple[str, int], dict] = {}
-    for layer, index, density in store.con.execute(
-            f'SELECT "layer", "index", "frac_nonzero" FROM features WHERE feature_key IN ({marks})', fkeys).fetchall():
-        out[(layer, int(index))] = {"modelId": model, "layer": layer, "index": str(index), "frac_nonzero": density,
-                                    "explanations": []}
-    for layer, index, desc, type_name, score, score2 in store.con.execute(
-            f'SELECT "layer", "index", description, "typeName", "scoreV1", "scoreV2" FROM explanations '
-            f'WHERE feature_key IN ({marks}) ORDER BY {LABEL_ORDER_SQL}', fkeys).fetchall():
-        n = out.setdefault((layer, int(index)), {"modelId": model, "layer": layer, "index": str(index),
-                                                 "frac_nonzero": None, "explanations": []})
-        n["explanations"].append({"description": desc, "typeName": type_name, "scoreV1": score, "scoreV2": score2})
+    for fkey, (source, index) in by_key.items():
+        if fkey not in densities and fkey not in explanations:
+            continue
+        out[(source, index)] = {
+            "modelId": model, "layer": source, "index": str(index), "frac_nonzero": densities.get(fkey),
+            "explanations": [{"description": e["description"], "typeName": e["typeName"], "scoreV1": e["scoreV1"],
+                              "scoreV2": e["scoreV2"]} for e in explanations.get(fkey, [])]}
     return out
 
 
@@ -250,9 +249,7 @@ def inference_router(view: Callable[[], FeatureStore], runner: LazyBackend) -> A
         """The source set's features that fire most on the text (or on the tokens at sortIndexes); for a list of
         texts, one result each under `results` (without neurons, as on Neuronpedia)."""
         threshold = _density(body.densityThreshold, -1)
-        in_set = [r[0] for r in view().con.execute(
-            'SELECT id FROM sources WHERE "modelId" = ? AND "setName" = ? ORDER BY id',
-            [body.modelId, body.sourceSet]).fetchall()]
+        in_set = source_ids(view(), body.modelId, body.sourceSet)
         if not in_set:
             raise NotFoundError(f"source set {body.modelId}/{body.sourceSet} is not in the store")
         unknown = sorted(set(body.selectedLayers) - set(in_set))

@@ -13,11 +13,13 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_v
 
 from featuredb.errors import BadInputError, NotFoundError
 from featuredb.identity import set_of_source
-from featuredb.store.schema import INTERNAL_COLUMNS
 from featuredb.server.fields import Number, int_in
 from featuredb.server.limits import MAX_NAME_CHARS
 from featuredb.server.write_access import WRITE_ERRORS, writer_check
 from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import feature_row
+from featuredb.store.server_reads import (model_record, release_record, set_source_records, source_set_record,
+                                          stored_indices)
 
 LOCAL_USER = "local"
 MODEL_ID = re.compile(r"^[a-z][a-z0-9.-]*[a-z0-9]$|^[a-z]$")  # Neuronpedia's model/new rule
@@ -133,30 +135,15 @@ class ActivationUploadBatch(BaseModel):
     activations: Annotated[list[UploadActivation], Field(min_length=1, max_length=256)]
 
 
-def _row(con: Any, sql: str, params: list[Any]) -> dict[str, Any] | None:
-    cur = con.execute(sql, params)
-    row = cur.fetchone()
-    if row is None:
-        return None
-    return {d[0]: v for d, v in zip(cur.description, row) if d[0] not in INTERNAL_COLUMNS}
-
-
-def _rows(con: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params)
-    names = [d[0] for d in cur.description]
-    return [{k: v for k, v in zip(names, r) if k not in INTERNAL_COLUMNS} for r in cur.fetchall()]
-
-
-def source_set_record(store: FeatureStore, model: str, name: str) -> dict[str, Any]:
+def get_source_set(store: FeatureStore, model: str, name: str) -> dict[str, Any]:
     """Neuronpedia's getSourceSet: the source-set row with its sources, release and model."""
-    rec = _row(store.con, 'SELECT * FROM source_sets WHERE "modelId" = ? AND name = ?', [model, name])
+    rec = source_set_record(store, model, name)
     if rec is None:
         raise NotFoundError(f"source set {model}/{name} is not in the store")
     rec["urls"] = rec.get("urls") or []
-    rec["sources"] = _rows(store.con, 'SELECT * FROM sources WHERE "modelId" = ? AND "setName" = ? ORDER BY id',
-                           [model, name])
-    rec["releases"] = _row(store.con, "SELECT * FROM releases WHERE name = ?", [rec.get("releaseName")])
-    rec["model"] = _row(store.con, "SELECT * FROM models WHERE id = ?", [model])
+    rec["sources"] = set_source_records(store, model, name)
+    rec["releases"] = release_record(store, rec.get("releaseName"))
+    rec["model"] = model_record(store, model)
     return rec
 
 
@@ -210,24 +197,24 @@ def upload_router(view: Callable[[], FeatureStore], write_token: str | None) -> 
         """Register a model (id and layer count) so source sets and features can be added to it."""
         require_writer(request)
         store = view()
-        if _row(store.con, "SELECT id FROM models WHERE id = ?", [body.id]):
+        if model_record(store, body.id) is not None:
             raise BadInputError("Model already exists")
         name = body.displayName or body.id
         store.upsert({"models": pa.Table.from_pylist([{
             "id": body.id, "creatorId": LOCAL_USER, "layers": body.layers, "displayName": name,
             "displayNameShort": name, "website": body.url, "visibility": "UNLISTED", "instruct": False,
             "inferenceEnabled": False, "owner": LOCAL_USER}])})
-        return _row(store.con, "SELECT * FROM models WHERE id = ?", [body.id]) or {}
+        return model_record(store, body.id) or {}
 
     @router.post("/api/source-set/new", summary="New Source Set", responses=WRITE_ERRORS)
     def source_set_new(body: NewSourceSetRequest, request: Request) -> dict[str, Any]:
         """A source set of a model, with one source per layer named {layer}-{name}, as on Neuronpedia."""
         require_writer(request)
         store = view()
-        model = _row(store.con, "SELECT id, layers FROM models WHERE id = ?", [body.modelId])
+        model = model_record(store, body.modelId)
         if model is None:
             raise BadInputError("Model not found")
-        if _row(store.con, 'SELECT name FROM source_sets WHERE "modelId" = ? AND name = ?', [body.modelId, body.name]):
+        if source_set_record(store, body.modelId, body.name) is not None:
             raise BadInputError("Source set name already exists for this model.")
         if not model.get("layers"):
             raise BadInputError(f"model {body.modelId} has no layer count, so its sources cannot be made")
@@ -243,12 +230,12 @@ def upload_router(view: Callable[[], FeatureStore], write_token: str | None) -> 
                 "inferenceEnabled": False, "visibility": "UNLISTED", "creatorId": LOCAL_USER}
                 for layer in range(int(model["layers"]))]),
         })
-        return source_set_record(store, body.modelId, body.name)
+        return get_source_set(store, body.modelId, body.name)
 
     @router.get("/api/source-set/{modelId}/{name}", summary="Get Source Set")
     def source_set_get(modelId: PathName, name: PathName) -> dict[str, Any]:
         """A source set with its sources."""
-        return source_set_record(view(), modelId, name)
+        return get_source_set(view(), modelId, name)
 
     @router.post("/api/feature/upload-batch", tags=["Features"], summary="Upload Features", responses=WRITE_ERRORS)
     def feature_upload_batch(body: FeatureUploadBatch, request: Request) -> dict[str, Any]:
@@ -256,10 +243,7 @@ def upload_router(view: Callable[[], FeatureStore], write_token: str | None) -> 
         require_writer(request)
         store = view()
         known_source(store, body.modelId, body.source)
-        marks = ", ".join("?" for _ in body.features)
-        existing = {r[0] for r in store.con.execute(
-            f'SELECT "index" FROM features WHERE "modelId" = ? AND "layer" = ? AND "index" IN ({marks})',
-            [body.modelId, body.source, *(f.index for f in body.features)]).fetchall()}
+        existing = stored_indices(store, body.modelId, body.source, [f.index for f in body.features])
         store.upsert(upload_tables(body, existing))  # one transaction: the batch arrives whole or not at all
         return {"message": f"{len(body.features) - len(existing)} features created."}
 
@@ -270,8 +254,7 @@ def upload_router(view: Callable[[], FeatureStore], write_token: str | None) -> 
         require_writer(request)
         store = view()
         index = int(body.index)
-        if not store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? AND "layer" = ? AND "index" = ?',
-                                 [body.modelId, body.source, index]).fetchone():
+        if feature_row(store, body.modelId, body.source, index) is None:
             raise NotFoundError(f"feature {body.modelId}/{body.source}/{index} is not in the store")
         rows = [_activation_row(body.modelId, body.source, index, a) for a in body.activations]
         store.upsert({"activations": pa.Table.from_pylist(rows)})

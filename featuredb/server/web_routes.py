@@ -22,6 +22,8 @@ from featuredb.server.limits import MAX_INDEX, MAX_NAME_CHARS, MAX_QUERY_CHARS
 from featuredb.server.page_layout import PAGE_HEADERS, SearchForm, esc, feature_url, page, path_part
 from featuredb.server.search_page import MAX_LIMIT, search_page, store_summary
 from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import source_ids
+from featuredb.store.server_reads import browsable_models, max_feature_index, source_counts, sources_by_layer
 
 PAGE_MODES = (*MODES, "inference")
 RESERVED = frozenset({"api", "graphs", "openapi.json", "docs", "redoc"})  # first path parts that are not models
@@ -31,17 +33,6 @@ GraphUses = Callable[[FeatureStore, str, str, int], list[GraphUse]]
 def html(body: str, status: int = 200) -> HTMLResponse:
     """An HTML answer with the pages' headers (script-free CSP but for the search-box key)."""
     return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
-
-
-def _models(store: FeatureStore) -> list[str]:
-    rows = store.con.execute('SELECT DISTINCT "modelId" FROM sources UNION SELECT DISTINCT id FROM models '
-                             "ORDER BY 1").fetchall()
-    return [r[0] for r in rows if r[0]]
-
-
-def _summary(store: FeatureStore) -> str:
-    rows = store.con.execute('SELECT "modelId", "setName", count(*) FROM sources GROUP BY ALL ORDER BY 1, 2').fetchall()
-    return store_summary([(m, s, int(n)) for m, s, n in rows])
 
 
 def _density(value: str) -> float | None:
@@ -78,9 +69,8 @@ class SourceSizes:
         with self._lock:
             if (model, source) in self._sizes:
                 return self._sizes[(model, source)]
-        row = store.con.execute('SELECT max("index") FROM features WHERE "modelId" = ? AND layer = ?',
-                                [model, source]).fetchone()
-        size = int(row[0]) + 1 if row and row[0] is not None else 0
+        top = max_feature_index(store, model, source)
+        size = top + 1 if top is not None else 0
         with self._lock:
             self._sizes[(model, source)] = size
         return size
@@ -101,7 +91,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
 
     def search_response(form: SearchForm) -> HTMLResponse:
         store = view()
-        models = _models(store)
+        models = browsable_models(store)
         answer: dict[str, Any] = {"models": models, "can_infer": can_infer}
         if form.mode not in PAGE_MODES or (form.mode == "inference" and not can_infer):
             bad = form.mode
@@ -115,7 +105,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
             return html(search_page(form, error=f"the query is longer than {MAX_QUERY_CHARS} characters",
                                     **answer), 400)
         if not form.q:
-            return html(search_page(form, summary=_summary(store), **answer))
+            return html(search_page(form, summary=store_summary(source_counts(store)), **answer))
         try:
             density = _density(form.max_density)
             layers = parse_layers(form.layers)
@@ -125,8 +115,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
                     raise FeatureDBError("inference search runs one model: choose it in the model list")
                 sources = None
                 if layers:  # run only the transcoders of those layers
-                    sources = [r[0] for r in store.con.execute('SELECT id FROM sources WHERE "modelId" = ?',
-                                                               [chosen]).fetchall() if _layer_in(r[0], layers)]
+                    sources = [s for s in source_ids(store, chosen) if _layer_in(s, layers)]
                     if not sources:
                         raise NotFoundError(f"{chosen} has no source in layers {form.layers}")
                 result = inference_search(store, chosen, form.q, sources=sources, limit=form.limit,
@@ -159,7 +148,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
 
     def not_found(text: str) -> HTMLResponse:
         body = f'<h1>Not found</h1><p class="error">{esc(text)}</p>'
-        return html(page("Not found", body, models=_models(view()), inference=can_infer), 404)
+        return html(page("Not found", body, models=browsable_models(view()), inference=can_infer), 404)
 
     @router.api_route("/{modelId}/{layer}/{index:int}", methods=["GET", "HEAD"])
     def feature_view(modelId: str, layer: str, index: int) -> HTMLResponse:
@@ -173,7 +162,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
             feature: dict[str, Any] = store.get_feature(modelId, layer, index).model_dump(mode="json")
         except NotFoundError:
             return not_found(f"feature {modelId}/{layer}/{index} is not in the store")
-        return html(feature_page(feature, graph_uses(store, modelId, layer, index), models=_models(store),
+        return html(feature_page(feature, graph_uses(store, modelId, layer, index), models=browsable_models(store),
                                  n_features=sizes(store, modelId, layer), site=site, inference=can_infer))
 
     if site:  # (under trace serve these paths are the graph view's files)
@@ -203,7 +192,7 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
             body = (f'<div class="muted small"><a href="/{esc(path_part(modelId))}">{esc(modelId)}</a></div>'
                     f'<h1>{esc(layer)}</h1><p>{n:,} features (indexes 0 to {n - 1:,}).</p>'
                     f'<section class="card"><h2>First features</h2>{first}</section>')
-            return html(page(layer, body, form=SearchForm(model=modelId), models=_models(store),
+            return html(page(layer, body, form=SearchForm(model=modelId), models=browsable_models(store),
                              inference=can_infer))
 
         @router.api_route("/{modelId}", methods=["GET", "HEAD"])
@@ -211,14 +200,13 @@ def web_router(view: Callable[[], FeatureStore], graph_uses: GraphUses,
             """A model: its sources, each linking to its page."""
             reserved(modelId)
             store = view()
-            rows = store.con.execute('SELECT id, "setName" FROM sources WHERE "modelId" = ? ORDER BY '
-                                     'try_cast(split_part(id, \'-\', 1) AS INTEGER), id', [modelId]).fetchall()
+            rows = sources_by_layer(store, modelId)
             if not rows:
                 return not_found(f"model {modelId[:MAX_NAME_CHARS]} has no sources in the store")
             items = "".join(f'<div class="hit"><a class="id" href="/{esc(path_part(modelId))}/{esc(path_part(sid))}">'
-                            f"{esc(sid)}</a></div>" for sid, _ in rows)
+                            f"{esc(sid)}</a></div>" for sid in rows)
             body = f'<h1>{esc(modelId)}</h1><section class="card"><h2>Sources</h2>{items}</section>'
-            return html(page(modelId, body, form=SearchForm(model=modelId), models=_models(store),
+            return html(page(modelId, body, form=SearchForm(model=modelId), models=browsable_models(store),
                              inference=can_infer))
 
     return router

@@ -4,7 +4,10 @@
 - `schema`: Neuronpedia's tables and featuredb's migrations;
 - `reads`: the typed read layer every other package goes through (feature rows, labels, settings);
 - `feature_packs`, `feature_docs`: the compact per-feature documents behind GET;
-- `graph_store`, `graph_identity`, `graph_usage`: saved attribution graphs and what they use.
+- `graph_store`, `graph_identity`, `graph_usage`: saved attribution graphs and what they use;
+- `search_indexes`: the derived search tables (BM25 postings, token and logit lookups, embeddings with HNSW);
+- `search_tables`: the queries search runs over them;
+- `server_reads`: what the server and the CLI read and check of the store (and `featuredb query`'s user SQL).
 """
 
 from __future__ import annotations

@@ -174,6 +174,10 @@ class MissingKeyError(FeatureDBError):
 class FeatureStore:
     """A featuredb DuckDB file. Open with FeatureStore(path) (read-write) or read_only=True."""
 
+    # The search package's reusable per-store state (featuredb.search.context.SearchContext): set by
+    # featuredb.search.api.prepare, dropped by refresh_search; None until a search builds it (also per thread view).
+    search_context: Any = None
+
     def __init__(self, path: str | os.PathLike[str] | None = None, read_only: bool = False) -> None:
         self.path = str(path or default_db_path())
         self.read_only = read_only
@@ -288,12 +292,12 @@ class FeatureStore:
 
     def refresh_search(self, *, only_if_dirty: bool = False, progress: bool | None = None) -> dict[str, float]:
         """Rebuild the search tables (BM25 postings, token and logit lookups, embeddings) from the rows."""
-        from featuredb.search.indexes import has_search_tables, is_dirty, refresh_search_indexes
+        from featuredb.store.search_indexes import has_search_tables, is_dirty, refresh_search_indexes
 
-        self._require_writable()
+        self.require_writable()
         if only_if_dirty and not is_dirty(self.con) and has_search_tables(self.con):
             return {}
-        self._search_context = None
+        self.search_context = None
         return refresh_search_indexes(self.con, progress=progress)
 
     def __enter__(self) -> "FeatureStore":
@@ -305,7 +309,7 @@ class FeatureStore:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """All writes inside commit together or not at all."""
-        self._require_writable()
+        self.require_writable()
         self.con.execute("BEGIN TRANSACTION")
         try:
             yield self.con
@@ -321,7 +325,8 @@ class FeatureStore:
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET lock_configuration = true")
 
-    def _require_writable(self) -> None:
+    def require_writable(self) -> None:
+        """Raise FeatureDBError when the store was opened read-only (before any write)."""
         if self.read_only:
             raise FeatureDBError(f"{self.path}: opened read-only")
 
@@ -334,7 +339,7 @@ class FeatureStore:
         `scope` = (modelId, source) says all rows belong to that source; a source with no rows yet is then
         written in one pass.
         """
-        self._require_writable()
+        self.require_writable()
         written: dict[str, int] = {}
 
         def run() -> None:
@@ -361,7 +366,7 @@ class FeatureStore:
         """Replace one source's rows of each table (`features`, `activations`) by the rows of Parquet files.
 
         Run inside `transaction()`. DuckDB streams the files, so memory stays under its `memory_limit`."""
-        self._require_writable()
+        self.require_writable()
         written = {}
         for name, paths in files.items():
             table = TABLES_BY_NAME[name]
@@ -375,7 +380,7 @@ class FeatureStore:
 
     def delete_source_rows(self, table: Table, model: str, source: str) -> None:
         """Delete one source's rows of a table (for `activations`, whole and compact rows both)."""
-        self._require_writable()
+        self.require_writable()
         scope = '"modelId" = ? AND "layer" = ?'
         self.con.execute(f'DELETE FROM "{stored_name(table)}" WHERE {scope}', [model, source])
         if table is ACTIVATIONS:
@@ -390,7 +395,7 @@ class FeatureStore:
 
         Run inside `transaction()` after `replace_source_from_parquet` (which deletes the source's examples);
         windows no example of the model uses any more are dropped."""
-        self._require_writable()
+        self.require_writable()
         con = self.con
         con.execute('DELETE FROM activation_examples WHERE "modelId" = ? AND "layer" = ?', [model, source])
         if windows:

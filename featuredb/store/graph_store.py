@@ -22,7 +22,7 @@ def save_graph(store: Any, graph: dict[str, Any], *, slug: str | None = None, us
     The graph is checked first (graph_json.check_graph): a malformed one is a BadInputError naming `where` (the
     file it came from; default: the slug) and the field, and nothing is stored."""
     check_graph(graph, where or slug or "graph")
-    store._require_writable()
+    store.require_writable()
     model = graph_model(graph)
     slug = slug or str(graph["metadata"]["slug"])
     meta = graph["metadata"]
@@ -84,7 +84,7 @@ def save_subgraph(store: Any, model: str, slug: str, *, pinned_ids: list[str], s
                   density_threshold: float | None = None, user: str | None = None,
                   subgraph_id: str | None = None) -> dict[str, Any]:
     """Save (or, given its id, replace) a subgraph of a stored graph: pinned nodes, supernodes and clerps."""
-    store._require_writable()
+    store.require_writable()
     graph_record(store, model, slug)  # the graph must exist
     for name, value in (("pinnedIds", pinned_ids), ("supernodes", supernodes), ("clerps", clerps)):
         if not isinstance(value, list):
@@ -117,7 +117,7 @@ def list_subgraphs(store: Any, model: str, slug: str) -> list[dict[str, Any]]:
 
 def delete_subgraph(store: Any, subgraph_id: str) -> dict[str, Any]:
     """Delete one subgraph by id (NotFoundError when there is none)."""
-    store._require_writable()
+    store.require_writable()
     n = store.con.execute("SELECT count(*) FROM subgraphs WHERE id = ?", [subgraph_id]).fetchone()[0]
     if not n:
         raise NotFoundError(f"subgraph {subgraph_id} is not in {store.path}")
@@ -127,7 +127,7 @@ def delete_subgraph(store: Any, subgraph_id: str) -> dict[str, Any]:
 
 def delete_graph(store: Any, model: str, slug: str) -> None:
     """Delete a stored graph and its subgraphs (NotFoundError when there is none)."""
-    store._require_writable()
+    store.require_writable()
     graph_record(store, model, slug)
     with store.transaction() as con:
         con.execute('DELETE FROM subgraphs WHERE "modelId" = ? AND slug = ?', [model, slug])

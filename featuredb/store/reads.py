@@ -272,7 +272,7 @@ def peak_window_hashes(store: FeatureStore, keys: list[str], *, top: int, bucket
 
 def stored_text_embeddings(store: FeatureStore, texts: list[str]) -> dict[str, np.ndarray]:
     """text -> its stored MiniLM vector, for the texts the search index has embedded (none before indexing)."""
-    from featuredb.search.indexes import has_search_tables
+    from featuredb.store.search_indexes import has_search_tables
 
     if not texts or not has_search_tables(store.con):
         return {}
