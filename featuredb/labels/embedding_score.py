@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from featuredb.labels.example_windows import Chunk, Window, WindowSpec, iter_chunks
-from featuredb.labels.score_store import EMBEDDING_TYPE, write_scores
+from featuredb.store.score_tables import EMBEDDING_TYPE, write_scores
 from featuredb.search.embedder import DIM, embed, embedding_text
 
 EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"

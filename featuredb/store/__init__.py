@@ -3,6 +3,7 @@
 - `feature_store`: the connection, the write path and GET feature (`FeatureStore`);
 - `schema`: Neuronpedia's tables and featuredb's migrations;
 - `reads`: the typed read layer every other package goes through (feature rows, labels, settings);
+- `score_tables`: explanation scores (Neuronpedia's ExplanationScore) and explanations.scoreV2;
 - `feature_packs`, `feature_docs`: the compact per-feature documents behind GET;
 - `graph_store`, `graph_identity`, `graph_usage`: saved attribution graphs and what they use.
 """
