@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
-from featuredb.labels.baseline import TYPE_NAME, label_features
+from featuredb.labels.baseline import label_features
+from featuredb.labels.label_rule import BASELINE_TYPE as TYPE_NAME
 
 
 @click.group("label", cls=FeatureDBGroup, short_help="Write labels for features in the store.")

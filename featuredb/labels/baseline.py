@@ -63,7 +63,6 @@ from featuredb.store.label_tables import (
 )
 from featuredb.store.reads import Scope, has_features
 
-TYPE_NAME = BASELINE_TYPE  # kept for callers that import it from here
 MAX_PEAKS = 3
 MAX_LOGITS = 2
 CONTEXT_SHARE = 0.1  # a previous/next token is named when at least this share of the top examples (and two) have it
