@@ -5,6 +5,7 @@
 - `reads`: the typed read layer every other package goes through (feature rows, labels, settings);
 - `score_tables`: explanation scores (Neuronpedia's ExplanationScore) and explanations.scoreV2;
 - `label_tables`: what labelling, explaining and scoring read and write (featuredb.labels);
+- `export_tables`: what the export formats and the Neuronpedia sync read (featuredb.formats, featuredb.neuronpedia);
 - `feature_packs`, `feature_docs`: the compact per-feature documents behind GET;
 - `graph_store`, `graph_identity`, `graph_usage`: saved attribution graphs and what they use.
 """
