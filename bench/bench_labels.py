@@ -33,6 +33,7 @@ from featuredb.labels import baseline  # noqa: E402
 from featuredb.labels.chat_endpoint import ChatEndpoint  # noqa: E402
 from featuredb.labels import embedding_score  # noqa: E402
 from featuredb.labels.explain import explain_features_async  # noqa: E402
+from featuredb.labels.label_rule import BASELINE_TYPE  # noqa: E402
 
 
 def old_baseline(commit: str):  # type: ignore[no-untyped-def]
@@ -67,12 +68,12 @@ def baseline_scores(db: Path, labeller, model: str, sources: list[str] | None,  
             embedding_score._cached_explanation_vectors = lambda store, descs: ([], np.zeros((0, 384), np.float32))
         try:
             score_s = embedding_score.score_embedding(store, model=model, source=sources,
-                                                      type_name=baseline.TYPE_NAME, progress=False).seconds
+                                                      type_name=BASELINE_TYPE, progress=False).seconds
         finally:
             embedding_score._cached_explanation_vectors = cached
         values = [r[0] for r in store.con.execute(
             'SELECT s.value FROM explanation_scores s JOIN explanations e ON e.id = s."explanationId" '
-            'WHERE e."typeName" = ? AND e."modelId" = ?', [baseline.TYPE_NAME, model]).fetchall()]
+            'WHERE e."typeName" = ? AND e."modelId" = ?', [BASELINE_TYPE, model]).fetchall()]
     mean = sum(values) / len(values) if values else float("nan")
     share = sum(v >= 0.7 for v in values) / len(values) if values else float("nan")
     return mean, share, len(values), label_s, refresh_s, score_s

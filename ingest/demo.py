@@ -12,9 +12,9 @@ from typing import Any, Callable
 import click
 
 from featuredb.errors import FeatureDBError
-from featuredb.labels.baseline import TYPE_NAME as BASELINE_TYPE
 from featuredb.labels.baseline import label_features
 from featuredb.labels.embedding_score import score_embedding
+from featuredb.labels.label_rule import BASELINE_TYPE
 from featuredb.search.api import search
 from featuredb.store.feature_store import FeatureStore
 from ingest.corpus import DEFAULT_CORPUS, WIKITEXT_PREFIX, CorpusStats, installed_docs

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from featuredb import FeatureStore
 from featuredb.cli.root import cli
-from featuredb.labels.baseline import TYPE_NAME, describe, label_features
+from featuredb.labels.baseline import describe, label_features
+from featuredb.labels.label_rule import BASELINE_TYPE
 from featuredb.search.api import search
 from featuredb.search.inference import inference_search
 from ingest.harvest import Harvester
@@ -75,7 +76,7 @@ def test_baseline_labels_name_each_feature_peak_and_replace_old_ones(ingested: d
         first = label_features(store, model="tiny")
         second = label_features(store, model="tiny")
         assert first == second and first.labelled > 0
-        n = store.con.execute("SELECT count(*) FROM explanations WHERE \"typeName\" = ?", [TYPE_NAME]).fetchone()[0]
+        n = store.con.execute("SELECT count(*) FROM explanations WHERE \"typeName\" = ?", [BASELINE_TYPE]).fetchone()[0]
         assert n == first.labelled  # replaced, not duplicated
         rows = store.con.execute("""
             SELECT e.description, a.tokens[a."maxValueTokenIndex" + 1] FROM explanations e

@@ -32,7 +32,8 @@ EXPECTED = "volcanic lava flows and eruptions"
 
 
 def test_one_type_name_for_baseline_labels() -> None:
-    assert baseline.TYPE_NAME == feature_labels.BASELINE_TYPE == BASELINE_TYPE == "featuredb-baseline"
+    assert baseline.BASELINE_TYPE == feature_labels.BASELINE_TYPE == BASELINE_TYPE == "featuredb-baseline"
+    assert not hasattr(baseline, "TYPE_NAME")  # defined once, in label_rule
 
 
 @pytest.fixture

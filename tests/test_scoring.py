@@ -19,7 +19,7 @@ from featuredb.cli.root import cli
 from featuredb.labels.chat_endpoint import ChatEndpoint
 from featuredb.labels.embedding_score import EMBEDDING_MODEL_NAME, auroc, score_embedding
 from featuredb.labels.llm_scoring import parse_predictions, score_with_llm
-from featuredb.labels.score_store import EMBEDDING_TYPE, FUZZ_TYPE, RECALL_TYPE, score_id, scores_of, write_scores
+from featuredb.store.score_tables import EMBEDDING_TYPE, FUZZ_TYPE, RECALL_TYPE, score_id, scores_of, write_scores
 from featuredb.store.schema import CURRENT_VERSION, EXPLANATION_SCORES_COLUMNS, migrate
 
 MODEL = "topic-model"

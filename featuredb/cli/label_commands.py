@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from featuredb.cli.common import FeatureDBGroup, db_option, emit_json, json_option, open_store
-from featuredb.labels.baseline import TYPE_NAME, label_features
+from featuredb.labels.baseline import label_features
+from featuredb.labels.label_rule import BASELINE_TYPE
 from featuredb.store.reads import model_ids
 
 
@@ -39,8 +40,8 @@ def label_features_command(model: str | None, source: str | None, score: bool, d
         summary = label_features(store, model=model, source=source)
         if score:
             store.refresh_search(only_if_dirty=True)  # embeds the new labels once; scoring reuses those vectors
-            models = [model] if model else model_ids(store, having="explanations", type_name=TYPE_NAME)
-            scores = [score_embedding(store, model=m, source=source, type_name=TYPE_NAME) for m in models]
+            models = [model] if model else model_ids(store, having="explanations", type_name=BASELINE_TYPE)
+            scores = [score_embedding(store, model=m, source=source, type_name=BASELINE_TYPE) for m in models]
     scored = [{"model": m, "labels": s.explanations, "mean_score": s.mean_score, "seconds": round(s.seconds, 2)}
               for m, s in zip([model] if model else models, scores)] if score else []
     if as_json:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
 from featuredb.formats.circuit_tracer_export import count_features, export_pairs, feature_records, source_layer
+from featuredb.store.export_tables import max_feature_index
 from featuredb.store.feature_store import FeatureStore
 
 INDEX_FILE = "index.json.gz"
@@ -62,8 +63,7 @@ def _plan(store: FeatureStore, model: str | None, source: str | None) -> list[tu
             raise FeatureDBError(f"sources {owners[layer]} and {s} are both layer {layer}; the compact index holds "
                                  "one source per layer: pick one with --source")
         owners[layer] = s
-        top = store.con.execute('SELECT max("index") FROM features WHERE "modelId" = ? AND "layer" = ?',
-                                [m, s]).fetchone()[0]
+        top = max_feature_index(store, m, s)
         if top >= MAX_INDEX:
             raise FeatureDBError(f"{m}/{s}: feature index {top} is too large for the compact layout's dense offsets "
                                  f"(at most {MAX_INDEX - 1}); use --layout json")

@@ -12,10 +12,15 @@ from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.identity import cantor_pair, layer_of_source
-from featuredb.store.feature_store import ACTIVATION_ORDER, FeatureStore
+from featuredb.store import reads
+from featuredb.store.export_tables import activation_rows_in_range, feature_rows_page
+from featuredb.store.feature_store import FeatureStore
 
 CHUNK = 1024
 HISTOGRAM_BINS = 40
+# The activation columns a feature file is built from.
+EXAMPLE_COLUMNS = ["index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", "binMin", "binMax",
+                   "binContains"]
 
 
 def _interval_name(i: int, bin_min: float | None, bin_max: float | None, contains: float | None) -> str:
@@ -78,17 +83,10 @@ def feature_file(model: str, source: str, feature: dict[str, Any], acts: list[di
     }
 
 
-def _dicts(cur: Any) -> list[dict[str, Any]]:
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur.fetchall()]
-
-
 def export_pairs(store: FeatureStore, model: str | None = None,
                  source: str | None = None) -> list[tuple[str, str]]:
     """(model, source) pairs with features to export; NotFoundError when there are none."""
-    pairs = [(m, s) for m, s in store.sources(model, source)
-             if store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? AND "layer" = ? LIMIT 1',
-                                  [m, s]).fetchone()]
+    pairs = [(m, s) for m, s in store.sources(model, source) if reads.has_features(store, reads.Scope(m, s))]
     if not pairs:
         raise NotFoundError(f"{store.path}: no features to export for model={model or '*'} source={source or '*'}")
     return pairs
@@ -104,8 +102,7 @@ def source_layer(model: str, source: str) -> int:
 
 def count_features(store: FeatureStore, pairs: list[tuple[str, str]]) -> int:
     """How many feature rows the pairs hold."""
-    return sum(store.con.execute('SELECT count(*) FROM features WHERE "modelId" = ? AND "layer" = ?',
-                                 [m, s]).fetchone()[0] for m, s in pairs)
+    return sum(reads.count_features(store, reads.Scope(m, s)) for m, s in pairs)
 
 
 def feature_records(store: FeatureStore, model: str, source: str,
@@ -113,17 +110,12 @@ def feature_records(store: FeatureStore, model: str, source: str,
     """(index, circuit-tracer feature record) for every feature of one source, in index order, `chunk` at a time."""
     offset = 0
     while True:
-        feats = _dicts(store.con.execute(
-            'SELECT * FROM features WHERE "modelId" = ? AND "layer" = ? ORDER BY "index" LIMIT ? OFFSET ?',
-            [model, source, chunk, offset]))
+        feats = feature_rows_page(store, model, source, chunk, offset)
         if not feats:
             return
         lo, hi = feats[0]["index"], feats[-1]["index"]
         acts_by: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for a in _dicts(store.con.execute(
-                'SELECT "index", "tokens", "values", "maxValue", "minValue", "maxValueTokenIndex", "binMin", '
-                '"binMax", "binContains" FROM activations WHERE "modelId" = ? AND "layer" = ? '
-                f'AND "index" BETWEEN ? AND ? ORDER BY "index", {ACTIVATION_ORDER}', [model, source, lo, hi])):
+        for a in activation_rows_in_range(store, model, source, lo, hi, EXAMPLE_COLUMNS):
             acts_by[a["index"]].append(a)
         for f in feats:
             yield int(f["index"]), feature_file(model, source, f, acts_by.get(f["index"], []))

@@ -10,19 +10,23 @@ from tqdm import tqdm
 
 from featuredb.errors import NotFoundError
 from featuredb.identity import set_of_source
-from featuredb.store.schema import (
-    ACTIVATIONS,
-    CURRENT_VERSION,
-    EXPLANATIONS,
-    FEATURE_KEY_COLUMN,
-    FEATURES,
-    MODELS,
-    RELEASES,
-    SOURCE_SETS,
-    SOURCES,
-    Table,
-    columns_of,
+from featuredb.store.export_tables import (
+    RowQuery,
+    activations_between,
+    copy_query_json,
+    count_explanations,
+    count_query_rows,
+    explanation_batch,
+    feature_batch,
+    feature_batch_starts,
+    model_row,
+    release_row,
+    source_row,
+    source_set_name,
+    source_set_row,
 )
+from featuredb.store.reads import Scope, count_features
+from featuredb.store.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, MODELS, RELEASES, SOURCE_SETS, SOURCES, Table
 from featuredb.store.feature_store import FeatureStore
 
 BATCH_SIZE = 1024  # rows per batch file, as Neuronpedia's own exporter writes
@@ -44,25 +48,17 @@ class ExportReport:
                 "seconds": round(self.seconds, 3)}
 
 
-def select_list(table: Table) -> str:
-    """Columns in export form: `index` as a string, as Neuronpedia stores it."""
-    cols = [c for c in columns_of(table, CURRENT_VERSION) if c != FEATURE_KEY_COLUMN[0]]
-    return ", ".join('CAST("index" AS VARCHAR) AS "index"' if c == "index" else f'"{c}"' for c in cols)
-
-
 class _Writer:
     def __init__(self, store: FeatureStore, report: ExportReport) -> None:
-        self.con = store.con
+        self.store = store
         self.report = report
 
-    def copy(self, sql: str, params: list[object], dest: Path, table: Table) -> None:
-        n = self.con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
+    def copy(self, query: RowQuery, dest: Path, table: Table) -> None:
+        n = count_query_rows(self.store, query)
         if not n:
             return
         dest.parent.mkdir(parents=True, exist_ok=True)
-        compression = "gzip" if dest.name.endswith(".gz") else "none"
-        dest_sql = str(dest).replace("'", "''")
-        self.con.execute(f"COPY ({sql}) TO '{dest_sql}' (FORMAT json, COMPRESSION {compression})", params)
+        copy_query_json(self.store, query, str(dest), "gzip" if dest.name.endswith(".gz") else "none")
         self.report.files += 1
         self.report.rows[table.name] = self.report.rows.get(table.name, 0) + int(n)
 
@@ -77,51 +73,29 @@ def export_neuronpedia(store: FeatureStore, out: str | Path, *, model: str | Non
         raise NotFoundError(f"{store.path}: nothing to export for model={model or '*'} source={source or '*'}")
     report = ExportReport(out=str(out), sources=[f"{m}/{s}" for m, s in pairs])
     w = _Writer(store, report)
-    con = store.con
     bar = tqdm(total=len(pairs), unit="source", desc="export", disable=None if progress is None else not progress,
                leave=False)
     for model_id, src in pairs:
         d = out / model_id / src
         d.mkdir(parents=True, exist_ok=True)
-        key = [model_id, src]
-        set_row = con.execute('SELECT "setName" FROM sources WHERE "modelId" = ? AND "id" = ?', key).fetchone()
-        set_name = set_row[0] if set_row and set_row[0] else set_of_source(src)
-        w.copy(f'SELECT {select_list(MODELS)} FROM models WHERE "id" = ?', [model_id], d / "model.jsonl", MODELS)
-        w.copy(f'SELECT {select_list(SOURCES)} FROM sources WHERE "modelId" = ? AND "id" = ?', key,
-               d / "source.jsonl", SOURCES)
-        w.copy(f'SELECT {select_list(SOURCE_SETS)} FROM source_sets WHERE "modelId" = ? AND "name" = ?',
-               [model_id, set_name], d / "sourceset.jsonl", SOURCE_SETS)
-        w.copy(f'SELECT {select_list(RELEASES)} FROM releases WHERE "name" = (SELECT "releaseName" FROM '
-               'source_sets WHERE "modelId" = ? AND "name" = ?)', [model_id, set_name], d / "release.jsonl", RELEASES)
+        set_name = source_set_name(store, model_id, src) or set_of_source(src)
+        w.copy(model_row(model_id), d / "model.jsonl", MODELS)
+        w.copy(source_row(model_id, src), d / "source.jsonl", SOURCES)
+        w.copy(source_set_row(model_id, set_name), d / "sourceset.jsonl", SOURCE_SETS)
+        w.copy(release_row(model_id, set_name), d / "release.jsonl", RELEASES)
 
-        where = '"modelId" = ? AND "layer" = ?'
-        n_features = con.execute(f"SELECT count(*) FROM features WHERE {where}", key).fetchone()[0]
-        for b in range(-(-n_features // BATCH_SIZE)):
-            w.copy(f'SELECT {select_list(FEATURES)} FROM features WHERE {where} ORDER BY "index" '
-                   f"LIMIT {BATCH_SIZE} OFFSET {b * BATCH_SIZE}", key,
-                   d / "features" / f"batch-{b}.jsonl.gz", FEATURES)
-        n_expl = con.execute(f"SELECT count(*) FROM explanations WHERE {where}", key).fetchone()[0]
-        for b in range(-(-n_expl // BATCH_SIZE)):
-            w.copy(f'SELECT {select_list(EXPLANATIONS)} FROM explanations WHERE {where} ORDER BY "index", "id" '
-                   f"LIMIT {BATCH_SIZE} OFFSET {b * BATCH_SIZE}", key,
-                   d / "explanations" / f"batch-{b}.jsonl.gz", EXPLANATIONS)
+        scope = Scope(model_id, src)
+        for b in range(-(-count_features(store, scope) // BATCH_SIZE)):
+            w.copy(feature_batch(model_id, src, b, BATCH_SIZE), d / "features" / f"batch-{b}.jsonl.gz", FEATURES)
+        for b in range(-(-count_explanations(store, scope) // BATCH_SIZE)):
+            w.copy(explanation_batch(model_id, src, b, BATCH_SIZE), d / "explanations" / f"batch-{b}.jsonl.gz",
+                   EXPLANATIONS)
         # Activations go with their features: batch N holds the activations of feature batch N.
-        starts = [r[0] for r in con.execute(
-            f'SELECT "index" FROM (SELECT "index", row_number() OVER (ORDER BY "index") - 1 AS rn '
-            f"FROM features WHERE {where}) WHERE rn % {BATCH_SIZE} = 0 ORDER BY 1", key).fetchall()]
-        if not starts:
-            starts = [None]
+        starts: list[int | None] = list(feature_batch_starts(store, model_id, src, BATCH_SIZE)) or [None]
         for b, lo in enumerate(starts):
             hi = starts[b + 1] if b + 1 < len(starts) else None
-            cond, params = where, list(key)
-            if lo is not None and b > 0:
-                cond += ' AND "index" >= ?'
-                params.append(lo)
-            if hi is not None:
-                cond += ' AND "index" < ?'
-                params.append(hi)
-            w.copy(f'SELECT {select_list(ACTIVATIONS)} FROM activations WHERE {cond} ORDER BY "index", '
-                   '"maxValue" DESC, "id"', params, d / "activations" / f"batch-{b}.jsonl.gz", ACTIVATIONS)
+            w.copy(activations_between(model_id, src, lo if b > 0 else None, hi),
+                   d / "activations" / f"batch-{b}.jsonl.gz", ACTIVATIONS)
         bar.update(1)
     bar.close()
     report.seconds = time.perf_counter() - started

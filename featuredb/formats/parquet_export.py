@@ -7,19 +7,9 @@ from pathlib import Path
 import duckdb
 
 from featuredb.object_storage import connect_object_storage, failure, is_remote, join_url
-from featuredb.store.schema import TABLES
+from featuredb.store.export_tables import copy_table_parquet
 from featuredb.store.feature_store import FeatureStore
-
-# Which column of each table holds the model id and the source id, for --model / --source filters.
-_FILTER_COLUMNS = {
-    "models": ("id", None),
-    "releases": (None, None),
-    "source_sets": ("modelId", None),
-    "sources": ("modelId", "id"),
-    "features": ("modelId", "layer"),
-    "activations": ("modelId", "layer"),
-    "explanations": ("modelId", "layer"),
-}
+from featuredb.store.schema import TABLES
 
 
 def export_parquet(store: FeatureStore, out: str | Path, *, model: str | None = None,
@@ -34,22 +24,11 @@ def export_parquet(store: FeatureStore, out: str | Path, *, model: str | None = 
         Path(out).mkdir(parents=True, exist_ok=True)
     rows: dict[str, int] = {}
     for t in TABLES:
-        model_col, source_col = _FILTER_COLUMNS[t.name]
-        conds, params = ["1=1"], []
-        if model and model_col:
-            conds.append(f'"{model_col}" = ?')
-            params.append(model)
-        if source and source_col:
-            conds.append(f'"{source_col}" = ?')
-            params.append(source)
-        sql = f'SELECT * FROM "{t.name}" WHERE {" AND ".join(conds)}'
         dest = join_url(str(out), f"{t.name}.parquet") if remote else str(Path(out) / f"{t.name}.parquet")
-        quoted = dest.replace("'", "''")
         try:
-            store.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)", params)
+            rows[t.name] = copy_table_parquet(store, t, dest, model, source)
         except duckdb.Error as e:
             if not remote:
                 raise
             raise failure(dest, e, "cannot write") from None
-        rows[t.name] = store.con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
     return rows

@@ -55,8 +55,14 @@ import pyarrow as pa
 
 from featuredb.errors import NotFoundError
 from featuredb.labels.label_rule import BASELINE_TYPE
+from featuredb.store.label_tables import (
+    BaselineEvidenceLimits,
+    baseline_evidence_rows,
+    generic_logit_tokens_by_model,
+    replace_labels_of_type,
+)
+from featuredb.store.reads import Scope, has_features
 
-TYPE_NAME = BASELINE_TYPE  # kept for callers that import it from here
 MAX_PEAKS = 3
 MAX_LOGITS = 2
 CONTEXT_SHARE = 0.1  # a previous/next token is named when at least this share of the top examples (and two) have it
@@ -226,111 +232,21 @@ def says(pos_str: list[str] | None, pos_values: list[float] | None, neg_values: 
     return list(words.values())
 
 
-def _scope(model: str | None, source: str | None, alias: str = "") -> tuple[str, list[Any]]:
-    """SQL condition (and parameters) selecting a model and/or source, on columns of `alias`."""
-    a = f"{alias}." if alias else ""
-    conds, params = ["TRUE"], []
-    if model:
-        conds.append(f'{a}"modelId" = ?')
-        params.append(model)
-    if source:
-        conds.append(f'{a}"layer" = ?')
-        params.append(source)
-    return " AND ".join(conds), params
-
-
 def generic_logit_tokens(con: Any, model: str | None) -> dict[str, frozenset[str]]:
     """modelId -> tokens in the top-10 positive logits of at least GENERIC_SHARE of the model's features."""
-    cond, params = _scope(model, None)
-    rows = con.execute(f"""
-        WITH t AS (SELECT "modelId", unnest(pos_str[1:10]) AS tok FROM features WHERE {cond}),
-        n AS (SELECT "modelId", count(*) AS n FROM features WHERE {cond} GROUP BY ALL)
-        SELECT t."modelId", list(tok) FROM (SELECT "modelId", tok, count(*) AS c FROM t GROUP BY ALL) t
-        JOIN n USING ("modelId") WHERE c >= greatest({GENERIC_MIN}, {GENERIC_SHARE} * n.n) GROUP BY ALL""",
-                       params + params).fetchall()
-    return {m: frozenset(toks) for m, toks in rows}
+    return {m: frozenset(toks) for m, toks in
+            generic_logit_tokens_by_model(con, Scope(model), GENERIC_MIN, GENERIC_SHARE).items()}
 
 
-def _hist_moment(power: int) -> str:
-    """SQL: the power-th raw moment of a feature's logit histogram (bar values weighted by heights)."""
-    v, h = "f.logits_hist_data_bar_values", "f.logits_hist_data_bar_heights"
-    if power == 2:
-        v = f"list_transform({v}, x -> x * x)"
-    return (f"CASE WHEN len({v}) = len({h}) THEN list_inner_product({v}, {h}) / nullif(list_sum({h}), 0) END")
+EVIDENCE_LIMITS = BaselineEvidenceLimits(
+    max_peaks=MAX_PEAKS, max_context=MAX_CONTEXT, max_phrase=MAX_PHRASE, max_words=MAX_WORDS, max_topic=MAX_TOPIC,
+    context_before=CONTEXT_BEFORE, context_share=CONTEXT_SHARE, word_share=WORD_SHARE, topic_share=TOPIC_SHARE,
+    topic_lift=TOPIC_LIFT, z_effect=Z_EFFECT)
 
 
 def _rows(con: Any, model: str | None, source: str | None) -> list[tuple]:
-    cond, params = _scope(model, source)
-    f_cond, _ = _scope(model, source, "f")
-    i = '"maxValueTokenIndex"'
-    return con.execute(f"""
-        WITH top AS (
-            SELECT feature_key, tokens[{i} + 1] AS peak, tokens[{i} + 2] AS nxt,
-                   CASE WHEN {i} > 0 THEN tokens[{i}] END AS prv, "maxValue" AS v, {i} = 0 AS at_start,
-                   list_slice(tokens, greatest(1, {i} + 1 - {CONTEXT_BEFORE}), {i} + {MAX_PHRASE}) AS near,
-                   least({i}, {CONTEXT_BEFORE}) AS p  -- the peak's position in `near`, from 0
-            FROM activations
-            WHERE coalesce("binMin", -1) = -1 AND {i} IS NOT NULL AND {cond}),
-        n_top AS (SELECT feature_key, count(*) AS n FROM top GROUP BY ALL),
-        words AS (  -- the whole words the peaks are pieces of ("wra" in "unwrap"), most common first
-            SELECT feature_key, list(w ORDER BY c DESC, w)[1:{MAX_WORDS}] AS ws
-            FROM (SELECT feature_key, w, count(*) AS c FROM (
-                      SELECT feature_key, peak, trim(
-                          CASE WHEN regexp_matches(peak, '^[\\p{{L}}\\p{{N}}_]')
-                               THEN regexp_extract(array_to_string(list_slice(near, p - 2, p), ''), '[\\p{{L}}\\p{{N}}_]*$')
-                               ELSE '' END || peak ||
-                          CASE WHEN regexp_matches(peak, '[\\p{{L}}\\p{{N}}_]$')
-                               THEN regexp_extract(array_to_string(list_slice(near, p + 2, p + 4), ''), '^[\\p{{L}}\\p{{N}}_]*')
-                               ELSE '' END) AS w
-                      FROM top WHERE peak IS NOT NULL)
-                  WHERE w <> trim(peak) AND regexp_matches(w, '\\p{{L}}') GROUP BY ALL)
-            JOIN n_top USING (feature_key) WHERE c >= greatest(2, {WORD_SHARE} * n) GROUP BY ALL),
-        phrase AS (  -- the longest phrase of 2+ tokens right before the peak that top examples share
-            SELECT feature_key, arg_max(ph, struct_pack(l, c)) AS ph
-            FROM (SELECT feature_key, l, list_slice(near, p + 1 - l, p) AS ph, count(*) AS c
-                  FROM top, range(2, {MAX_PHRASE} + 1) AS r(l) WHERE p >= l GROUP BY ALL)
-            JOIN n_top USING (feature_key)
-            WHERE c >= greatest(2, {CONTEXT_SHARE} * n) AND regexp_matches(array_to_string(ph, ''), '[\\p{{L}}\\p{{N}}]')
-              AND NOT regexp_matches(array_to_string(ph, ''), '<\\|?[A-Za-z0-9_./-]+\\|?>|�')
-            GROUP BY ALL),
-        topic_words AS (  -- words before the peak, each counted once per example
-            SELECT feature_key, unnest(list_distinct(list_transform(list_filter(list_slice(near, 1, p),
-                       t -> regexp_full_match(trim(t), '\\p{{L}}{{2,}}')), t -> lower(trim(t))))) AS w FROM top),
-        topic AS (  -- the context words that set a feature's examples apart from other features' examples
-            SELECT feature_key, list(w ORDER BY c * ln(t.t / gw.g) DESC, w)[1:{MAX_TOPIC}] AS ws
-            FROM (SELECT feature_key, w, count(*) AS c FROM topic_words GROUP BY ALL)
-            JOIN n_top USING (feature_key) JOIN (SELECT w, count(*) AS g FROM topic_words GROUP BY ALL) AS gw USING (w),
-                 (SELECT count(*) AS t FROM top) t
-            WHERE c >= greatest(2, {TOPIC_SHARE} * n) AND (c / n) / (gw.g / t.t) >= {TOPIC_LIFT} GROUP BY ALL),
-        peaks AS (SELECT feature_key, coalesce(nullif(trim(peak), ''), peak) AS peak, bool_or(at_start) AS at_start,
-                         count(*) AS c, max(v) AS m FROM top GROUP BY ALL),
-        peak_lists AS (  -- the most common content peaks and artefact peaks (ties: the higher activation)
-            SELECT feature_key, arg_max(peak, struct_pack(c, m), {MAX_PEAKS}) FILTER (WHERE kind = 'content') AS ps,
-                   coalesce(sum(c) FILTER (WHERE kind = 'content'), 0) AS n_content, sum(c) AS n,
-                   arg_max(struct_pack(kind := kind, peak := peak), struct_pack(c, m), 2 * {MAX_PEAKS})
-                       FILTER (WHERE kind <> 'content') AS artefacts
-            FROM (SELECT *, {_kind_sql('peak', 'CASE WHEN at_start THEN 0 END')} AS kind FROM peaks) GROUP BY ALL),
-        context AS (  -- the most common next and previous tokens, with how many top examples have each
-            SELECT feature_key,
-                   arg_max(struct_pack(t := nxt, c := c), c, {MAX_CONTEXT}) FILTER (WHERE g = 1 AND nxt IS NOT NULL) AS nx,
-                   arg_max(struct_pack(t := prv, c := c), c, {MAX_CONTEXT}) FILTER (WHERE g = 2 AND prv IS NOT NULL) AS pv
-            FROM (SELECT feature_key, nxt, prv, grouping(nxt, prv) AS g, count(*) AS c FROM top
-                  GROUP BY GROUPING SETS ((feature_key, nxt), (feature_key, prv)))
-            GROUP BY ALL),
-        logit_stats AS (
-            SELECT feature_key, pos_str, pos_values, neg_values, {_hist_moment(1)} AS mu, {_hist_moment(2)} AS m2
-            FROM features f WHERE {f_cond})
-        SELECT f."modelId", f."layer", f."index", p.ps, p.n_content, p.n, p.artefacts, b.nx, b.pv,
-               wd.ws AS words, ph.ph AS phrase, tp.ws AS topic,
-               -- logits only where the unfiltered top-3 could pass (filtering only lowers them) or no histogram
-               CASE WHEN l.m2 IS NULL OR (l.pos_values[1] + l.pos_values[2] + l.pos_values[3]) / 3
-                    >= l.mu + {Z_EFFECT} * sqrt(greatest(l.m2 - l.mu * l.mu, 0)) THEN struct_pack(
-                    s := l.pos_str, p := l.pos_values, n := l.neg_values, mu := l.mu, m2 := l.m2) END AS logits
-        FROM features f LEFT JOIN peak_lists p USING (feature_key) LEFT JOIN context b USING (feature_key)
-             LEFT JOIN logit_stats l USING (feature_key) LEFT JOIN words wd USING (feature_key)
-             LEFT JOIN phrase ph USING (feature_key) LEFT JOIN topic tp USING (feature_key)
-        WHERE {f_cond}
-        ORDER BY f."modelId", f."layer", f."index" """, params * 3).fetchall()
+    return baseline_evidence_rows(con, Scope(model, source), EVIDENCE_LIMITS,
+                                  _kind_sql("peak", "CASE WHEN at_start THEN 0 END"))
 
 
 def _spread(mu: float | None, m2: float | None) -> float | None:
@@ -386,8 +302,7 @@ def compute_labels(con: Any, model: str | None = None,
 
 def label_features(store: Any, *, model: str | None = None, source: str | None = None) -> BaselineSummary:
     """Write (replacing earlier baseline labels) one `featuredb-baseline` explanation per feature in scope."""
-    cond, params = _scope(model, source)
-    if not store.con.execute(f"SELECT count(*) FROM features WHERE {cond}", params).fetchone()[0]:
+    if not has_features(store, Scope(model, source)):
         scope = "/".join(x for x in (model, source) if x) or "the store"
         raise NotFoundError(f"no features in {scope} to label")
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -400,10 +315,7 @@ def label_features(store: Any, *, model: str | None = None, source: str | None =
         for k, v in zip(out, (m, layer, index, text)):
             out[k].append(v)
     n_rows = len(out["description"])
-    table = pa.table({**out, "typeName": [TYPE_NAME] * n_rows, "explanationModelName": [TYPE_NAME] * n_rows,
+    table = pa.table({**out, "typeName": [BASELINE_TYPE] * n_rows, "explanationModelName": [BASELINE_TYPE] * n_rows,
                       "authorId": ["featuredb"] * n_rows, "createdAt": [now] * n_rows, "updatedAt": [now] * n_rows})
-    with store.transaction() as con:
-        con.execute(f"DELETE FROM explanations WHERE \"typeName\" = ? AND {cond}", [TYPE_NAME, *params])
-        store.upsert({"explanations": table}, in_transaction=False)
-        store.mark_search_stale()
+    replace_labels_of_type(store, Scope(model, source), BASELINE_TYPE, table)
     return BaselineSummary(n_rows, unlabelled)

@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from featuredb.labels.example_windows import Chunk, Window, WindowSpec, iter_chunks
-from featuredb.labels.score_store import EMBEDDING_TYPE, write_scores
+from featuredb.store.label_tables import search_index_embeddings
+from featuredb.store.score_tables import EMBEDDING_TYPE, write_scores
 from featuredb.search.embedder import DIM, embed, embedding_text
 
 EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -86,16 +87,10 @@ class _Vectors:
 
 def _cached_explanation_vectors(store: Any, descriptions: list[str]) -> tuple[list[str], np.ndarray]:
     """Embeddings the search index already holds for these explanation texts (same model, same text cleaning)."""
-    con = store.con
     try:
         from featuredb.store.search_indexes import SEARCH_FORMAT
 
-        fmt = con.execute("SELECT value FROM search_state WHERE key = 'format'").fetchone()
-        if fmt is None or fmt[0] != SEARCH_FORMAT or not con.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_name = 'search_texts'").fetchone():
-            return [], np.zeros((0, DIM), np.float32)
-        rows = con.execute("SELECT description, embedding FROM search_texts WHERE description IN "
-                           "(SELECT unnest(?::VARCHAR[]))", [descriptions]).fetchall()
+        rows = search_index_embeddings(store, descriptions, SEARCH_FORMAT)
     except Exception:  # an index of another layout: embed the texts instead
         return [], np.zeros((0, DIM), np.float32)
     if not rows:

@@ -15,6 +15,12 @@ from functools import cached_property
 from typing import Any, Iterator
 
 from featuredb.errors import NotFoundError
+from featuredb.store.label_tables import (
+    example_window_rows,
+    explained_indices,
+    explanations_to_score,
+    model_has_rows,
+)
 
 SPECIAL_TOKEN = re.compile(r"^<\|[^|]*\|>$|^<s>$|^</s>$|^<bos>$|^<eos>$")
 
@@ -67,28 +73,14 @@ class Chunk:
     features: list[FeatureExamples]
 
 
-def _explanation_filter(type_name: str | None) -> tuple[str, list[Any]]:
-    cond = "coalesce(trim(description), '') <> ''"
-    if type_name:
-        return cond + ' AND "typeName" = ?', [type_name]
-    return cond, []
-
-
 def scored_features(store: Any, *, model: str, source: str | list[str] | None = None,
                     type_name: str | None = None) -> dict[str, list[int]]:
     """source -> sorted indices of the features with an explanation to score (of `type_name` when given), in
     `source` (one source or a list of them) or every source of the model."""
-    if not store.con.execute('SELECT 1 FROM features WHERE "modelId" = ? LIMIT 1', [model]).fetchone() and \
-            not store.con.execute('SELECT 1 FROM explanations WHERE "modelId" = ? LIMIT 1', [model]).fetchone():
+    if not model_has_rows(store, model):
         raise NotFoundError(f"model {model!r} is not in {store.path}")
-    cond, params = _explanation_filter(type_name)
-    sql = f'SELECT "layer", list(DISTINCT "index" ORDER BY "index") FROM explanations WHERE "modelId" = ? AND {cond}'
-    args: list[Any] = [model, *params]
     sources = [source] if isinstance(source, str) else list(source or [])
-    if sources:
-        sql += ' AND "layer" IN (SELECT unnest(?::VARCHAR[]))'
-        args.append(sources)
-    out = {s: list(ix) for s, ix in store.con.execute(sql + " GROUP BY 1 ORDER BY 1", args).fetchall()}
+    out = explained_indices(store, model, sources, type_name)
     if not out:
         what = ", ".join(f"{model}/{s}" for s in sources) if sources else model
         kind = f" of type {type_name!r}" if type_name else ""
@@ -104,53 +96,17 @@ def chunk_bounds(indices: list[int], chunk: int) -> list[list[int]]:
     return [indices[i:i + size] for i in range(0, n, size)]
 
 
-# Ranks on the narrow columns first and reads the token and value lists of the chosen rows only: carrying
-# 128-long lists through the window sorts made this read most of a scoring run's non-model time.
-_WINDOWS_SQL = """
-WITH a AS (
-    SELECT "index", id, "maxValue" AS mv, coalesce("binMin", -1) = -1 AS top, "binMin" AS bin
-    FROM activations
-    WHERE "modelId" = $model AND "layer" = $source AND "index" BETWEEN $lo AND $hi
-      AND "maxValueTokenIndex" IS NOT NULL AND "index" IN (SELECT unnest($wanted::BIGINT[]))),
-r AS (SELECT *, row_number() OVER (PARTITION BY "index", top, bin ORDER BY mv DESC NULLS LAST, id) AS rb FROM a),
-q AS (SELECT "index", id, top, bin,
-             row_number() OVER (PARTITION BY "index", top ORDER BY CASE WHEN top THEN 0 ELSE rb END,
-             CASE WHEN top THEN mv ELSE bin END DESC NULLS LAST, mv DESC NULLS LAST, id) AS rn FROM r),
-x AS (SELECT q.*, t.tokens, t."values", t."maxValueTokenIndex" AS p, len(t.tokens) AS n
-      FROM q JOIN activations t ON t.id = q.id
-      WHERE q.rn <= $k AND t."modelId" = $model AND t."layer" = $source AND t."index" BETWEEN $lo AND $hi
-        AND len(t.tokens) > 0),
-w AS (SELECT *, greatest(0, least(n - $width, CAST(ceil((p - ($width - 1 - $after)) / $snap) AS BIGINT) * $snap)) AS st,
-             CASE WHEN p >= n / 2 THEN 0 ELSE greatest(0, n - $width) END AS fs
-      FROM x)
-SELECT "index", top, bin, list_slice(tokens, st + 1, st + $width), list_slice("values", st + 1, st + $width), p - st,
-       CASE WHEN top AND rn <= $far AND abs(fs - st) >= $width
-                 AND coalesce(list_max(list_slice("values", fs + 1, fs + $width)), 0) <= 0
-            THEN list_slice(tokens, fs + 1, fs + $width) END
-FROM w ORDER BY "index", top DESC, rn
-"""
-
-
 def read_chunk(store: Any, model: str, source: str, indices: list[int], spec: WindowSpec,
                type_name: str | None = None) -> Chunk:
     """The features `indices` of one source: explanations to score and windows of their examples."""
-    con = store.con
     feats = {i: FeatureExamples(model, source, i) for i in indices}
-    cond, params = _explanation_filter(type_name)
-    rows = con.execute(
-        f'SELECT "index", id, description, "typeName" FROM explanations WHERE "modelId" = ? AND "layer" = ? '
-        f'AND "index" BETWEEN ? AND ? AND {cond} ORDER BY "index", id',
-        [model, source, indices[0], indices[-1], *params]).fetchall()
-    for index, eid, desc, type_ in rows:
+    for index, eid, desc, type_ in explanations_to_score(store, model, source, indices[0], indices[-1], type_name):
         if index in feats:
             feats[index].explanations.append((eid, desc, type_))
     k = spec.n_top + spec.n_interval
     tops: dict[int, list[Window]] = {}
     intervals: dict[int, list[Window]] = {}
-    for index, top, bin_min, toks, vals, peak, far in con.execute(_WINDOWS_SQL, {
-            "model": model, "source": source, "lo": indices[0], "hi": indices[-1], "wanted": indices,
-            "width": spec.width, "after": spec.after, "snap": max(1, spec.snap), "k": k,
-            "far": spec.n_far}).fetchall():
+    for index, top, bin_min, toks, vals, peak, far in example_window_rows(store, model, source, indices, spec):
         w = Window(list(toks), [float(v or 0.0) for v in vals], int(peak), bool(top), bin_min)
         (tops if top else intervals).setdefault(index, []).append(w)
         if far is not None:

@@ -29,6 +29,8 @@ from featuredb.labels.explain_prompts import (
     build_messages,
     parse_explanation,
 )
+from featuredb.store.label_tables import explain_candidates, explain_example_rows
+from featuredb.store.reads import Scope, has_features
 
 AUTHOR = "featuredb"
 BATCH_SIZE = 16  # explanations per committed write
@@ -93,32 +95,14 @@ def parse_index_spec(spec: str) -> list[int]:
     return parse_int_ranges(spec, "--indices")
 
 
-def _select(con: Any, model: str, source: str | None, indices: Sequence[int] | None, keys: Sequence[str] | None,
-            type_name: str, explainer: str, report: ExplainReport) -> list[_Ref]:
+def _select(store: Any, model: str, source: str | None, indices: Sequence[int] | None,
+            keys: Sequence[str] | None, type_name: str, explainer: str, report: ExplainReport) -> list[_Ref]:
     """Features in scope that have examples and lack an explanation of this type by this model, in order."""
-    if not con.execute('SELECT 1 FROM features WHERE "modelId" = ? LIMIT 1', [model]).fetchone():
+    if not has_features(store, Scope(model)):
         raise NotFoundError(f"model {model!r} has no features in the store (see `featuredb info`)")
-    if source and not con.execute('SELECT 1 FROM features WHERE "modelId" = ? AND "layer" = ? LIMIT 1',
-                                  [model, source]).fetchone():
+    if source and not has_features(store, Scope(model, source)):
         raise NotFoundError(f"source {source!r} of model {model!r} has no features in the store")
-    conds, params = ['"modelId" = ?'], [model]
-    if source:
-        conds.append('"layer" = ?')
-        params.append(source)
-    if indices is not None:
-        conds.append('list_contains(?::BIGINT[], "index")')
-        params.append(list(indices))
-    if keys is not None:
-        conds.append("list_contains(?::VARCHAR[], feature_key)")
-        params.append(list(keys))
-    rows = con.execute(f"""
-        WITH scope AS (SELECT "modelId", "layer", "index", feature_key, pos_str FROM features
-                       WHERE {' AND '.join(conds)})
-        SELECT "modelId", "layer", "index", pos_str,
-               feature_key IN (SELECT feature_key FROM activations WHERE "modelId" = ?) AS has_examples,
-               feature_key IN (SELECT feature_key FROM explanations WHERE "modelId" = ? AND "typeName" = ?
-                               AND "explanationModelName" = ?) AS done
-        FROM scope ORDER BY "layer", "index" """, [*params, model, model, type_name, explainer]).fetchall()
+    rows = explain_candidates(store, Scope(model, source), indices, keys, type_name, explainer)
     if indices is not None or keys is not None:
         wanted = len(set(indices)) if indices is not None else len({k for k in keys or [] if k.startswith(model + "/")})
         report.not_found = max(0, wanted - len(rows))
@@ -150,17 +134,10 @@ def _chunks(todo: list[_Ref]) -> Iterator[list[_Ref]]:
         yield chunk
 
 
-def _feature_examples(con: Any, todo: list[_Ref]) -> Iterator[tuple[_Ref, FeatureExamples]]:
-    """Each feature with its stored examples, read a chunk of one source at a time (an index range, so DuckDB
-    skips row groups by their min/max)."""
+def _feature_examples(store: Any, todo: list[_Ref]) -> Iterator[tuple[_Ref, FeatureExamples]]:
+    """Each feature with its stored examples, read a chunk of one source at a time."""
     for chunk in _chunks(todo):
-        idx = [r.index for r in chunk]
-        rows = con.execute("""
-            SELECT "index", tokens, "values", "maxValue", "maxValueTokenIndex", coalesce("binMin", -1) = -1
-            FROM activations WHERE "modelId" = ? AND "layer" = ? AND "index" BETWEEN ? AND ?
-              AND list_contains(?::BIGINT[], "index")
-            ORDER BY "index", "maxValue" DESC NULLS LAST, id""",
-                           [chunk[0].model, chunk[0].layer, min(idx), max(idx), idx]).fetchall()
+        rows = explain_example_rows(store, chunk[0].model, chunk[0].layer, [r.index for r in chunk])
         by_index: dict[int, list[Example]] = {}
         for index, tokens, values, max_value, max_index, top in rows:
             by_index.setdefault(int(index), []).append(Example(
@@ -171,8 +148,8 @@ def _feature_examples(con: Any, todo: list[_Ref]) -> Iterator[tuple[_Ref, Featur
                                        list(ref.pos_str))
 
 
-def _requests(con: Any, todo: list[_Ref], type_name: str) -> Iterator[tuple[_Ref, list[dict[str, str]]]]:
-    for ref, feature in _feature_examples(con, todo):
+def _requests(store: Any, todo: list[_Ref], type_name: str) -> Iterator[tuple[_Ref, list[dict[str, str]]]]:
+    for ref, feature in _feature_examples(store, todo):
         yield ref, build_messages(feature, type_name)
 
 
@@ -222,13 +199,13 @@ async def explain_features_async(store: Any, endpoint: ChatEndpoint, *, model: s
         raise FeatureDBError("--max-features must be 0 or more")
     started = time.perf_counter()
     report = ExplainReport(type_name, endpoint.model, dry_run=dry_run)
-    todo = _select(store.con, model, source, indices, keys, type_name, endpoint.model, report)
+    todo = _select(store, model, source, indices, keys, type_name, endpoint.model, report)
     if max_features is not None and len(todo) > max_features:
         report.not_sent = len(todo) - max_features
         todo = todo[:max_features]
     max_tokens = MAX_TOKENS[type_name]
     if dry_run:
-        for ref, messages in _requests(store.con, todo, type_name):
+        for ref, messages in _requests(store, todo, type_name):
             if report.first_request is None:
                 report.first_request = {"feature": ref.key, "url": f"{endpoint.url}/chat/completions",
                                         "body": {"model": endpoint.model, "messages": messages,
@@ -262,7 +239,7 @@ async def explain_features_async(store: Any, endpoint: ChatEndpoint, *, model: s
         if len(report.errors) < 100:
             report.errors.append(message)
 
-    requests = _requests(store.con, todo, type_name)
+    requests = _requests(store, todo, type_name)
     pending: set[asyncio.Task[Any]] = set()
     window = 2 * endpoint.concurrency
     consecutive = 0

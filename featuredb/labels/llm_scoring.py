@@ -29,7 +29,7 @@ from tqdm import tqdm
 from featuredb.labels.chat_endpoint import ChatEndpoint
 from featuredb.labels.embedding_score import ScoreSummary
 from featuredb.labels.example_windows import Chunk, FeatureExamples, Window, WindowSpec, iter_chunks
-from featuredb.labels.score_store import FUZZ_TYPE, RECALL_TYPE, write_scores
+from featuredb.store.score_tables import FUZZ_TYPE, RECALL_TYPE, write_scores
 from featuredb.labels.scoring_prompts import messages
 
 KINDS = {"detection": RECALL_TYPE, "fuzz": FUZZ_TYPE}

@@ -18,6 +18,8 @@ from featuredb.formats.graph_json import feature_nodes, graph_model, graph_sourc
 from featuredb.identity import source_id
 from featuredb.models import Feature
 from featuredb.neuronpedia.client import NeuronpediaClient
+from featuredb.store.export_tables import feature_densities, upload_activation_rows, upload_explanation_rows
+from featuredb.store.reads import Scope, feature_indices
 from featuredb.store.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, MODELS, SOURCE_SETS, SOURCES
 from featuredb.store.feature_store import FeatureStore
 
@@ -72,8 +74,7 @@ def feature_tables(features: list[Feature]) -> dict[str, pa.Table]:
 
 
 def _present(store: FeatureStore, model: str, source: str) -> set[int]:
-    rows = store.con.execute('SELECT "index" FROM features WHERE "modelId" = ? AND "layer" = ?', [model, source])
-    return {r[0] for r in rows.fetchall()}
+    return set(feature_indices(store, Scope(model, source)))
 
 
 def pull_features(client: NeuronpediaClient, store: FeatureStore, wanted: list[tuple[str, str, int]], *,
@@ -150,22 +151,16 @@ def subgraph_body(graph: dict[str, Any], model: str | None = None) -> dict[str, 
 
 def upload_payload(store: FeatureStore, model: str, source: str) -> list[dict[str, Any]]:
     """Features of one source in Neuronpedia's upload-batch shape (those with at least one activation)."""
-    con = store.con
-    feats = con.execute('SELECT "index", frac_nonzero FROM features WHERE "modelId" = ? AND "layer" = ? '
-                        'ORDER BY "index"', [model, source]).fetchall()
+    feats = feature_densities(store, model, source)
     acts: dict[int, list[dict[str, Any]]] = {}
-    for idx, tokens, values, bmin, bmax, bc in con.execute(
-            'SELECT "index", tokens, "values", "binMin", "binMax", "binContains" FROM activations '
-            'WHERE "modelId" = ? AND "layer" = ? ORDER BY "index", "maxValue" DESC', [model, source]).fetchall():
+    for idx, tokens, values, bmin, bmax, bc in upload_activation_rows(store, model, source):
         interval = bmin is not None and bmin >= 0
         acts.setdefault(idx, []).append({"tokens": tokens, "values": values,
                                          "quantileMin": bmin if interval else None,
                                          "quantileMax": bmax if interval else None,
                                          "quantileFraction": bc if interval else None})
     exps: dict[int, list[dict[str, Any]]] = {}
-    for idx, text, method, mname in con.execute(
-            'SELECT "index", description, "typeName", "explanationModelName" FROM explanations '
-            'WHERE "modelId" = ? AND "layer" = ? ORDER BY "index", "id"', [model, source]).fetchall():
+    for idx, text, method, mname in upload_explanation_rows(store, model, source):
         exps.setdefault(idx, []).append({"text": text, "methodName": method, "modelName": mname})
     out = []
     for idx, density in feats:

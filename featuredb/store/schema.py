@@ -325,7 +325,7 @@ def _add_db_models_fields_v5(con: duckdb.DuckDBPyConnection) -> None:
 
 # Neuronpedia's ExplanationScore (apps/webapp/prisma/schema.prisma): one score of one explanation by one scorer
 # (`explanationScoreTypeName`: eleuther_embedding, eleuther_recall, eleuther_fuzz, ...) and scorer model. `id` is
-# 'fdb-' || md5(explanationId|type|model), so scoring again replaces a row (featuredb.labels.score_store).
+# 'fdb-' || md5(explanationId|type|model), so scoring again replaces a row (featuredb.store.score_tables).
 EXPLANATION_SCORES_COLUMNS = {
     "id": "VARCHAR",
     "explanationId": "VARCHAR",
@@ -340,7 +340,7 @@ EXPLANATION_SCORES_COLUMNS = {
 
 def _add_explanation_scores_v6(con: duckdb.DuckDBPyConnection) -> None:
     # No PRIMARY KEY: DuckDB refuses deleting and re-inserting a key in one transaction, which is how a score is
-    # replaced; featuredb.labels.score_store keeps `id` unique.
+    # replaced; featuredb.store.score_tables keeps `id` unique.
     cols = ", ".join(f'"{n}" {ty}' for n, ty in EXPLANATION_SCORES_COLUMNS.items())
     con.execute(f"CREATE TABLE explanation_scores ({cols})")
     con.execute('CREATE INDEX explanation_scores_explanation ON explanation_scores ("explanationId")')

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError
+from featuredb.store.reads import dict_rows
 from featuredb.store.schema import EXPLANATION_SCORES_COLUMNS
 
 EMBEDDING_TYPE = "eleuther_embedding"
@@ -111,12 +112,9 @@ def scores_of(store: Any, explanation_ids: Iterable[str]) -> dict[str, list[dict
     out: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
     if not ids:
         return out
-    cur = store.con.execute(
-        """SELECT * FROM explanation_scores WHERE "explanationId" IN (SELECT unnest(?::VARCHAR[]))
-           ORDER BY "explanationId", "explanationScoreTypeName", "explanationScoreModelName", id""", [ids])
-    names = [d[0] for d in cur.description]
-    for row in cur.fetchall():
-        rec = dict(zip(names, row))
+    for rec in dict_rows(store.con.execute(
+            """SELECT * FROM explanation_scores WHERE "explanationId" IN (SELECT unnest(?::VARCHAR[]))
+               ORDER BY "explanationId", "explanationScoreTypeName", "explanationScoreModelName", id""", [ids])):
         created = rec.get("createdAt")
         if isinstance(created, datetime):
             if created.tzinfo is None:
