@@ -12,7 +12,8 @@ import pytest
 
 from featuredb import FeatureStore
 from featuredb.labels import baseline
-from featuredb.labels.label_rule import (BASELINE_TYPE, LABEL_ORDER_SQL, best_label, label_sort_key, labels_sql,
+from featuredb.store.label_query import labels_sql
+from featuredb.labels.label_rule import (BASELINE_TYPE, LABEL_ORDER_SQL, best_label, label_sort_key,
                                          sort_explanations)
 from featuredb.search.api import search
 from tracer import feature_labels

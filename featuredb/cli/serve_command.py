@@ -45,7 +45,7 @@ def serve_command(host: str, port: int, write_token: str | None, workers: int, d
     import uvicorn
 
     from featuredb.errors import BadInputError
-    from featuredb.formats.parquet_import import materialise_export
+    from featuredb.store.feature_store import materialise_export
     from featuredb.object_storage import is_remote, is_remote_file
     from featuredb.server.app import DB_ENV_FOR_WORKERS, create_app
     from featuredb.server.limits import SHUTDOWN_GRACE_S

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 
 from featuredb.errors import NotFoundError
 from featuredb.object_storage import connect_object_storage, failure, is_remote, join_url
 from featuredb.store.schema import TABLES
-from featuredb.store.feature_store import FeatureStore
 
-STORE_FILE = "store.duckdb"  # the store file a materialised export gets inside its directory
-
+if TYPE_CHECKING:
+    from featuredb.store.feature_store import FeatureStore
 
 def _quoted(path: str) -> str:
     return "'" + path.replace("'", "''") + "'"
@@ -51,11 +51,3 @@ def import_parquet_export(store: FeatureStore, prefix: str) -> dict[str, int]:
             except duckdb.Error as e:
                 raise failure(files[t.name], e) from None
     return written
-
-
-def materialise_export(prefix: str, directory: str | Path) -> Path:
-    """A local store (directory/store.duckdb) holding the export at `prefix`, with its search indexes built."""
-    path = Path(directory) / STORE_FILE
-    with FeatureStore(path) as store:
-        import_parquet_export(store, prefix)
-    return path

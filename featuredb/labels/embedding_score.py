@@ -23,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from featuredb.labels.example_windows import Chunk, Window, WindowSpec, iter_chunks
-from featuredb.store.label_tables import search_index_embeddings
+from featuredb.store.feature_store import FeatureStore
+from featuredb.store.reads import stored_text_embeddings
 from featuredb.store.score_tables import EMBEDDING_TYPE, write_scores
 from featuredb.search.embedder import DIM, embed, embedding_text
 
@@ -85,17 +86,15 @@ class _Vectors:
         return out
 
 
-def _cached_explanation_vectors(store: Any, descriptions: list[str]) -> tuple[list[str], np.ndarray]:
+def _cached_explanation_vectors(store: FeatureStore, descriptions: list[str]) -> tuple[list[str], np.ndarray]:
     """Embeddings the search index already holds for these explanation texts (same model, same text cleaning)."""
     try:
-        from featuredb.store.search_indexes import SEARCH_FORMAT
-
-        rows = search_index_embeddings(store, descriptions, SEARCH_FORMAT)
+        known = stored_text_embeddings(store, descriptions)
     except Exception:  # an index of another layout: embed the texts instead
         return [], np.zeros((0, DIM), np.float32)
-    if not rows:
+    if not known:
         return [], np.zeros((0, DIM), np.float32)
-    return [r[0] for r in rows], np.asarray([r[1] for r in rows], dtype=np.float32)
+    return list(known), np.stack(list(known.values()))
 
 
 def _detail(w: Window, distance: int, similarity: float, negative: bool) -> dict[str, Any]:

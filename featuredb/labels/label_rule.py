@@ -36,12 +36,6 @@ def label_rank_sql(partition: str = "feature_key") -> str:
     return f"row_number() OVER (PARTITION BY {partition} ORDER BY {LABEL_ORDER_SQL})"
 
 
-def labels_sql(where: str = "TRUE", columns: str = 'feature_key, description, "typeName"') -> str:
-    """A query for each feature's label row (`columns` of explanations) among usable explanations matching `where`."""
-    return (f"SELECT {columns} FROM explanations WHERE ({where}) AND {USABLE_SQL} "
-            f"QUALIFY {label_rank_sql()} = 1")
-
-
 def _get(record: Any, name: str) -> Any:
     if isinstance(record, Mapping):
         return record.get(name)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from featuredb.store.reads import Scope, dict_rows
 from featuredb.store import schema
+from featuredb.store.schema import ACTIVATION_ORDER
 
 if TYPE_CHECKING:
     from featuredb.store.feature_store import FeatureStore
@@ -34,8 +35,6 @@ def feature_rows_page(store: FeatureStore, model: str, source: str, limit: int, 
 def activation_rows_in_range(store: FeatureStore, model: str, source: str, lo: int, hi: int,
                              columns: list[str]) -> list[dict[str, Any]]:
     """Activation rows (`columns` only) of one source's features lo..hi, by index and then GET feature's order."""
-    from featuredb.store.feature_store import ACTIVATION_ORDER
-
     cols = ", ".join(f'"{c}"' for c in columns)
     return dict_rows(store.con.execute(
         f'SELECT {cols} FROM activations WHERE "modelId" = ? AND "layer" = ? AND "index" BETWEEN ? AND ? '

@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError, NotFoundError, SchemaVersionError, StoreLockedError
+from featuredb.formats.parquet_import import import_parquet_export
 from featuredb.store.feature_docs_table import clear_feature_docs
 from featuredb.store.feature_packs import EXAMPLE_FIELDS, unpack
 from featuredb.store.reads import dict_row, dict_rows
@@ -28,7 +29,6 @@ from featuredb.models import Feature
 from featuredb.object_storage import connect_object_storage, is_remote, is_remote_file
 from featuredb.object_storage import failure as object_storage_failure
 from featuredb.store.schema import (
-    ACTIVATION_ORDER,
     ACTIVATION_EXAMPLES_COLUMNS,
     ACTIVATION_ROWS,
     ACTIVATIONS,
@@ -57,6 +57,7 @@ DEFAULT_DB = "data/featuredb.duckdb"
 SEARCHED_TABLES = ("features", "activations", "explanations")  # writes here make the search indexes stale
 RELATION_TABLES = ("models", "sources", "source_sets")  # rows GET feature includes; writes clear their cache
 DB_ENV = "FEATUREDB_DB"
+MATERIALISED_STORE_FILE = "store.duckdb"  # the store file a materialised export gets inside its directory
 
 # Rows without an id get a deterministic one, so importing the same rows twice replaces them.
 _ID_EXPRESSIONS = {
@@ -167,6 +168,15 @@ def _connect_reader(path: str) -> duckdb.DuckDBPyConnection:
     return _connect(path, read_only=True)
 
 
+def materialise_export(prefix: str, directory: str | Path) -> Path:
+    """A local store (directory/store.duckdb) holding the Parquet export at `prefix`, with its search indexes
+    built: how a store is read from an export prefix in object storage."""
+    path = Path(directory) / MATERIALISED_STORE_FILE
+    with FeatureStore(path) as store:
+        import_parquet_export(store, prefix)
+    return path
+
+
 class MissingKeyError(FeatureDBError):
     """Rows arrived without a key field (modelId, layer, index or id)."""
 
@@ -222,8 +232,6 @@ class FeatureStore:
                 self.con.close()
                 raise
             return
-        from featuredb.formats.parquet_import import materialise_export
-
         self._local_copy = tempfile.mkdtemp(prefix="featuredb-s3-")
         try:
             local = str(materialise_export(self.path, self._local_copy))

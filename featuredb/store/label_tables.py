@@ -260,15 +260,3 @@ def example_window_rows(store: FeatureStore, model: str, source: str, indices: S
         "model": model, "source": source, "lo": idx[0], "hi": idx[-1], "wanted": idx, "width": spec.width,
         "after": spec.after, "snap": max(1, spec.snap), "k": spec.n_top + spec.n_interval,
         "far": spec.n_far}).fetchall()
-
-
-def search_index_embeddings(store: FeatureStore, descriptions: list[str],
-                            search_format: str) -> list[tuple[str, list[float]]]:
-    """(description, embedding) the search index holds for these texts; none unless its format is `search_format`."""
-    con = store.con
-    fmt = con.execute("SELECT value FROM search_state WHERE key = 'format'").fetchone()
-    if fmt is None or fmt[0] != search_format or not con.execute(
-            "SELECT 1 FROM information_schema.tables WHERE table_name = 'search_texts'").fetchone():
-        return []
-    return con.execute("SELECT description, embedding FROM search_texts WHERE description IN "
-                       "(SELECT unnest(?::VARCHAR[]))", [descriptions]).fetchall()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from featuredb.labels.label_rule import labels_sql
+from featuredb.store.label_query import labels_sql
 from featuredb.store.schema import ACTIVATION_ORDER, feature_key
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from featuredb.labels.label_rule import labels_sql
+from featuredb.store.label_query import labels_sql
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.extensions import load_extension
 
