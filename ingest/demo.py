@@ -16,6 +16,7 @@ from featuredb.labels.baseline import label_features
 from featuredb.labels.embedding_score import score_embedding
 from featuredb.labels.label_rule import BASELINE_TYPE
 from featuredb.search.api import search
+from featuredb.search.hits import hit_table
 from featuredb.store.feature_store import FeatureStore
 from ingest.corpus import DEFAULT_CORPUS, WIKITEXT_PREFIX, CorpusStats, installed_docs
 from ingest.default_model import ensure_default_model
@@ -171,8 +172,6 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
         echo(f"   {n_labels:,} features labelled; mean embedding score (AUROC) of the labels {shown}")
 
     def searches() -> dict[str, list[dict[str, Any]]]:
-        from featuredb.cli.search_command import print_hits
-
         out = {}
         with FeatureStore(db, read_only=True) as store:
             for q in QUERIES["wikitext" if corpus.startswith(WIKITEXT_PREFIX) else DEFAULT_CORPUS]:
@@ -180,7 +179,7 @@ def run_demo(profile: Profile, *, db: str, data_dir: str = "data", device: str |
                 out[q] = [h.as_dict() for h in hits]
                 if not quiet:
                     echo(f'\n   featuredb search "{q}"')
-                    print_hits(hits)
+                    echo(hit_table(hits))
         return out
 
     summary.searches = steps.run("search", "two example concept searches (BM25 + MiniLM, fused)", searches)

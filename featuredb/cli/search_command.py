@@ -9,38 +9,24 @@ from featuredb.errors import FeatureDBError
 from featuredb.object_storage import is_remote
 from featuredb.search.api import MODES, search
 from featuredb.search.filters import SearchFilters, parse_layers
-from featuredb.search.hits import SearchHit
+from featuredb.search.hits import SearchHit, clip, hit_table
 from featuredb.store.search_indexes import has_search_tables, is_dirty
 from featuredb.search.inference import InferenceResult, inference_search
 from featuredb.store.reads import model_ids
 
 
-def _clip(text: str | None, width: int) -> str:
-    text = (text or "").replace("\n", " ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def print_hits(hits: list[SearchHit]) -> None:
     """An aligned table: rank, feature, score, density, label and top tokens."""
-    if not hits:
-        click.echo("no matching features")
-        return
-    names = [f"{h.model}/{h.source}/{h.index}" for h in hits]
-    width = max(len(n) for n in names)
-    click.echo(f"{'#':>2}  {'feature':<{width}}  {'score':>7}  {'density':>8}  {'label':<48}  top tokens")
-    for i, (h, name) in enumerate(zip(hits, names), start=1):
-        density = f"{h.density:.2e}" if h.density is not None else "-"
-        tokens = " ".join(repr(t.strip() or t) for t in h.top_tokens[:4])
-        click.echo(f"{i:>2}  {name:<{width}}  {h.score:>7.3f}  {density:>8}  {_clip(h.label, 48):<48}  {tokens}")
+    click.echo(hit_table(hits))
 
 
 def _print_inference(r: InferenceResult) -> None:
     for t in r.by_token:
-        feats = "; ".join(f"{f.source}/{f.index} {f.activation:.2f} {_clip(f.label, 30)}" for f in t.top_features)
+        feats = "; ".join(f"{f.source}/{f.index} {f.activation:.2f} {clip(f.label, 30)}" for f in t.top_features)
         click.echo(f"{t.position:>3} {t.token!r:<14} {feats or '-'}")
     click.echo("\nstrongest features over the text:")
     for f in r.overall:
-        click.echo(f"  {f.source}/{f.index}  {f.activation:.2f}  {_clip(f.label, 60)}")
+        click.echo(f"  {f.source}/{f.index}  {f.activation:.2f}  {clip(f.label, 60)}")
 
 
 def _open_current(db: str):  # type: ignore[no-untyped-def]

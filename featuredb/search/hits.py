@@ -40,3 +40,23 @@ def build_hits(con: Any, ranked: list[tuple[str, float, str | None]]) -> list[Se
             hits.append(SearchHit(r["modelId"], r["source"], int(r["index"]), r["label"], float(score), r["density"],
                                   list(r["top_tokens"] or []), matched))
     return hits
+
+
+def clip(text: str | None, width: int) -> str:
+    """`text` on one line, cut to `width` characters with an ellipsis."""
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def hit_table(hits: list[SearchHit]) -> str:
+    """Hits as an aligned text table: rank, feature, score, density, label and top tokens."""
+    if not hits:
+        return "no matching features"
+    names = [f"{h.model}/{h.source}/{h.index}" for h in hits]
+    width = max(len(n) for n in names)
+    lines = [f"{'#':>2}  {'feature':<{width}}  {'score':>7}  {'density':>8}  {'label':<48}  top tokens"]
+    for i, (h, name) in enumerate(zip(hits, names), start=1):
+        density = f"{h.density:.2e}" if h.density is not None else "-"
+        tokens = " ".join(repr(t.strip() or t) for t in h.top_tokens[:4])
+        lines.append(f"{i:>2}  {name:<{width}}  {h.score:>7.3f}  {density:>8}  {clip(h.label, 48):<48}  {tokens}")
+    return "\n".join(lines)
