@@ -49,7 +49,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -62,6 +62,11 @@ from featuredb.store.label_tables import (
     replace_labels_of_type,
 )
 from featuredb.store.reads import Scope, has_features
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from featuredb.store.feature_store import FeatureStore
 
 MAX_PEAKS = 3
 MAX_LOGITS = 2
@@ -232,7 +237,7 @@ def says(pos_str: list[str] | None, pos_values: list[float] | None, neg_values: 
     return list(words.values())
 
 
-def generic_logit_tokens(con: Any, model: str | None) -> dict[str, frozenset[str]]:
+def generic_logit_tokens(con: duckdb.DuckDBPyConnection, model: str | None) -> dict[str, frozenset[str]]:
     """modelId -> tokens in the top-10 positive logits of at least GENERIC_SHARE of the model's features."""
     return {m: frozenset(toks) for m, toks in
             generic_logit_tokens_by_model(con, Scope(model), GENERIC_MIN, GENERIC_SHARE).items()}
@@ -244,7 +249,7 @@ EVIDENCE_LIMITS = BaselineEvidenceLimits(
     topic_lift=TOPIC_LIFT, z_effect=Z_EFFECT)
 
 
-def _rows(con: Any, model: str | None, source: str | None) -> list[tuple]:
+def _rows(con: duckdb.DuckDBPyConnection, model: str | None, source: str | None) -> list[tuple]:
     return baseline_evidence_rows(con, Scope(model, source), EVIDENCE_LIMITS,
                                   _kind_sql("peak", "CASE WHEN at_start THEN 0 END"))
 
@@ -293,14 +298,14 @@ def feature_label(row: tuple, generic: frozenset[str] = frozenset()) -> str | No
     return describe([], None, logits)
 
 
-def compute_labels(con: Any, model: str | None = None,
+def compute_labels(con: duckdb.DuckDBPyConnection, model: str | None = None,
                    source: str | None = None) -> list[tuple[str, str, int, str | None]]:
     """(modelId, layer, index, label or None) for every feature in scope, without writing anything."""
     generic = generic_logit_tokens(con, model)
     return [(r[0], r[1], r[2], feature_label(r, generic.get(r[0], frozenset()))) for r in _rows(con, model, source)]
 
 
-def label_features(store: Any, *, model: str | None = None, source: str | None = None) -> BaselineSummary:
+def label_features(store: FeatureStore, *, model: str | None = None, source: str | None = None) -> BaselineSummary:
     """Write (replacing earlier baseline labels) one `featuredb-baseline` explanation per feature in scope."""
     if not has_features(store, Scope(model, source)):
         scope = "/".join(x for x in (model, source) if x) or "the store"

@@ -169,7 +169,8 @@ def score_chunk(chunk: Chunk, vectors: _Vectors, explanation_vecs: dict[str, np.
     return out, skipped
 
 
-def score_embedding(store: Any, *, model: str, source: str | list[str] | None = None, type_name: str | None = None,
+def score_embedding(store: FeatureStore, *, model: str, source: str | list[str] | None = None,
+                    type_name: str | None = None,
                     spec: WindowSpec = DEFAULT_SPEC, n_negatives: int = N_NEGATIVES, chunk: int = CHUNK_FEATURES,
                     seed: int = 0, progress: bool | None = None, write: bool = True) -> ScoreSummary:
     """Score every explanation (of `type_name`, else all) of the model (or of `source`: one or a list) and write

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from featuredb.errors import NotFoundError
 from featuredb.store.label_tables import (
@@ -21,6 +21,9 @@ from featuredb.store.label_tables import (
     explanations_to_score,
     model_has_rows,
 )
+
+if TYPE_CHECKING:
+    from featuredb.store.feature_store import FeatureStore
 
 SPECIAL_TOKEN = re.compile(r"^<\|[^|]*\|>$|^<s>$|^</s>$|^<bos>$|^<eos>$")
 
@@ -73,7 +76,7 @@ class Chunk:
     features: list[FeatureExamples]
 
 
-def scored_features(store: Any, *, model: str, source: str | list[str] | None = None,
+def scored_features(store: FeatureStore, *, model: str, source: str | list[str] | None = None,
                     type_name: str | None = None) -> dict[str, list[int]]:
     """source -> sorted indices of the features with an explanation to score (of `type_name` when given), in
     `source` (one source or a list of them) or every source of the model."""
@@ -96,7 +99,7 @@ def chunk_bounds(indices: list[int], chunk: int) -> list[list[int]]:
     return [indices[i:i + size] for i in range(0, n, size)]
 
 
-def read_chunk(store: Any, model: str, source: str, indices: list[int], spec: WindowSpec,
+def read_chunk(store: FeatureStore, model: str, source: str, indices: list[int], spec: WindowSpec,
                type_name: str | None = None) -> Chunk:
     """The features `indices` of one source: explanations to score and windows of their examples."""
     feats = {i: FeatureExamples(model, source, i) for i in indices}
@@ -119,7 +122,8 @@ def read_chunk(store: Any, model: str, source: str, indices: list[int], spec: Wi
     return Chunk(model, source, [feats[i] for i in indices])
 
 
-def iter_chunks(store: Any, *, model: str, source: str | list[str] | None, type_name: str | None, spec: WindowSpec,
+def iter_chunks(store: FeatureStore, *, model: str, source: str | list[str] | None, type_name: str | None,
+                spec: WindowSpec,
                 chunk: int) -> tuple[int, Iterator[Chunk]]:
     """(features in scope, chunks of at most `chunk` features of one source each, in source and index order)."""
     plan = scored_features(store, model=model, source=source, type_name=type_name)

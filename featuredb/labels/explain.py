@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -31,6 +31,9 @@ from featuredb.labels.explain_prompts import (
 )
 from featuredb.store.label_tables import explain_candidates, explain_example_rows
 from featuredb.store.reads import Scope, has_features
+
+if TYPE_CHECKING:
+    from featuredb.store.feature_store import FeatureStore
 
 AUTHOR = "featuredb"
 BATCH_SIZE = 16  # explanations per committed write
@@ -95,7 +98,7 @@ def parse_index_spec(spec: str) -> list[int]:
     return parse_int_ranges(spec, "--indices")
 
 
-def _select(store: Any, model: str, source: str | None, indices: Sequence[int] | None,
+def _select(store: FeatureStore, model: str, source: str | None, indices: Sequence[int] | None,
             keys: Sequence[str] | None, type_name: str, explainer: str, report: ExplainReport) -> list[_Ref]:
     """Features in scope that have examples and lack an explanation of this type by this model, in order."""
     if not has_features(store, Scope(model)):
@@ -134,7 +137,7 @@ def _chunks(todo: list[_Ref]) -> Iterator[list[_Ref]]:
         yield chunk
 
 
-def _feature_examples(store: Any, todo: list[_Ref]) -> Iterator[tuple[_Ref, FeatureExamples]]:
+def _feature_examples(store: FeatureStore, todo: list[_Ref]) -> Iterator[tuple[_Ref, FeatureExamples]]:
     """Each feature with its stored examples, read a chunk of one source at a time."""
     for chunk in _chunks(todo):
         rows = explain_example_rows(store, chunk[0].model, chunk[0].layer, [r.index for r in chunk])
@@ -148,7 +151,7 @@ def _feature_examples(store: Any, todo: list[_Ref]) -> Iterator[tuple[_Ref, Feat
                                        list(ref.pos_str))
 
 
-def _requests(store: Any, todo: list[_Ref], type_name: str) -> Iterator[tuple[_Ref, list[dict[str, str]]]]:
+def _requests(store: FeatureStore, todo: list[_Ref], type_name: str) -> Iterator[tuple[_Ref, list[dict[str, str]]]]:
     for ref, feature in _feature_examples(store, todo):
         yield ref, build_messages(feature, type_name)
 
@@ -160,7 +163,7 @@ def _estimate_tokens(messages: list[dict[str, str]]) -> int:
 class _Writer:
     """Buffers explanations and writes them in small committed batches."""
 
-    def __init__(self, store: Any, type_name: str, explainer: str) -> None:
+    def __init__(self, store: FeatureStore, type_name: str, explainer: str) -> None:
         self.store, self.type_name, self.explainer = store, type_name, explainer
         self.rows: list[tuple[_Ref, str]] = []
         self.last = time.monotonic()
@@ -187,7 +190,7 @@ class _Writer:
         return n
 
 
-async def explain_features_async(store: Any, endpoint: ChatEndpoint, *, model: str, source: str | None = None,
+async def explain_features_async(store: FeatureStore, endpoint: ChatEndpoint, *, model: str, source: str | None = None,
                                  indices: Sequence[int] | None = None, keys: Sequence[str] | None = None,
                                  type_name: str = NP_MAX_ACT_LOGITS, max_features: int | None = None,
                                  dry_run: bool = False, progress: bool | None = None,
@@ -285,7 +288,7 @@ async def explain_features_async(store: Any, endpoint: ChatEndpoint, *, model: s
     return report
 
 
-def explain_features(store: Any, endpoint: ChatEndpoint, *, model: str, source: str | None = None,
+def explain_features(store: FeatureStore, endpoint: ChatEndpoint, *, model: str, source: str | None = None,
                      indices: Sequence[int] | None = None, keys: Sequence[str] | None = None,
                      type_name: str = NP_MAX_ACT_LOGITS, max_features: int | None = None, dry_run: bool = False,
                      progress: bool | None = None, max_consecutive_errors: int | None = None) -> ExplainReport:

@@ -21,7 +21,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -31,6 +31,9 @@ from featuredb.labels.embedding_score import ScoreSummary
 from featuredb.labels.example_windows import Chunk, FeatureExamples, Window, WindowSpec, iter_chunks
 from featuredb.store.score_tables import FUZZ_TYPE, RECALL_TYPE, write_scores
 from featuredb.labels.scoring_prompts import messages
+
+if TYPE_CHECKING:
+    from featuredb.store.feature_store import FeatureStore
 
 KINDS = {"detection": RECALL_TYPE, "fuzz": FUZZ_TYPE}
 LLM_SPEC = WindowSpec(n_top=3, n_interval=2, n_far=0, width=32, after=5, snap=1)  # delphi: 32 tokens, 5/6 before
@@ -194,7 +197,7 @@ async def _score_chunk(endpoint: ChatEndpoint, chunk: Chunk, kinds: list[str], s
     return list(await asyncio.gather(*(run(*j) for j in jobs)))
 
 
-def score_with_llm(store: Any, endpoint: ChatEndpoint, *, model: str, source: str | None = None,
+def score_with_llm(store: FeatureStore, endpoint: ChatEndpoint, *, model: str, source: str | None = None,
                    type_name: str | None = None, kinds: tuple[str, ...] = ("detection", "fuzz"),
                    spec: WindowSpec = LLM_SPEC, chunk: int = CHUNK_FEATURES, seed: int = 0,
                    progress: bool | None = None, write: bool = True) -> list[ScoreSummary]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.search.context import SearchContext, build_context
@@ -15,11 +15,16 @@ from featuredb.search.semantic_search import semantic_ranking
 from featuredb.search.text_search import text_ranking
 from featuredb.search.token_search import logit_ranking, token_ranking
 
+if TYPE_CHECKING:
+    import duckdb
+
+    from featuredb.store.feature_store import FeatureStore
+
 MODES = ("auto", "text", "semantic", "token", "logit")  # inference has its own entry point (needs a model)
 FUSION_DEPTH = 50  # how deep each list goes into reciprocal-rank fusion
 
 
-def prepare(store: Any) -> SearchContext:
+def prepare(store: FeatureStore) -> SearchContext:
     """Make the search tables current (rebuilding them on a writable store); the store's reusable context."""
     ctx = store.search_context
     if ctx is not None and store.read_only:
@@ -46,13 +51,15 @@ def _check_scope(ctx: SearchContext, filters: SearchFilters) -> None:
         raise NotFoundError(f"model {filters.model!r} is not in the store; it has: {', '.join(ctx.models)}")
 
 
-def _describe(con: Any, ranked: list[tuple[str, float, Any]]) -> list[tuple[str, float, str | None]]:
+def _describe(con: duckdb.DuckDBPyConnection, ranked: list[tuple[str, float, Any]]) -> list[tuple[str, float,
+              str | None]]:
     """Replace text ids in `matched` by the explanation text that matched."""
     rows = texts_by_id(con, sorted({int(m) for _, _, m in ranked if m is not None}))
     return [(k, s, rows.get(int(m)) if m is not None else None) for k, s, m in ranked]
 
 
-def search(store: Any, query: str, *, mode: str = "auto", filters: SearchFilters | None = None, limit: int = 10,
+def search(store: FeatureStore, query: str, *, mode: str = "auto", filters: SearchFilters | None = None,
+           limit: int = 10,
            negative: bool = False) -> list[SearchHit]:
     """Features for `query`, best first: explanations (auto/text/semantic), peak tokens (token), logits (logit)."""
     if mode not in MODES:

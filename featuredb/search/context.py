@@ -4,13 +4,16 @@ and (for stores without an HNSW index) the text embeddings as one in-memory matr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from featuredb.search.extensions import load_extension
 from featuredb.store.search_indexes import has_hnsw
 from featuredb.store.search_tables import bm25_stats, searchable_models, text_embeddings, text_feature_map
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 @dataclass
@@ -32,7 +35,7 @@ class SearchContext:
     map_density: np.ndarray | None = None
 
 
-def build_context(con: Any) -> SearchContext:
+def build_context(con: duckdb.DuckDBPyConnection) -> SearchContext:
     """Load the extensions and read the reusable state."""
     load_extension(con, "fts")
     load_extension(con, "vss")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featuredb.store.search_tables import hit_rows
+
+if TYPE_CHECKING:
+    import duckdb
 
 
 @dataclass
@@ -28,7 +31,7 @@ class SearchHit:
         return d
 
 
-def build_hits(con: Any, ranked: list[tuple[str, float, str | None]]) -> list[SearchHit]:
+def build_hits(con: duckdb.DuckDBPyConnection, ranked: list[tuple[str, float, str | None]]) -> list[SearchHit]:
     """SearchHits for (feature_key, score, matched) in the given order."""
     if not ranked:
         return []

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from featuredb.errors import FeatureDBError, NotFoundError
 from featuredb.store.reads import model_ids
 from featuredb.store.schema import feature_key
 from featuredb.store.search_tables import feature_labels
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from featuredb.store.feature_store import FeatureStore
 
 BACKENDS_GROUP = "featuredb.inference_backends"  # entry points: classes taking the store
 
@@ -56,7 +61,7 @@ class InferenceBackend(Protocol):
         ...
 
 
-def load_backend(store: Any) -> InferenceBackend:
+def load_backend(store: FeatureStore) -> InferenceBackend:
     """The registered backend over this store's models (the ingest package's); a clear error when none is."""
     backends = sorted(entry_points(group=BACKENDS_GROUP), key=lambda ep: ep.name)
     if not backends:
@@ -102,14 +107,15 @@ class InferenceResult:
         return asdict(self)
 
 
-def _labels(con: Any, model: str, keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str | None, float | None]]:
+def _labels(con: duckdb.DuckDBPyConnection, model: str,
+            keys: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[str | None, float | None]]:
     if not keys:
         return {}
     rows = feature_labels(con, [feature_key(model, s, i) for s, i in keys])
     return {(s, int(i)): (label, d) for s, i, label, d in rows}
 
 
-def inference_search(store: Any, model: str, text: str, *, sources: list[str] | None = None, top_k: int = 5,
+def inference_search(store: FeatureStore, model: str, text: str, *, sources: list[str] | None = None, top_k: int = 5,
                      ignore_bos: bool = True, density_threshold: float | None = None, limit: int = 20,
                      backend: InferenceBackend | None = None) -> InferenceResult:
     """Run `text` through `model` and its registered transcoders; top features per token and overall."""

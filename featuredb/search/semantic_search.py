@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -10,8 +10,14 @@ from featuredb.search.embedder import DIM, embed
 from featuredb.search.filters import SearchFilters
 from featuredb.store.search_tables import hnsw_nearest_texts
 
+if TYPE_CHECKING:
+    import duckdb
 
-def _nearest_texts(con: Any, ctx: Any, vec: np.ndarray, fetch: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from featuredb.search.context import SearchContext
+
+
+def _nearest_texts(con: duckdb.DuckDBPyConnection, ctx: SearchContext, vec: np.ndarray,
+                   fetch: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(text ids, similarities) of the `fetch` nearest texts (all of them when fetch is None), best first."""
     if ctx.hnsw:
         rows = hnsw_nearest_texts(con, vec, DIM, fetch or 1000)
@@ -27,7 +33,7 @@ def _nearest_texts(con: Any, ctx: Any, vec: np.ndarray, fetch: int | None) -> tu
     return ctx.text_ids[top], sims[top]
 
 
-def _features_of_texts(ctx: Any, ids: np.ndarray, sims: np.ndarray, filters: SearchFilters,
+def _features_of_texts(ctx: SearchContext, ids: np.ndarray, sims: np.ndarray, filters: SearchFilters,
                        limit: int) -> list[tuple[str, float, int | None]]:
     """Best `limit` features for the ranked texts, through the in-memory text -> feature map."""
     lo = np.searchsorted(ctx.map_text, ids, side="left")
@@ -58,7 +64,7 @@ def _features_of_texts(ctx: Any, ids: np.ndarray, sims: np.ndarray, filters: Sea
     return sorted(((k, s, t) for k, (s, t) in out.items()), key=lambda x: (-x[1], x[0]))
 
 
-def semantic_ranking(con: Any, ctx: Any, query: str, filters: SearchFilters,
+def semantic_ranking(con: duckdb.DuckDBPyConnection, ctx: SearchContext, query: str, filters: SearchFilters,
                      limit: int) -> list[tuple[str, float, int | None]]:
     """(feature_key, cosine similarity, text id) best first."""
     vec = embed([query])[0]

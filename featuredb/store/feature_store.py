@@ -111,7 +111,7 @@ SELECT (SELECT to_json(m) FROM models m WHERE m.id = $model),
 """
 
 
-def feature_relations(con: Any, model: str, source: str) -> dict[str, Any]:
+def feature_relations(con: duckdb.DuckDBPyConnection, model: str, source: str) -> dict[str, Any]:
     """The model, source and source-set rows a feature of (model, source) belongs to, as Neuronpedia's GET feature
     includes them (None where the store has no such row)."""
     row = con.execute(_RELATIONS_SQL, {"model": model, "source": source, "set": set_of_source(source)}).fetchone()

@@ -39,7 +39,7 @@ def dict_row(cur: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
 
 
 @contextmanager
-def registered_values(con: Any, name: str, values: list[str]) -> Iterator[str]:
+def registered_values(con: duckdb.DuckDBPyConnection, name: str, values: list[str]) -> Iterator[str]:
     """Register `values` as table `name` with one VARCHAR column `v` for a join (a list parameter is slow)."""
     con.register(name, pa.table({"v": pa.array(values, type=pa.string())}))
     try:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import pyarrow as pa
 
 from featuredb.errors import FeatureDBError
 from featuredb.store.reads import dict_rows
 from featuredb.store.schema import EXPLANATION_SCORES_COLUMNS
+
+if TYPE_CHECKING:
+    from featuredb.store.feature_store import FeatureStore
 
 EMBEDDING_TYPE = "eleuther_embedding"
 RECALL_TYPE = "eleuther_recall"  # delphi's detection scorer
@@ -68,7 +71,7 @@ def _table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
                      for c, ty in EXPLANATION_SCORES_COLUMNS.items()})
 
 
-def write_scores(store: Any, rows: Iterable[Mapping[str, Any]], *, in_transaction: bool = True) -> int:
+def write_scores(store: FeatureStore, rows: Iterable[Mapping[str, Any]], *, in_transaction: bool = True) -> int:
     """Write explanation scores (dicts with ExplanationScore's fields; `initiatedByUserId`, `createdAt` optional,
     `id` always score_id(explanationId, type, model)), replacing scores with the same (explanationId, type, model), in one transaction. Embedding scores
     (eleuther_embedding) also become their explanation's scoreV2. Returns the rows written."""
@@ -105,7 +108,7 @@ def write_scores(store: Any, rows: Iterable[Mapping[str, Any]], *, in_transactio
     return table.num_rows
 
 
-def scores_of(store: Any, explanation_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+def scores_of(store: FeatureStore, explanation_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """Each explanation's scores as Neuronpedia's GET feature lists them under `explanations[i].scores` (every
     ExplanationScore field; createdAt as ISO-8601 text). Explanations without scores map to []."""
     ids = list(dict.fromkeys(explanation_ids))

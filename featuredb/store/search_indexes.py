@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +18,9 @@ from tqdm import tqdm
 from featuredb.store.label_query import labels_sql
 from featuredb.search.embedder import DIM, embed
 from featuredb.search.extensions import load_extension
+
+if TYPE_CHECKING:
+    import duckdb
 
 SEARCH_FORMAT = "3"  # layout of the derived search tables; a store built by another layout is rebuilt
 # (3: embeddings of embedding_text(), so texts embedded under an older format are embedded again)
@@ -28,24 +31,24 @@ FTS_SCHEMA = "fts_main_explanations"
 
 
 
-def is_dirty(con: Any) -> bool:
+def is_dirty(con: duckdb.DuckDBPyConnection) -> bool:
     """True when features, activations or explanations changed since the last refresh."""
     row = con.execute("SELECT value FROM search_state WHERE key = 'dirty'").fetchone()
     return row is None or row[0] == "true"
 
 
-def has_search_tables(con: Any) -> bool:
+def has_search_tables(con: duckdb.DuckDBPyConnection) -> bool:
     """True once a refresh has built the search tables in this featuredb's layout."""
     row = con.execute("SELECT value FROM search_state WHERE key = 'format'").fetchone()
     return row is not None and row[0] == SEARCH_FORMAT
 
 
-def has_hnsw(con: Any) -> bool:
+def has_hnsw(con: duckdb.DuckDBPyConnection) -> bool:
     """True when the text embeddings carry an HNSW index."""
     return bool(con.execute("SELECT count(*) FROM duckdb_indexes() WHERE index_name = ?", [HNSW_INDEX]).fetchone()[0])
 
 
-def _features(con: Any) -> None:
+def _features(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""CREATE OR REPLACE TEMP TABLE _peaks AS
         SELECT feature_key, tok AS token, max("maxValue") AS value FROM (
             SELECT feature_key, "maxValue", tokens["maxValueTokenIndex" + 1] AS tok FROM activations
@@ -81,7 +84,7 @@ def _features(con: Any) -> None:
         ORDER BY token_key, positive, abs(l.value) DESC""")
 
 
-def _postings(con: Any) -> None:
+def _postings(con: duckdb.DuckDBPyConnection) -> None:
     load_extension(con, "fts")
     con.execute("PRAGMA create_fts_index('explanations', 'id', 'description', stemmer='porter', "
                 "stopwords='english', overwrite=1)")
@@ -92,7 +95,7 @@ def _postings(con: Any) -> None:
         ORDER BY p.termid""")
 
 
-def _embeddings(con: Any, progress: bool | None) -> int:
+def _embeddings(con: duckdb.DuckDBPyConnection, progress: bool | None) -> int:
     load_extension(con, "vss")
     con.execute("SET hnsw_enable_experimental_persistence = true")
     old = con.execute("SELECT value FROM search_state WHERE key = 'format'").fetchone()
@@ -129,7 +132,7 @@ def _embeddings(con: Any, progress: bool | None) -> int:
     return len(new)
 
 
-def refresh_search_indexes(con: Any, *, progress: bool | None = None) -> dict[str, float]:
+def refresh_search_indexes(con: duckdb.DuckDBPyConnection, *, progress: bool | None = None) -> dict[str, float]:
     """Rebuild every search table from the store's rows; returns seconds per part (and texts embedded)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
