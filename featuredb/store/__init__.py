@@ -3,10 +3,11 @@
 - `feature_store`: the connection, the write path and GET feature (`FeatureStore`);
 - `schema`: Neuronpedia's tables and featuredb's migrations;
 - `reads`: the typed read layer every other package goes through (feature rows, labels, settings);
+- `label_query`: the one label rule (featuredb.labels.label_rule) as a query over explanations;
 - `score_tables`: explanation scores (Neuronpedia's ExplanationScore) and explanations.scoreV2;
 - `label_tables`: what labelling, explaining and scoring read and write (featuredb.labels);
 - `export_tables`: what the export formats and the Neuronpedia sync read (featuredb.formats, featuredb.neuronpedia);
-- `feature_packs`, `feature_docs`: the compact per-feature documents behind GET;
+- `feature_packs`, `feature_docs`, `feature_docs_table`: the compact per-feature documents behind GET;
 - `graph_store`, `graph_identity`, `graph_usage`: saved attribution graphs and what they use;
 - `search_indexes`: the derived search tables (BM25 postings, token and logit lookups, embeddings with HNSW);
 - `search_tables`: the queries search runs over them;
