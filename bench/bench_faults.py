@@ -16,8 +16,6 @@ import argparse
 import importlib
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -31,17 +29,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from fault_cases.outcome import KINDS, Outcome  # noqa: E402
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def _pull_kills(work: Path) -> Iterator[Outcome]:
     """Kill `np pull` against a real `featuredb serve` standing in for neuronpedia.org."""
     from fault_cases.kills import MODEL, SOURCE, pull_cases
+    from fault_cases.servers import running
     from featuredb import FeatureStore
     from featuredb.formats.neuronpedia_import import import_neuronpedia
     from featuredb.synthetic_export import generate_export
@@ -50,23 +41,8 @@ def _pull_kills(work: Path) -> Iterator[Outcome]:
                              ctx_len=16, progress=False)
     with FeatureStore(work / "remote.duckdb") as store:
         import_neuronpedia(store, export, progress=False)
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "featuredb.cli", "serve", "--port", str(port), "--db",
-                               str(work / "remote.duckdb")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        import httpx
-
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        yield from pull_cases(work, f"http://127.0.0.1:{port}")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with running(["serve", "--db", str(work / "remote.duckdb")], "/openapi.json") as (base, _):
+        yield from pull_cases(work, base)
 
 
 def _label_kills(work: Path) -> Iterator[Outcome]:

@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -44,16 +42,9 @@ from featuredb.formats.neuronpedia_import import import_neuronpedia  # noqa: E40
 from featuredb.neuronpedia import NeuronpediaClient  # noqa: E402
 from featuredb.neuronpedia.sync import pull_features  # noqa: E402
 from featuredb.synthetic_export import generate_export  # noqa: E402
+from bench.fault_cases.servers import running  # noqa: E402
 
 MODEL, SOURCE = "bench-model", "12-bench-transcoder"
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 async def _hammer(base: str, n: int, clients: int, n_features: int) -> list[float]:
@@ -80,22 +71,8 @@ async def _hammer(base: str, n: int, clients: int, n_features: int) -> list[floa
 @contextmanager
 def _server(db: Path, workers: int) -> Iterator[str]:
     """`featuredb serve` in a subprocess; yields its base URL once it answers."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "featuredb.cli", "serve", "--db", str(db), "--port", str(port),
-                             "--workers", str(workers)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                httpx.get(f"{base}/openapi.json", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with running(["serve", "--db", str(db), "--workers", str(workers)], "/openapi.json") as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _folder_size(path: Path) -> tuple[int, int]:

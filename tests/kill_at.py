@@ -15,10 +15,28 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 NOT_REACHED = 3
+TABLES = ("models", "sources", "features", "activations", "explanations")
+
+
+def store_rows(db: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, less the wall-clock stamps (createdAt, updatedAt) two clean runs differ in: what a
+    killed and re-run command must end in (tests/test_fault_matrix.py and bench/fault_cases/kills.py compare it)."""
+    from featuredb import FeatureStore
+
+    with FeatureStore(db, read_only=True) as store:
+        out = {}
+        for t in TABLES:
+            cols = [r[0] for r in store.con.execute(f'DESCRIBE "{t}"').fetchall()
+                    if r[0] not in ("createdAt", "updatedAt")]
+            names = ", ".join(f'"{c}"' for c in cols)
+            order = ", ".join(f'"{c}"::VARCHAR' for c in cols)
+            out[t] = store.con.execute(f'SELECT {names} FROM "{t}" ORDER BY {order}').fetchall()
+        return out
 
 
 def _kill(delay: float) -> None:

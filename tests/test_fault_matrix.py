@@ -19,13 +19,12 @@ from conftest import MODEL, SOURCE
 from featuredb import FeatureStore
 from featuredb.formats.neuronpedia_import import import_neuronpedia
 from featuredb.synthetic_export import generate_export
-from kill_at import NOT_REACHED
+from kill_at import NOT_REACHED, store_rows
 from loopback import serve_in_thread
 from featuredb.server.app import create_app
 from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
 
 KILL_AT = Path(__file__).with_name("kill_at.py")
-TABLES = ("models", "sources", "features", "activations", "explanations")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,19 +37,6 @@ def _killed(point: str, nth: int, event: str, *args: str) -> None:
                           capture_output=True, text=True)
     assert proc.returncode != NOT_REACHED, f"{point} #{nth} was never reached"
     assert proc.returncode == -9, (point, proc.returncode, proc.stderr[-1500:])
-
-
-def _rows(db: Path) -> dict[str, list[tuple]]:
-    """Every row of every table, less the wall-clock stamps (createdAt, updatedAt) two clean runs differ in."""
-    with FeatureStore(db, read_only=True) as store:
-        out = {}
-        for t in TABLES:
-            cols = [r[0] for r in store.con.execute(f'DESCRIBE "{t}"').fetchall()
-                    if r[0] not in ("createdAt", "updatedAt")]
-            names = ", ".join(f'"{c}"' for c in cols)
-            order = ", ".join(f'"{c}"::VARCHAR' for c in cols)
-            out[t] = store.con.execute(f'SELECT {names} FROM "{t}" ORDER BY {order}').fetchall()
-        return out
 
 
 def _opens_read_only(db: Path) -> None:
@@ -72,7 +58,7 @@ def clean_import(export: Path) -> dict[str, list[tuple]]:
     """The rows of one uninterrupted import of the export."""
     clean = export.parent / "clean.duckdb"
     assert _cli("import", "neuronpedia", str(export), "--db", str(clean)).returncode == 0
-    return _rows(clean)
+    return store_rows(clean)
 
 
 IMPORT_POINTS = [
@@ -90,11 +76,11 @@ def test_import_killed_then_run_again_equals_one_clean_import(export: Path, clea
     db = tmp_path / "killed.duckdb"
     _killed(point, nth, event, "import", "neuronpedia", str(export), "--db", str(db))
     _opens_read_only(db)
-    before = _rows(db)
+    before = store_rows(db)
     assert all(len(v) == 0 for v in before.values()) or before == clean_import  # all or nothing
     res = _cli("import", "neuronpedia", str(export), "--db", str(db))
     assert res.returncode == 0, res.stderr
-    assert _rows(db) == clean_import
+    assert store_rows(db) == clean_import
     search = _cli("search", "feature 7", "--db", str(db), "--json")
     assert search.returncode == 0 and json.loads(search.stdout)["hits"], search.stderr
 
@@ -117,8 +103,8 @@ def test_pull_killed_then_run_again_equals_one_clean_pull(export: Path, tmp_path
             _opens_read_only(db)
             res = _cli(*pull(db))
             assert res.returncode == 0, res.stderr
-            assert _rows(db)["features"] == _rows(clean)["features"]
-            assert _rows(db)["activations"] == _rows(clean)["activations"]
+            assert store_rows(db)["features"] == store_rows(clean)["features"]
+            assert store_rows(db)["activations"] == store_rows(clean)["activations"]
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +143,7 @@ def test_ingest_killed_in_its_write_phase_then_run_again(tiny: dict[str, Path], 
         _opens_read_only(db)
     res = _cli(*_ingest(tiny, db, tmp_path / "k.pt"))
     assert res.returncode == 0, res.stderr
-    assert _rows(db) == _rows(tiny["clean_db"])
+    assert store_rows(db) == store_rows(tiny["clean_db"])
 
 
 def _train(tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:

@@ -26,48 +26,9 @@ MODEL = "topic-model"
 SOURCE = "3-topic-tc"
 
 # Feature i fires on its topic's words: each sentence's keyword is the peak; explanations name the topic.
-TOPICS = {
-    "cooking recipes and baking food in the kitchen": (
-        ["oven", "flour", "recipe", "bake", "dough", "butter"],
-        ["She preheated the {} and mixed the batter for the cake.", "Add a cup of {} to the bowl and stir well.",
-         "Grandma's {} for apple pie is still the best in town.", "We will {} the bread for forty minutes.",
-         "Knead the {} gently until it is soft and smooth.", "Melt the {} in a pan over low heat."]),
-    "football matches, goals and players": (
-        ["goal", "striker", "referee", "penalty", "midfielder", "stadium"],
-        ["The {} was scored in the last minute of the match.", "Their {} ran past two defenders and shot.",
-         "The {} showed a yellow card to the captain.", "He missed the {} kick in the final.",
-         "The young {} passed the ball across the pitch.", "Fans filled the {} to watch the derby."]),
-    "astronomy: planets, stars and telescopes": (
-        ["telescope", "planet", "galaxy", "orbit", "nebula", "comet"],
-        ["Through the {} we could see the rings of Saturn.", "Mars is the fourth {} from the Sun.",
-         "The Andromeda {} is our nearest large neighbour.", "The moon completes an {} every month.",
-         "A glowing {} of gas and dust where stars are born.", "The bright {} had a long icy tail."]),
-    "computer programming and software code": (
-        ["function", "compiler", "variable", "Python", "debugger", "syntax"],
-        ["The {} returns a list of integers sorted by value.", "The {} reported an error on line twelve.",
-         "Store the result in a {} before the loop.", "She wrote the script in {} over the weekend.",
-         "Step through the code with the {} to find the bug.", "A missing bracket is a {} error."]),
-    "weather: rain, storms and forecasts": (
-        ["rain", "storm", "forecast", "thunder", "snow", "humidity"],
-        ["Heavy {} flooded the streets this morning.", "The {} knocked down trees across the county.",
-         "The {} says it will be sunny tomorrow.", "We heard {} rolling over the hills all night.",
-         "A foot of {} fell overnight in the mountains.", "The {} made the summer afternoon feel sticky."]),
-    "medicine, doctors and hospital treatment": (
-        ["doctor", "hospital", "surgery", "vaccine", "nurse", "diagnosis"],
-        ["The {} prescribed antibiotics for the infection.", "He was taken to the {} by ambulance.",
-         "The heart {} lasted more than six hours.", "The new {} protects children against measles.",
-         "A {} checked the patient's blood pressure.", "The {} confirmed a broken wrist."]),
-    "money, banks and financial markets": (
-        ["bank", "stock", "interest", "loan", "investor", "inflation"],
-        ["The {} raised its mortgage rates again.", "The {} price fell sharply after the report.",
-         "Savings accounts pay little {} these days.", "They took out a {} to buy the house.",
-         "Every {} watched the market open nervously.", "Rising {} made groceries more expensive."]),
-    "music: songs, guitars and concerts": (
-        ["guitar", "concert", "melody", "drummer", "album", "orchestra"],
-        ["He tuned his {} before the show.", "The {} sold out in ten minutes.",
-         "The {} of the song stayed in my head all day.", "Their {} kept a steady beat.",
-         "The band released a new {} last spring.", "The {} played Beethoven's fifth symphony."]),
-}
+# fixtures/scoring_topics.json: 8 topics (the planted explanations), each 6 words and 6 sentences with a {} for one.
+TOPICS = {name: (t["words"], t["sentences"])
+          for name, t in json.loads((Path(__file__).parent / "fixtures" / "scoring_topics.json").read_text()).items()}
 NAMES = list(TOPICS)
 
 

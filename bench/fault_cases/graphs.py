@@ -215,9 +215,8 @@ def _run(args: list[str], *, fault: str | None = None, folder: Path | None = Non
     return subprocess.run(cmd + args, capture_output=True, text=True, timeout=300, preexec_fn=limit)
 
 
-def _case(work: Path, db: Path, name: str, data: str | bytes, *, should_fail: bool, fault: str | None = None,
-          fsize: int | None = None, old: bytes | None = None) -> Outcome:
-    """Write the graph, run `trace label` (with `fault`), and classify; output must be old bytes or whole new JSON."""
+def _folder(work: Path, name: str, data: str | bytes, old: bytes | None) -> tuple[Path, Path]:
+    """The case's folder: the graph file written, and the output folder made, holding `old` when given."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     src, out = folder / "graph.json", folder / "out" / "labelled.json"
@@ -225,14 +224,26 @@ def _case(work: Path, db: Path, name: str, data: str | bytes, *, should_fail: bo
     out.parent.mkdir(exist_ok=True)
     if old is not None:
         out.write_bytes(old)
+    return src, out
+
+
+def _judge(name: str, proc: subprocess.CompletedProcess[str], out: Path, *, should_fail: bool,
+           left_behind: str) -> Outcome:
+    """The CLI's outcome, or DATA_LOSS when a temp file stays beside the output (`left_behind` names it)."""
+    outcome = cli_outcome(AREA, name, proc, should_fail=should_fail)
+    left = [] if outcome.failed else _leftovers(out.parent, out)
+    return Outcome(AREA, name, DATA_LOSS, f"{left_behind} {left[0]}") if left else outcome
+
+
+def _case(work: Path, db: Path, name: str, data: str | bytes, *, should_fail: bool, fault: str | None = None,
+          fsize: int | None = None, old: bytes | None = None) -> Outcome:
+    """Write the graph, run `trace label` (with `fault`), and classify; output must be old bytes or whole new JSON."""
+    src, out = _folder(work, name, data, old)
     proc = _run(["trace", "label", str(src), "-o", str(out), "--db", str(db)], fault=fault, folder=out.parent,
                 fsize=fsize)
-    outcome = cli_outcome(AREA, name, proc, should_fail=should_fail)
+    outcome = _judge(name, proc, out, should_fail=should_fail, left_behind="temp file left behind:")
     if outcome.failed:
         return outcome
-    left = _leftovers(out.parent, out)
-    if left:
-        return Outcome(AREA, name, DATA_LOSS, f"temp file left behind: {left[0]}")
     now = out.read_bytes() if out.exists() else None
     if proc.returncode != 0 and now != old:
         return Outcome(AREA, name, DATA_LOSS, "a refused run changed the output file")
@@ -246,25 +257,16 @@ def _case(work: Path, db: Path, name: str, data: str | bytes, *, should_fail: bo
 def _sigkill_then_rerun(work: Path, db: Path) -> Outcome:
     """SIGKILL just before the rename: the old output stays; the next run cleans the orphan temp and writes."""
     name = "output-sigkill-before-rename"
-    folder = work / name
-    folder.mkdir(parents=True, exist_ok=True)
-    src, out = folder / "graph.json", folder / "out" / "labelled.json"
-    src.write_text(json.dumps(good_graph()))
-    out.parent.mkdir(exist_ok=True)
-    out.write_bytes(OLD_OUTPUT)
+    src, out = _folder(work, name, json.dumps(good_graph()), OLD_OUTPUT)
     args = ["trace", "label", str(src), "-o", str(out), "--db", str(db)]
     killed = _run(args, fault="sigkill", folder=out.parent)
     if killed.returncode != -9:
         return Outcome(AREA, name, DATA_LOSS, f"the fault did not fire (exit {killed.returncode})")
     if out.read_bytes() != OLD_OUTPUT:
         return Outcome(AREA, name, DATA_LOSS, "the killed run changed the output file")
-    again = _run(args)
-    outcome = cli_outcome(AREA, name, again, should_fail=False)
+    outcome = _judge(name, _run(args), out, should_fail=False, left_behind="the next run left the orphan temp")
     if outcome.failed:
         return outcome
-    left = _leftovers(out.parent, out)
-    if left:
-        return Outcome(AREA, name, DATA_LOSS, f"the next run left the orphan temp {left[0]}")
     why = _strict_json(out.read_bytes())
     return Outcome(AREA, name, DATA_LOSS, f"output is not strict JSON: {why}") if why else outcome
 

@@ -24,6 +24,9 @@ from .outcome import DATA_LOSS, Outcome, cli_outcome
 
 AREA = "import"
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))  # the bit flip the importer's test refuses too
+
+from bit_flip import flip_a_bit_duckdb_reads_silently  # noqa: E402
 BASE_MODEL, BASE_SOURCE = "base-model", "1-base"
 M, S = "gpt2-small", "8-res-jb"
 Row = tuple[Any, ...]
@@ -89,25 +92,44 @@ def with_field(line: tuple[bytes, Row], name: str, json_text: str) -> tuple[byte
 
 # -- the cases -----------------------------------------------------------------------------------------------------
 
+CASES: list[tuple[str, bool, tuple[str, ...], Callable[[Case], None]]] = []  # name, must be refused, flags, build
 
+
+def register(name: str, *flags: str) -> Callable[[Callable[[Case], None]], Callable[[Case], None]]:
+    """Make a builder the case `name`: good/... must be accepted, bad/... refused, and skip/... runs with
+    --skip-bad-lines; the flag "twice" imports the folder twice."""
+    group = name.split("/")[0]
+    flags += ("--skip-bad-lines",) if group == "skip" else ()
+
+    def add(build: Callable[[Case], None]) -> Callable[[Case], None]:
+        CASES.append((name, group == "bad", flags, build))
+        return build
+    return add
+
+
+@register("good/gzip")
 def _good(c: Case) -> None:
     c.features([feature(i) for i in range(20)])
     c.activations([activation(i, j) for i in range(20) for j in range(3)])
 
 
+@register("good/plain")
 def _good_plain(c: Case) -> None:
     c.features([feature(i) for i in range(20)], name="batch-0.jsonl")
     c.activations([activation(i, 0) for i in range(20)], name="batch-0.jsonl")
 
 
+@register("good/index as number, string, leading zeros")
 def _index_forms(c: Case) -> None:
     c.features([feature(1, index=1), feature(2, index="2"), feature(3, index="0003")])
 
 
+@register("good/unknown fields, missing optional files")
 def _unknown_fields(c: Case) -> None:
     c.features([feature(i, brandNewField={"x": [1, None]}, other="?") for i in range(5)])  # no activations: fine
 
 
+@register("good/empty files")
 def _empty_file(c: Case) -> None:
     c.features([feature(i) for i in range(5)])
     (c.root / M / S / "features" / "batch-1.jsonl.gz").write_bytes(b"")
@@ -115,22 +137,26 @@ def _empty_file(c: Case) -> None:
     (c.root / M / S / "activations" / "batch-0.jsonl").write_bytes(b"")
 
 
+@register("good/blank lines")
 def _blank_lines(c: Case) -> None:
     c.features([feature(0), (b"", None), (b"  \t", None), feature(1), (b"\r", None)], name="batch-0.jsonl")
 
 
+@register("good/two models imported twice", "twice")
 def _two_models(c: Case) -> None:
     for model in ("model-a", "model-b"):  # the same source and activation ids in both
         c.features([feature(i, modelId=model) for i in range(10)], model=model)
         c.activations([activation(i, 0) for i in range(10)], model=model)
 
 
+@register("good/duplicate keys: last wins")
 def _duplicate_keys(c: Case) -> None:
     first, last = feature(4), feature(4, frac_nonzero=0.5)
     c.features([feature(1), first, feature(2), last])
     c.rows["features"].remove((M, S, *first[1]))  # the last copy of a key wins
 
 
+@register("good/trailing comma (as DuckDB reads it)")
 def _trailing_comma(c: Case) -> None:
     raw, row = feature(7)
     c.features([(raw[:-1] + b",}", row), feature(8)])
@@ -153,12 +179,14 @@ def _bad_activation_line(line: tuple[bytes, None], at: int = 20) -> Callable[[Ca
     return build
 
 
+@register("bad/gzip cut off")
 def _gzip_cut(c: Case) -> None:
     path = c.activations([activation(i, j) for i in range(400) for j in range(3)])
     path.write_bytes(path.read_bytes()[:-300])
     c.rows["activations"] = []
 
 
+@register("skip/gzip cut off keeps the lines before")
 def _gzip_cut_skipped(c: Case) -> None:
     path = c.activations([activation(i, j) for i in range(400) for j in range(3)])
     data = path.read_bytes()[: 2000]
@@ -167,57 +195,58 @@ def _gzip_cut_skipped(c: Case) -> None:
     c.rows["activations"] = c.rows["activations"][:whole]
 
 
+@register("bad/gzip bit flip DuckDB reads silently")
 def _gzip_flip(c: Case) -> None:
     """A flipped bit that DuckDB decodes into other, valid data (only the gzip checksum tells)."""
     path = c.activations([activation(i, j) for i in range(300) for j in range(3)])
-    good, con = path.read_bytes(), duckdb.connect()
     read = (f"SELECT * FROM read_json('{path}', format='newline_delimited', "
             "columns={'id': 'VARCHAR', 'index': 'VARCHAR', 'values': 'DOUBLE[]', 'maxValue': 'DOUBLE'})")
-    original = con.execute(read).fetchall()
-    for pos in range(len(good) // 2, len(good) - 8):
-        path.write_bytes(good[:pos] + bytes([good[pos] ^ 1]) + good[pos + 1:])
-        try:
-            if con.execute(read).fetchall() != original:
-                return
-        except duckdb.Error:
-            continue
-    raise RuntimeError("no silently altering bit flip found")
+    if not flip_a_bit_duckdb_reads_silently(path, read):
+        raise RuntimeError("no silently altering bit flip found")
 
 
+@register("bad/bytes after the gzip stream")
 def _gzip_tail(c: Case) -> None:
     path = c.features([feature(i) for i in range(10)])
     path.write_bytes(path.read_bytes() + b"garbage after the gzip stream")
 
 
+@register("bad/plain text named .gz")
 def _not_gzip(c: Case) -> None:
     path = c.features([feature(i) for i in range(10)])
     path.write_bytes(gzip.decompress(path.read_bytes()))  # plain text named .gz
 
 
+@register("bad/line naming another model")
 def _copied_model(c: Case) -> None:
     c.features([feature(i, modelId="model-a") for i in range(5)], model="model-a")
     shutil.copytree(c.root / "model-a", c.root / "model-b")  # its lines still say model-a
 
 
+@register("bad/release without name")
 def _release_without_name(c: Case) -> None:
     c.features([feature(0)])
     (c.root / M / S / "release.jsonl").write_text(json.dumps({"description": "no name"}) + "\n")
 
 
+@register("bad/file of one byte")
 def _one_byte_file(c: Case) -> None:
     c.features([feature(i) for i in range(5)])
     (c.root / M / S / "activations").mkdir()
     (c.root / M / S / "activations" / "batch-0.jsonl").write_bytes(b"{")  # DuckDB alone reads this as empty
 
 
+@register("bad/export without records")
 def _no_records(c: Case) -> None:
     c.features([(b"", None), (b"  ", None)], name="batch-0.jsonl")
 
 
+@register("bad/folder without an export")
 def _no_export(c: Case) -> None:
     c.root.mkdir(parents=True)
 
 
+@register("skip/five kinds of bad lines")
 def _mixed_skipped(c: Case) -> None:
     lines: list[tuple[bytes, Row | None]] = [activation(i, 0) for i in range(30)]
     lines[3] = bad("{not json")
@@ -228,6 +257,7 @@ def _mixed_skipped(c: Case) -> None:
     c.activations(lines)
 
 
+@register("skip/bad byte on line 21 skips one line")
 def _bad_byte_skipped(c: Case) -> None:
     lines: list[tuple[bytes, Row | None]] = [activation(i, 0) for i in range(200)]
     lines[20] = (activation(20, 0)[0].replace(b"the", b"th\xff"), None)
@@ -236,50 +266,37 @@ def _bad_byte_skipped(c: Case) -> None:
 
 ROW = feature(5)
 ACT = activation(20, 0)
-CASES: list[tuple[str, bool, tuple[str, ...], Callable[[Case], None]]] = [
-    ("good/gzip", False, (), _good),
-    ("good/plain", False, (), _good_plain),
-    ("good/index as number, string, leading zeros", False, (), _index_forms),
-    ("good/unknown fields, missing optional files", False, (), _unknown_fields),
-    ("good/empty files", False, (), _empty_file),
-    ("good/blank lines", False, (), _blank_lines),
-    ("good/duplicate keys: last wins", False, (), _duplicate_keys),
-    ("good/trailing comma (as DuckDB reads it)", False, (), _trailing_comma),
-    ("good/two models imported twice", False, ("twice",), _two_models),
-    ("bad/index 3.7", True, (), _bad_feature_line(with_field(ROW, "index", '"3.7"'))),
-    ("bad/index 4.0 as a number", True, (), _bad_feature_line(with_field(ROW, "index", "4.0"))),
-    ("bad/negative index", True, (), _bad_feature_line(with_field(ROW, "index", "-1"))),
-    ("bad/index beyond BIGINT", True, (), _bad_feature_line(with_field(ROW, "index", '"9223372036854775808"'))),
-    ("bad/activation without index", True, (), _bad_activation_line(bad({"id": "x", "tokens": [" a"]}))),
-    ("bad/NaN number", True, (), _bad_activation_line(with_field(ACT, "maxValue", "NaN"))),
-    ("bad/Infinity in a list", True, (), _bad_activation_line(with_field(ACT, "values", "[0.5, Infinity]"))),
-    ("bad/number overflowing to infinity", True, (), _bad_feature_line(with_field(ROW, "frac_nonzero", "1e400"))),
-    ("bad/object in tokens", True, (), _bad_activation_line(with_field(ACT, "tokens", '[" a", {"t": "b"}]'))),
-    ("bad/list in tokens", True, (), _bad_activation_line(with_field(ACT, "tokens", '[" a", ["b"]]'))),
-    ("bad/number in tokens", True, (), _bad_activation_line(with_field(ACT, "tokens", '[" a", 5]'))),
-    ("bad/null in a number list", True, (), _bad_activation_line(with_field(ACT, "values", "[1.0, null]"))),
-    ("bad/number as a string", True, (), _bad_feature_line(with_field(ROW, "frac_nonzero", '"0.5"'))),
-    ("bad/boolean as a number", True, (), _bad_feature_line(with_field(ROW, "maxActApprox", "true"))),
-    ("bad/float in an integer field", True, (), _bad_activation_line(with_field(ACT, "maxValueTokenIndex", "2.5"))),
-    ("bad/string in a boolean field", True, (), _bad_feature_line(with_field(ROW, "hasVector", '"yes"'))),
-    ("bad/malformed JSON", True, (), _bad_feature_line(bad('{"index": "5", "frac_nonzero": 0.1'))),
-    ("bad/line not an object", True, (), _bad_feature_line(bad("[1, 2, 3]"))),
-    ("bad/field twice in a line", True, (), _bad_feature_line(bad('{"index": "5", "index": "6"}'))),
-    ("bad/invalid UTF-8", True, (), _bad_activation_line((ACT[0].replace(b"the", b"th\xff"), None))),
-    ("bad/unpaired surrogate", True, (), _bad_activation_line(with_field(ACT, "tokens", '["\\ud800"]'))),
-    ("bad/line naming another model", True, (), _copied_model),
-    ("bad/release without name", True, (), _release_without_name),
-    ("bad/gzip cut off", True, (), _gzip_cut),
-    ("bad/gzip bit flip DuckDB reads silently", True, (), _gzip_flip),
-    ("bad/bytes after the gzip stream", True, (), _gzip_tail),
-    ("bad/plain text named .gz", True, (), _not_gzip),
-    ("bad/file of one byte", True, (), _one_byte_file),
-    ("bad/export without records", True, (), _no_records),
-    ("bad/folder without an export", True, (), _no_export),
-    ("skip/bad byte on line 21 skips one line", False, ("--skip-bad-lines",), _bad_byte_skipped),
-    ("skip/five kinds of bad lines", False, ("--skip-bad-lines",), _mixed_skipped),
-    ("skip/gzip cut off keeps the lines before", False, ("--skip-bad-lines",), _gzip_cut_skipped),
-]
+GOOD_LINE = {"features": ROW, "activations": ACT}
+BAD_LINE_IN = {"features": _bad_feature_line, "activations": _bad_activation_line}
+BAD_FIELDS = {  # case name: (file, field, raw JSON): a good line of that file with the field's value replaced
+    "index 3.7": ("features", "index", '"3.7"'),
+    "index 4.0 as a number": ("features", "index", "4.0"),
+    "negative index": ("features", "index", "-1"),
+    "index beyond BIGINT": ("features", "index", '"9223372036854775808"'),
+    "NaN number": ("activations", "maxValue", "NaN"),
+    "Infinity in a list": ("activations", "values", "[0.5, Infinity]"),
+    "number overflowing to infinity": ("features", "frac_nonzero", "1e400"),
+    "object in tokens": ("activations", "tokens", '[" a", {"t": "b"}]'),
+    "list in tokens": ("activations", "tokens", '[" a", ["b"]]'),
+    "number in tokens": ("activations", "tokens", '[" a", 5]'),
+    "null in a number list": ("activations", "values", "[1.0, null]"),
+    "number as a string": ("features", "frac_nonzero", '"0.5"'),
+    "boolean as a number": ("features", "maxActApprox", "true"),
+    "float in an integer field": ("activations", "maxValueTokenIndex", "2.5"),
+    "string in a boolean field": ("features", "hasVector", '"yes"'),
+    "unpaired surrogate": ("activations", "tokens", '["\\ud800"]'),
+}
+BAD_LINES = {  # case name: (file, line): a line that is no good record at all
+    "activation without index": ("activations", bad({"id": "x", "tokens": [" a"]})),
+    "malformed JSON": ("features", bad('{"index": "5", "frac_nonzero": 0.1')),
+    "line not an object": ("features", bad("[1, 2, 3]")),
+    "field twice in a line": ("features", bad('{"index": "5", "index": "6"}')),
+    "invalid UTF-8": ("activations", (ACT[0].replace(b"the", b"th\xff"), None)),
+}
+for _name, (_file, _field, _json) in BAD_FIELDS.items():
+    register(f"bad/{_name}")(BAD_LINE_IN[_file](with_field(GOOD_LINE[_file], _field, _json)))
+for _name, (_file, _line) in BAD_LINES.items():
+    register(f"bad/{_name}")(BAD_LINE_IN[_file](_line))
 
 
 # -- running them --------------------------------------------------------------------------------------------------

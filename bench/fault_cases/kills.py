@@ -13,30 +13,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from fault_cases.outcome import ACCEPTED, DATA_LOSS, TRACEBACK, Outcome
-from featuredb import FeatureStore
 from featuredb.synthetic_export import generate_export
 
 ROOT = Path(__file__).resolve().parents[2]
 KILL_AT = ROOT / "tests" / "kill_at.py"
-TABLES = ("models", "sources", "features", "activations", "explanations")
+sys.path.insert(0, str(ROOT / "tests"))  # kill_at's rows, tiny_model
+
+from kill_at import store_rows  # noqa: E402
 MODEL, SOURCE = "demo-model", "6-demo-transcoder"
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "featuredb.cli", *args], capture_output=True, text=True)
-
-
-def rows(db: Path) -> dict[str, list[tuple]]:
-    """Every row of every table, less the wall-clock stamps two clean runs differ in."""
-    with FeatureStore(db, read_only=True) as store:
-        out = {}
-        for t in TABLES:
-            cols = [r[0] for r in store.con.execute(f'DESCRIBE "{t}"').fetchall()
-                    if r[0] not in ("createdAt", "updatedAt")]
-            order = ", ".join(f'"{c}"::VARCHAR' for c in cols)
-            out[t] = store.con.execute(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{t}" '
-                                       f'ORDER BY {order}').fetchall()
-        return out
 
 
 def _kill_case(area: str, point: str, nth: int, event: str, args: list[str], again: list[str],
@@ -64,7 +52,7 @@ def import_cases(work: Path) -> Iterator[Outcome]:
                              ctx_len=16, progress=False)
     clean = work / "clean.duckdb"
     _cli("import", "neuronpedia", str(export), "--db", str(clean))
-    want = rows(clean)
+    want = store_rows(clean)
     points = [("featuredb.store.feature_store:FeatureStore.write_select", 2, "call"),
               ("featuredb.store.feature_store:FeatureStore.write_select", 5, "return"),
               ("featuredb.store.feature_store:FeatureStore.transaction", 2, "c_call:execute"),
@@ -75,7 +63,7 @@ def import_cases(work: Path) -> Iterator[Outcome]:
     for i, (point, nth, event) in enumerate(points):
         db = work / f"import-{i}.duckdb"
         args = ["import", "neuronpedia", str(export), "--db", str(db)]
-        yield _kill_case("kill import", point, nth, event, args, args, lambda db=db: rows(db) == want, db)
+        yield _kill_case("kill import", point, nth, event, args, args, lambda db=db: store_rows(db) == want, db)
 
 
 def pull_cases(work: Path, base_url: str) -> Iterator[Outcome]:
@@ -85,12 +73,12 @@ def pull_cases(work: Path, base_url: str) -> Iterator[Outcome]:
 
     clean = work / "pull-clean.duckdb"
     _cli(*pull(clean))
-    want = rows(clean)
+    want = store_rows(clean)
     for i, (point, nth, event) in enumerate([("featuredb.store.feature_store:FeatureStore.upsert", 2, "call"),
                                              ("featuredb.store.feature_store:FeatureStore.upsert", 3, "return"),
                                              ("featuredb.store.feature_store:FeatureStore.close", 1, "call")]):
         db = work / f"pull-{i}.duckdb"
-        same = lambda db=db: {t: rows(db)[t] for t in ("features", "activations")} == \
+        same = lambda db=db: {t: store_rows(db)[t] for t in ("features", "activations")} == \
             {t: want[t] for t in ("features", "activations")}  # noqa: E731
         yield _kill_case("kill pull", point, nth, event, pull(db), pull(db), same, db)
 
@@ -117,7 +105,6 @@ def graph_label_cases(work: Path, graph: Path, db: Path) -> Iterator[Outcome]:
 
 def train_and_ingest_cases(work: Path) -> Iterator[Outcome]:
     """Tiny Llama: kills mid-optimisation and while saving (train --resume), and in ingest's write phase."""
-    sys.path.insert(0, str(ROOT / "tests"))
     from safetensors.torch import load_file
     import torch
     from tiny_model import make_tiny_llama, random_weights, write_circuit_tracer, write_corpus
@@ -146,8 +133,8 @@ def train_and_ingest_cases(work: Path) -> Iterator[Outcome]:
                 "--db", str(db), "--checkpoint", str(db.with_suffix(".pt"))]
 
     _cli(*ingest(work / "ingest-clean.duckdb"))
-    want = rows(work / "ingest-clean.duckdb")
+    want = store_rows(work / "ingest-clean.duckdb")
     for i, (point, nth, event) in enumerate([("featuredb.store.feature_store:FeatureStore.write_select", 3, "call"),
                                              ("featuredb.store.feature_store:FeatureStore.close", 1, "call")]):
         db = work / f"ingest-{i}.duckdb"
-        yield _kill_case("kill ingest", point, nth, event, ingest(db), ingest(db), lambda db=db: rows(db) == want, db)
+        yield _kill_case("kill ingest", point, nth, event, ingest(db), ingest(db), lambda db=db: store_rows(db) == want, db)

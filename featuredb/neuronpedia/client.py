@@ -16,14 +16,8 @@ from urllib.parse import urljoin
 import httpx
 
 from featuredb.models import Feature
-from featuredb.neuronpedia.errors import (
-    InvalidResponseError,
-    NeuronpediaError,
-    NeuronpediaNotFoundError,
-    RateLimitedError,
-    ServerError,
-    UnauthorizedError,
-)
+from featuredb.neuronpedia.errors import (InvalidResponseError, NeuronpediaError, NeuronpediaNotFoundError,
+                                          RateLimitedError, ServerError, UnauthorizedError)
 from featuredb.neuronpedia.models import SearchExplanationsResponse
 
 DEFAULT_BASE_URL = "https://www.neuronpedia.org"
@@ -140,8 +134,11 @@ def _json(response: httpx.Response, what: str) -> Any:
 class _Base:
     """What the sync and async clients share: configuration, request building and response parsing."""
 
+    _HTTP: type[httpx.Client] | type[httpx.AsyncClient]  # the connection pool each client sends through
+
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *, timeout: float = 30.0,
-                 retry: RetryPolicy | None = None, concurrency: int = 8) -> None:
+                 retry: RetryPolicy | None = None, concurrency: int = 8,
+                 transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self._origin = httpx.URL(self.base_url)
@@ -149,6 +146,7 @@ class _Base:
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.concurrency = max(1, concurrency)
+        self._http: Any = self._HTTP(timeout=timeout, transport=transport, follow_redirects=False)
 
     def __repr__(self) -> str:  # never shows the key
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={'***' if self._api_key else None})"
@@ -250,6 +248,47 @@ class _Base:
         return [_Base._feature_from(d, "POST /api/features") for d in data]
 
 
+_SEND_ERRORS = (httpx.TransportError, httpx.InvalidURL)  # what _Tries.after turns into a retry or a typed error
+
+
+class _Tries:
+    """One request's retries and redirects, the same for both clients: each client sends `request()` and hands
+    `after` the response or the exception; `after` says how long to wait before sending again (0 after a
+    redirect), None when `response` is final, and raises the typed error when there is nothing more to try."""
+
+    def __init__(self, client: _Base, req: _Request, what: str) -> None:
+        self.client, self.req, self.what = client, req, what
+        self.url = client._url(req)
+        self.attempt = self.redirects = 0
+        self.response: httpx.Response  # set when `after` returns None
+
+    def request(self) -> dict[str, Any]:
+        req = self.req
+        return {"method": req.method, "url": self.url, "json": req.json_body, "content": req.content,
+                "headers": self.client._headers_for(self.url, req.headers)}
+
+    def after(self, got: httpx.Response | Exception) -> float | None:
+        what, retry = self.what, self.client.retry
+        if isinstance(got, httpx.TimeoutException):
+            self.attempt += 1
+            if self.attempt > retry.max_retries:
+                raise ServerError(f"{what}: timed out after {retry.max_retries} retries") from None
+            return retry.delay(self.attempt, None)
+        if isinstance(got, httpx.TransportError):
+            raise NeuronpediaError(f"{what}: cannot reach {self.url.host} ({got.__class__.__name__})") from None
+        if isinstance(got, httpx.InvalidURL):  # httpx resolves a redirect's Location even when not following it
+            raise InvalidResponseError(f"{what}: the server redirected to a malformed location") from None
+        if got.is_redirect and self.redirects < MAX_REDIRECTS:
+            self.redirects += 1
+            self.url = _redirect_target(self.url, got, what)  # the key is dropped unless the origin is ours
+            return 0.0
+        if got.status_code in RETRY_STATUS and self.attempt < retry.max_retries:
+            self.attempt += 1
+            return retry.delay(self.attempt, got)
+        self.response = got
+        return None
+
+
 def _search_body(query: str, offset: int, model: str | None, layers: list[str] | None,
                  release: str | None) -> tuple[str, dict[str, Any]]:
     if release:
@@ -264,11 +303,7 @@ def _search_body(query: str, offset: int, model: str | None, layers: list[str] |
 class NeuronpediaClient(_Base):
     """Synchronous client: NeuronpediaClient(base_url=..., api_key=...) (key also from NEURONPEDIA_API_KEY)."""
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *, timeout: float = 30.0,
-                 retry: RetryPolicy | None = None, concurrency: int = 8,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout=timeout, retry=retry, concurrency=concurrency)
-        self._http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
+    _HTTP = httpx.Client
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -281,32 +316,16 @@ class NeuronpediaClient(_Base):
         self.close()
 
     def _send(self, req: _Request, what: str) -> httpx.Response:
-        url = self._url(req)
-        attempt = 0
-        redirects = 0
-        while True:
-            try:
-                response = self._http.request(req.method, url, json=req.json_body, content=req.content,
-                                              headers=self._headers_for(url, req.headers))
-            except httpx.TimeoutException:
-                attempt += 1
-                if attempt > self.retry.max_retries:
-                    raise ServerError(f"{what}: timed out after {self.retry.max_retries} retries") from None
-                time.sleep(self.retry.delay(attempt, None))
-                continue
-            except httpx.TransportError as e:
-                raise NeuronpediaError(f"{what}: cannot reach {url.host} ({e.__class__.__name__})") from None
-            except httpx.InvalidURL:  # httpx resolves a redirect's Location even when not following it
-                raise InvalidResponseError(f"{what}: the server redirected to a malformed location") from None
-            if response.is_redirect and redirects < MAX_REDIRECTS:
-                redirects += 1
-                url = _redirect_target(url, response, what)  # the key is dropped unless the origin is ours
-                continue
-            if response.status_code in RETRY_STATUS and attempt < self.retry.max_retries:
-                attempt += 1
-                time.sleep(self.retry.delay(attempt, response))
-                continue
-            return response
+        tries = _Tries(self, req, what)
+        while (wait := tries.after(self._try(tries))) is not None:
+            time.sleep(wait)
+        return tries.response
+
+    def _try(self, tries: _Tries) -> httpx.Response | Exception:
+        try:
+            return self._http.request(**tries.request())
+        except _SEND_ERRORS as e:
+            return e
 
     def request_json(self, req: _Request, what: str) -> Any:
         """Send with retries and return the parsed JSON (typed errors otherwise)."""
@@ -415,11 +434,10 @@ class NeuronpediaClient(_Base):
 class AsyncNeuronpediaClient(_Base):
     """Asynchronous client with the same behaviour; bounded concurrency for batch pulls."""
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *, timeout: float = 30.0,
-                 retry: RetryPolicy | None = None, concurrency: int = 8,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(base_url, api_key, timeout=timeout, retry=retry, concurrency=concurrency)
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
+    _HTTP = httpx.AsyncClient
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
         self._limit = asyncio.Semaphore(self.concurrency)
 
     async def aclose(self) -> None:
@@ -433,32 +451,17 @@ class AsyncNeuronpediaClient(_Base):
         await self.aclose()
 
     async def _send(self, req: _Request, what: str) -> httpx.Response:
-        url = self._url(req)
-        attempt = redirects = 0
+        tries = _Tries(self, req, what)
         async with self._limit:
-            while True:
-                try:
-                    response = await self._http.request(req.method, url, json=req.json_body, content=req.content,
-                                                        headers=self._headers_for(url, req.headers))
-                except httpx.TimeoutException:
-                    attempt += 1
-                    if attempt > self.retry.max_retries:
-                        raise ServerError(f"{what}: timed out after {self.retry.max_retries} retries") from None
-                    await asyncio.sleep(self.retry.delay(attempt, None))
-                    continue
-                except httpx.TransportError as e:
-                    raise NeuronpediaError(f"{what}: cannot reach {url.host} ({e.__class__.__name__})") from None
-                except httpx.InvalidURL:  # httpx resolves a redirect's Location even when not following it
-                    raise InvalidResponseError(f"{what}: the server redirected to a malformed location") from None
-                if response.is_redirect and redirects < MAX_REDIRECTS:
-                    redirects += 1
-                    url = _redirect_target(url, response, what)
-                    continue
-                if response.status_code in RETRY_STATUS and attempt < self.retry.max_retries:
-                    attempt += 1
-                    await asyncio.sleep(self.retry.delay(attempt, response))
-                    continue
-                return response
+            while (wait := tries.after(await self._try(tries))) is not None:
+                await asyncio.sleep(wait)
+        return tries.response
+
+    async def _try(self, tries: _Tries) -> httpx.Response | Exception:
+        try:
+            return await self._http.request(**tries.request())
+        except _SEND_ERRORS as e:
+            return e
 
     async def request_json(self, req: _Request, what: str) -> Any:
         """Send with retries and return the parsed JSON (typed errors otherwise)."""

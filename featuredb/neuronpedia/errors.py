@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from featuredb.errors import FeatureDBError
 
+__all__ = ["InvalidResponseError", "NeuronpediaError", "NeuronpediaNotFoundError", "RateLimitedError", "ServerError",
+           "UnauthorizedError"]
+
 
 class NeuronpediaError(FeatureDBError):
     """Any failure talking to the Neuronpedia API."""
