@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from importlib import resources
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -156,33 +158,17 @@ def _np_user(n: int, after: Sequence[str], peaks: Sequence[str], logits: Sequenc
             f"{block('TOP_ACTIVATING_TEXTS', texts)}\n\n\nExplanation of neuron {n} behavior: ")
 
 
-_NP_SHOTS: list[tuple[str, str]] = [
-    (_np_user(1, ["was", "watching"], ["She", "enjoy"],
-              ["walking", "WA", "waiting", "was", "we", "WHAM", "wish", "win", "wake", "whisper"],
-              ["<<She>> was taking a nap when her phone started ringing.",
-               "I <<enjoy>> watching movies with my family."]),
-     "Method 1 fails: MAX_ACTIVATING_TOKENS (She, enjoy) are not similar tokens.\n"
-     "Method 2 succeeds: All TOKENS_AFTER_MAX_ACTIVATING_TOKEN have a pattern in common: they all start with \"w\".\n"
-     "Explanation: say \"w\" words"),
-    (_np_user(2, ["are", ","], ["banana", "blueberries"],
-              ["apple", "orange", "pineapple", "watermelon", "kiwi", "peach", "pear", "grape", "cherry", "plum"],
-              ["The apple and <<banana>> are delicious foods that provide essential vitamins and nutrients.",
-               "I enjoy eating fresh strawberries, <<blueberries>>, and mangoes during the summer months."]),
-     "Method 1 succeeds: All MAX_ACTIVATING_TOKENS (banana, blueberries) are fruits.\nExplanation: fruits"),
-    (_np_user(3, ["warm", "the"], ["and", "And"],
-              ["elephant", "guitar", "mountain", "bicycle", "ocean", "telescope", "candle", "umbrella", "tornado",
-               "butterfly"],
-              ["It was a beautiful day outside with clear skies <<and>> warm sunshine.",
-               "<<And>> the garden has roses and tulips and daisies and sunflowers blooming together."]),
-     "Method 1 succeeds: All MAX_ACTIVATING_TOKENS are the word \"and\".\nExplanation: and"),
-    (_np_user(4, ["was", "places"], ["war", "some"],
-              ["4", "four", "fourth", "4th", "IV", "Four", "FOUR", "~4", "4.0", "quartet"],
-              ["the civil <<war>> was a major topic in history class .",
-               "seasons of the year are winter , spring , summer , and fall or autumn in <<some>> places ."]),
-     "Method 1 fails: MAX_ACTIVATING_TOKENS (war, some) are not all the same token.\n"
-     "Method 2 fails: TOKENS_AFTER_MAX_ACTIVATING_TOKEN (was, places) are not all similar tokens and don't have a "
-     "text pattern in common.\nMethod 3 succeeds: All TOP_POSITIVE_LOGITS are the number 4.\nExplanation: 4"),
-]
+SHOTS_FILE = "np_max_act_logits_shots.json"  # Neuronpedia's four worked examples, as data beside this module
+
+
+def _np_shots() -> list[tuple[str, str]]:
+    """(user, assistant) messages of the worked examples np_max-act-logits puts before each request."""
+    shots = json.loads(resources.files("featuredb.labels").joinpath(SHOTS_FILE).read_text(encoding="utf-8"))
+    return [(_np_user(s["neuron"], s["tokens_after_max_activating_token"], s["max_activating_tokens"],
+                      s["top_positive_logits"], s["top_activating_texts"]), s["answer"]) for s in shots]
+
+
+_NP_SHOTS = _np_shots()
 
 
 def np_max_act_logits_messages(feature: FeatureExamples) -> list[dict[str, str]]:
