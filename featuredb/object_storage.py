@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import duckdb
 
 from featuredb.errors import FeatureDBError, NotFoundError
+from featuredb.sql_literals import sql_string
 
 SCHEME = "s3://"
 SECRET_NAME = "featuredb_s3"
@@ -56,10 +57,6 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def secret_sql(url: str) -> str:
     """CREATE TEMPORARY SECRET for S3 from the environment (the SQL holds the key: never print it)."""
     key_id = os.environ.get("AWS_ACCESS_KEY_ID")
@@ -68,17 +65,17 @@ def secret_sql(url: str) -> str:
         raise FeatureDBError(f"{url}: no S3 credentials in the environment "
                              "(set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-    parts = [f"KEY_ID {_literal(key_id)}", f"SECRET {_literal(secret)}", f"REGION {_literal(region)}"]
+    parts = [f"KEY_ID {sql_string(key_id)}", f"SECRET {sql_string(secret)}", f"REGION {sql_string(region)}"]
     token = os.environ.get("AWS_SESSION_TOKEN")
     if token:
-        parts.append(f"SESSION_TOKEN {_literal(token)}")
+        parts.append(f"SESSION_TOKEN {sql_string(token)}")
     endpoint = _endpoint()
     if endpoint:
         split = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         if split.scheme not in ("http", "https") or not split.netloc:
             raise FeatureDBError(f"{url}: the S3 endpoint {endpoint!r} (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) "
                                  "is not an http:// or https:// URL")
-        parts += [f"ENDPOINT {_literal(split.netloc)}", "URL_STYLE 'path'",
+        parts += [f"ENDPOINT {sql_string(split.netloc)}", "URL_STYLE 'path'",
                   f"USE_SSL {'true' if split.scheme == 'https' else 'false'}"]
     return f"CREATE OR REPLACE TEMPORARY SECRET {SECRET_NAME} (TYPE s3, {', '.join(parts)})"
 

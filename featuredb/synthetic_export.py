@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from featuredb.formats.neuronpedia_export import BATCH_SIZE
 from featuredb.identity import set_of_source
+from featuredb.sql_literals import sql_string, sql_string_list
 
 CONCEPTS = [
     "Texas", "Austin", "Dallas", "Paris", "France", "London", "river", "music", "football", "Python",
@@ -23,10 +24,6 @@ FILLER = [
     "after", "two", "time", "year", "city", "state", "team", "album", "season", "game",
 ]
 EXPLANATION_TEMPLATES = ["mentions of {c}", "the word \"{c}\" and related context", "references to {c}"]
-
-
-def _lit(values: list[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
@@ -58,18 +55,18 @@ def generate_export(out: str | Path, *, model: str = "demo-model", source: str =
     n_top = n_activations * 3 // 4 if n_top is None else n_top
     nc, nf = len(CONCEPTS), len(FILLER)
     con = duckdb.connect()
-    con.execute(f"CREATE MACRO concept(i) AS {_lit(CONCEPTS)}[((i % {nc}) + 1)::BIGINT]")
-    con.execute(f"CREATE MACRO filler(h) AS {_lit(FILLER)}[((h % {nf}) + 1)::BIGINT]")
+    con.execute(f"CREATE MACRO concept(i) AS {sql_string_list(CONCEPTS)}[((i % {nc}) + 1)::BIGINT]")
+    con.execute(f"CREATE MACRO filler(h) AS {sql_string_list(FILLER)}[((h % {nf}) + 1)::BIGINT]")
     con.execute("CREATE MACRO u(h) AS (h % 10007) / 10007.0")  # deterministic uniform [0, 1)
-    templates = _lit(EXPLANATION_TEMPLATES)
+    templates = sql_string_list(EXPLANATION_TEMPLATES)
     n_batches = -(-n_features // BATCH_SIZE)
     bar = tqdm(total=n_features, unit="feature", desc="generate export",
                disable=None if progress is None else not progress, leave=False)
     for b in range(n_batches):
         lo, hi = b * BATCH_SIZE, min(n_features, (b + 1) * BATCH_SIZE)
         feats = f"(SELECT range AS i, round(4 + 8 * u(hash(range, 'max')), 4) AS mx FROM range({lo}, {hi}))"
-        m, s = model.replace("'", "''"), source.replace("'", "''")
-        con.execute(f"""COPY (SELECT '{m}' AS "modelId", '{s}' AS "layer", i::VARCHAR AS "index",
+        m, s = sql_string(model), sql_string(source)
+        con.execute(f"""COPY (SELECT {m} AS "modelId", {s} AS "layer", i::VARCHAR AS "index",
             '{set_name}' AS "sourceSetName", 'featuredb' AS "creatorId", mx AS "maxActApprox",
             round(0.0001 + 0.05 * u(hash(i, 'd')), 6) AS "frac_nonzero",
             list_transform(range(10), lambda k: ' ' || concept(i + k * 7)) AS "pos_str",
@@ -82,7 +79,7 @@ def generate_export(out: str | Path, *, model: str = "demo-model", source: str =
             list_transform(range(20), lambda k: round(-2 + k * 0.2, 4)) AS "logits_hist_data_bar_values",
             '{created}' AS "createdAt"
             FROM {feats} ORDER BY i) TO '{d}/features/batch-{b}.jsonl.gz' (FORMAT json, COMPRESSION gzip)""")
-        con.execute(f"""COPY (SELECT 'exp-' || '{s}' || '-' || i AS "id", '{m}' AS "modelId", '{s}' AS "layer",
+        con.execute(f"""COPY (SELECT 'exp-' || {s} || '-' || i AS "id", {m} AS "modelId", {s} AS "layer",
             i::VARCHAR AS "index",
             replace({templates}[((hash(i, 't') % 3) + 1)::BIGINT], '{{c}}', concept(i)) AS "description",
             'np_max-act-logits' AS "typeName", 'gpt-4o-mini' AS "explanationModelName",
@@ -92,7 +89,7 @@ def generate_export(out: str | Path, *, model: str = "demo-model", source: str =
             WITH a AS (SELECT i, mx, j, (hash(i, j, 'p') % {ctx_len})::BIGINT AS peak,
                               round(mx * (1 - j * 0.8 / {n_activations}), 4) AS top
                        FROM {feats}, range({n_activations}) t(j))
-            SELECT 'act-' || '{s}' || '-' || i || '-' || j AS "id", '{m}' AS "modelId", '{s}' AS "layer",
+            SELECT 'act-' || {s} || '-' || i || '-' || j AS "id", {m} AS "modelId", {s} AS "layer",
                 i::VARCHAR AS "index",
                 list_transform(range({ctx_len}), lambda t: CASE WHEN t = peak THEN ' ' || concept(i)
                                ELSE ' ' || filler(hash(i, j, t)) END) AS "tokens",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featuredb.identity import parse_index
+from featuredb.sql_literals import sql_string
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INDEX = "index"
@@ -77,10 +78,6 @@ def value_problem(duck_type: str, value: Any) -> str | None:
     raise ValueError(f"no import rule for type {duck_type}")
 
 
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 def _sql_rule(duck_type: str, j: str, v: str) -> tuple[str, str]:
     """(value, condition) in SQL: the value TRY_CAST from JSON column `j`, and whether `j` (its text) and that
     value `v` keep the rule. The text DuckDB keeps for a JSON value (strings quoted, lists minified) is cheaper
@@ -94,7 +91,7 @@ def _sql_rule(duck_type: str, j: str, v: str) -> tuple[str, str]:
     if duck_type == "BOOLEAN":
         return f"TRY_CAST({j} AS BOOLEAN)", f"{text} IN ('true', 'false')"
     if duck_type == "DOUBLE":
-        return f"TRY_CAST({j} AS DOUBLE)", f"regexp_full_match({text}, {_sql_str(_NUMBER)}) AND isfinite({v})"
+        return f"TRY_CAST({j} AS DOUBLE)", f"regexp_full_match({text}, {sql_string(_NUMBER)}) AND isfinite({v})"
     if duck_type == "BIGINT":
         return f"TRY_CAST({j} AS BIGINT)", f"regexp_full_match({text}, '-?[0-9]+') AND {v} IS NOT NULL"
     item = duck_type[:-2]
@@ -106,7 +103,7 @@ def _sql_rule(duck_type: str, j: str, v: str) -> tuple[str, str]:
         finite = (f"isfinite(list_inner_product({v}, {v})) "  # cheap, but it overflows for items beyond 1e154
                   f"OR coalesce(list_max({v}) < 'inf'::DOUBLE AND list_min({v}) > '-inf'::DOUBLE, true)")
         return value, f"NOT ({letters}) AND list_count({v}) = len({v}) AND ({finite})"
-    pattern = f"regexp_full_match({text}, {_sql_str(_LIST_PATTERNS[item])})"
+    pattern = f"regexp_full_match({text}, {sql_string(_LIST_PATTERNS[item])})"
     if item == "BIGINT":  # an item beyond BIGINT casts to NULL
         return value, f"{pattern} AND list_count({v}) = len({v})"
     if item == "BIGINT[]":  # likewise one level down
@@ -152,7 +149,7 @@ class LineRules:
 
     def read_spec(self) -> str:
         """DuckDB's `columns=` argument of read_json: every field read as JSON, to be checked by select_sql."""
-        return "{" + ", ".join(f"{_sql_str(c)}: 'JSON'" for c in self.columns) + "}"
+        return "{" + ", ".join(f"{sql_string(c)}: 'JSON'" for c in self.columns) + "}"
 
     def select_sql(self, source_sql: str, file_column: str | None = None) -> str:
         """SELECT over `source_sql` (fields as JSON) giving typed columns; error() on the first value breaking a rule.
@@ -167,9 +164,9 @@ class LineRules:
             value, cond = _sql_index(j, v) if col == INDEX else _sql_rule(duck_type, j, v)
             inner.append(f"{q} AS {j}, {value} AS {v}")
             if col in self.fixed:
-                cond = f"{cond} AND {v} = {_sql_str(self.fixed[col])}"
-            absent = f"error({_sql_str(f'missing field {col!r}')}{where})" if col in self.required else "NULL"
-            bad = f"error({_sql_str(f'field {col!r} breaks its rule: ')} || left(CAST({j} AS VARCHAR), 60){where})"
+                cond = f"{cond} AND {v} = {sql_string(self.fixed[col])}"
+            absent = f"error({sql_string(f'missing field {col!r}')}{where})" if col in self.required else "NULL"
+            bad = f"error({sql_string(f'field {col!r} breaks its rule: ')} || left(CAST({j} AS VARCHAR), 60){where})"
             outer.append(f"CASE WHEN {j} IS NULL THEN {absent} WHEN {cond} THEN {v} ELSE {bad} END AS {q}")
         file = f", {file_column}" if file_column else ""
         return f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(inner)}{file} FROM ({source_sql}))"

@@ -31,6 +31,7 @@ from featuredb.store.schema import (
     columns_of,
 )
 from featuredb.store.feature_store import FeatureStore, MissingKeyError
+from featuredb.sql_literals import sql_string
 
 BATCH_DIRS = (FEATURES, ACTIVATIONS, EXPLANATIONS)  # {sourceDir}/{features,activations,explanations}/batch-N
 META_FILES = (MODELS, RELEASES, SOURCE_SETS, SOURCES)  # {sourceDir}/{model,release,sourceset,source}.jsonl
@@ -88,10 +89,6 @@ def find_source_dirs(root: Path) -> list[Path]:
     return found
 
 
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
 @dataclass
 class _Group:
     """The files of one table of one source, read by one statement under one set of line rules."""
@@ -124,16 +121,16 @@ def _rules(table: Table, model: str, source: str) -> LineRules:
 
 
 def _defaults(group: _Group) -> dict[str, str]:
-    found = {c: _sql_str(v) for c, v in group.rules.fixed.items()}
+    found = {c: sql_string(v) for c, v in group.rules.fixed.items()}
     if group.table is SOURCES:
-        found["setName"] = _sql_str(set_of_source(group.source))
+        found["setName"] = sql_string(set_of_source(group.source))
     if group.table is SOURCE_SETS:
-        found["name"] = _sql_str(set_of_source(group.source))
+        found["name"] = sql_string(set_of_source(group.source))
     return found
 
 
 def _read_sql(files: list[Path], rules: LineRules) -> str:
-    flist = ", ".join(_sql_str(str(f)) for f in files)
+    flist = ", ".join(sql_string(str(f)) for f in files)
     return rules.select_sql(
         f"SELECT * FROM read_json([{flist}], format='newline_delimited', columns={rules.read_spec()}, filename=true)",
         file_column="filename")

@@ -10,13 +10,10 @@ import duckdb
 from featuredb.errors import NotFoundError
 from featuredb.object_storage import connect_object_storage, failure, is_remote, join_url
 from featuredb.store.schema import TABLES
+from featuredb.sql_literals import sql_string
 
 if TYPE_CHECKING:
     from featuredb.store.feature_store import FeatureStore
-
-def _quoted(path: str) -> str:
-    return "'" + path.replace("'", "''") + "'"
-
 
 def exported_tables(con: duckdb.DuckDBPyConnection, prefix: str) -> dict[str, str]:
     """{table: Parquet file} for each featuredb table exported under `prefix` (a folder or an s3:// prefix)."""
@@ -25,7 +22,7 @@ def exported_tables(con: duckdb.DuckDBPyConnection, prefix: str) -> dict[str, st
                 if (Path(prefix) / f"{t.name}.parquet").is_file()}
     try:
         found = {r[0].rsplit("/", 1)[-1] for r in
-                 con.execute(f"SELECT file FROM glob({_quoted(join_url(prefix, '*.parquet'))})").fetchall()}
+                 con.execute(f"SELECT file FROM glob({sql_string(join_url(prefix, '*.parquet'))})").fetchall()}
     except duckdb.Error as e:
         raise failure(prefix, e) from None
     return {t.name: join_url(prefix, f"{t.name}.parquet") for t in TABLES if f"{t.name}.parquet" in found}
@@ -44,7 +41,7 @@ def import_parquet_export(store: FeatureStore, prefix: str) -> dict[str, int]:
         for t in TABLES:
             if t.name not in files:
                 continue
-            relation = f"read_parquet({_quoted(files[t.name])})"
+            relation = f"read_parquet({sql_string(files[t.name])})"
             try:
                 present = [r[0] for r in store.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()]
                 written[t.name] = store.write_select(t, f"SELECT * FROM {relation}", present)

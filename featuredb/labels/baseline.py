@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from featuredb.errors import NotFoundError
+from featuredb.sql_literals import sql_string
 from featuredb.labels.label_rule import BASELINE_TYPE
 from featuredb.store.label_tables import (
     BaselineEvidenceLimits,
@@ -123,7 +124,7 @@ def _kind(token: str | None) -> str:
 
 
 def _kind_sql(tok: str, pos: str) -> str:
-    starts = ", ".join("'" + s.replace("'", "''") + "'" for s in _START)
+    starts = ", ".join(sql_string(s) for s in _START)
     return f"""CASE WHEN {pos} = 0 THEN 'start'
         WHEN NOT starts_with({tok}, '<') AND NOT contains({tok}, '\ufffd')
              AND regexp_matches({tok}, '[\\p{{L}}\\p{{N}}]')

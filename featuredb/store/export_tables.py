@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from featuredb.store.reads import Scope, dict_rows
 from featuredb.store import schema
 from featuredb.store.schema import ACTIVATION_ORDER
+from featuredb.sql_literals import sql_string
 
 if TYPE_CHECKING:
     from featuredb.store.feature_store import FeatureStore
@@ -114,8 +115,7 @@ def count_query_rows(store: FeatureStore, query: RowQuery) -> int:
 
 def copy_query_json(store: FeatureStore, query: RowQuery, dest: str, compression: str) -> None:
     """Write the rows `query` selects to `dest` as JSON lines (`compression`: gzip or none)."""
-    dest_sql = dest.replace("'", "''")
-    store.con.execute(f"COPY ({query.sql}) TO '{dest_sql}' (FORMAT json, COMPRESSION {compression})", query.params)
+    store.con.execute(f"COPY ({query.sql}) TO {sql_string(dest)} (FORMAT json, COMPRESSION {compression})", query.params)
 
 
 def source_set_name(store: FeatureStore, model: str, source: str) -> str | None:
@@ -166,8 +166,7 @@ def copy_table_parquet(store: FeatureStore, table: schema.Table, dest: str, mode
         conds.append(f'"{source_col}" = ?')
         params.append(source)
     sql = f'SELECT * FROM "{table.name}" WHERE {" AND ".join(conds)}'
-    quoted = dest.replace("'", "''")
-    store.con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)", params)
+    store.con.execute(f"COPY ({sql}) TO {sql_string(dest)} (FORMAT parquet, COMPRESSION zstd)", params)
     return store.con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
 
 
