@@ -67,7 +67,7 @@ def is_error_or_embedding_id(node_id: str) -> bool:
 class _Open(BaseModel):
     """A model that keeps whatever extra fields the JSON has, and lets code set fields after reading."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 
 class GraphMetadata(_Open):
@@ -128,7 +128,7 @@ class Node(_Open):
         return getattr(self, "feature", None) is not None
 
 
-@with_config(ConfigDict(extra="allow"))
+@with_config(ConfigDict(extra="allow", strict=True, allow_inf_nan=False))
 class Link(TypedDict):
     """One weighted edge from node id `source` to node id `target` (circuit-tracer's Link): a typed dict, not a
     model, as a graph has up to ~500,000 and a model each would cost seconds (circuit-tracer keeps them as dicts)."""
@@ -194,6 +194,12 @@ def coerce_graph(graph: Graph | dict[str, Any]) -> Graph:
 _NODES = TypeAdapter(list[Node])
 
 
+# pydantic error type -> what graph_json's checker says for the same fault
+_SAID = {"missing": "missing", "string_type": "expected a string", "int_type": "expected an integer",
+         "float_type": "expected a number", "bool_type": "expected true or false", "list_type": "expected a list",
+         "dict_type": "expected an object", "model_type": "expected an object", "finite_number": "expected a finite number"}
+
+
 def one_line(error: ValidationError) -> str:
     """`nodes[3].node_id: expected a string`: a pydantic error's first fault as the field path and the problem."""
     first = error.errors(include_url=False)[0]
@@ -205,5 +211,5 @@ def one_line(error: ValidationError) -> str:
             path += f".{p}" if path else str(p)
         else:
             path += f'["{p}"]'
-    problem = "missing" if first["type"] == "missing" else first["msg"][:1].lower() + first["msg"][1:]
+    problem = _SAID.get(first["type"]) or first["msg"][:1].lower() + first["msg"][1:]
     return f"{path or '(the top level)'}: {' '.join(problem.split())}"
