@@ -249,7 +249,7 @@ def attribute_command(prompt: str, transcoders: str, out: str, model: str | None
         with open_store(db, read_only=True) as store:
             labelled = trace_label(store, made.graph, where=out, evidence_model=session.model)
         made.timings["label_and_group"] = time.perf_counter() - t0
-    write_json_atomically(out, made.graph)
+    write_json_atomically(out, made.graph.to_json())
     if labelled is not None and labelled.evidence is not None:
         write_json_atomically(evidence_path(out), labelled.evidence.as_dict())
     made.timings["total"] = time.perf_counter() - start

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from featuredb.errors import BadInputError
-from featuredb.graph_models import NON_FEATURE_TYPES, Graph, Node, is_error_or_embedding_id, parse_feature_id
+from featuredb.graph_models import (NON_FEATURE_TYPES, Graph, Node, field_path, is_error_or_embedding_id,
+                                   parse_feature_id)
 from featuredb.identity import cantor_unpair
 
 REQUIRED = ("metadata", "qParams", "nodes", "links")
@@ -104,19 +105,6 @@ class FeatureNode:
     layer: int
     index: int
     ctx_idx: int
-
-
-def field_path(parts: tuple[str | int, ...]) -> str:
-    """`nodes[3].node_id` from ("nodes", 3, "node_id"); odd keys are quoted so the message stays one line."""
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p.isidentifier() and p.isascii():
-            out += f".{p}" if out else p
-        else:
-            out += f"[{json.dumps(p)}]"
-    return out or "(the top level)"
 
 
 def _show(value: Any) -> str:
