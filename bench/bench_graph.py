@@ -56,7 +56,7 @@ def main() -> None:
             t0 = time.perf_counter()
             labelled = trace_label(store, made.graph, where=slug)
             label_s = time.perf_counter() - t0
-            (out / f"{slug}.json").write_text(json.dumps(made.graph))
+            (out / f"{slug}.json").write_text(json.dumps(made.graph.to_json()))
             s = made.summary()
             # featuredb's own work in the loop: mapping, labels and supernodes, plus the metadata it adds
             overhead = label_s

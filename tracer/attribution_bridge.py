@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from featuredb.errors import FeatureDBError
+from featuredb.formats.graph_json import as_graph
+from featuredb.graph_models import Graph
 
 
 @dataclass
@@ -41,9 +43,9 @@ class AttributeOptions:
 
 @dataclass
 class AttributedGraph:
-    """A graph JSON made by circuit-tracer and what the user wants to know about it."""
+    """A graph made by circuit-tracer (read from its JSON once, checked) and what the user wants to know about it."""
 
-    graph: dict[str, Any]
+    graph: Graph
     replacement_score: float
     completeness_score: float
     top_predictions: list[tuple[str, float]]
@@ -51,11 +53,11 @@ class AttributedGraph:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts (without the graph itself)."""
-        nodes = self.graph["nodes"]
-        features = [n for n in nodes if n.get("feature_type") in ("cross layer transcoder", "mlp reconstruction")]
-        return {"slug": self.graph["metadata"]["slug"], "prompt": self.graph["metadata"]["prompt"],
-                "nodes": len(nodes), "feature_nodes": len(features), "links": len(self.graph["links"]),
-                "feature_layers": sorted({int(n["layer"]) for n in features}),
+        nodes = self.graph.nodes
+        features = [n for n in nodes if n.feature_type in ("cross layer transcoder", "mlp reconstruction")]
+        return {"slug": self.graph.metadata.slug, "prompt": self.graph.metadata.prompt,
+                "nodes": len(nodes), "feature_nodes": len(features), "links": len(self.graph.links),
+                "feature_layers": sorted({int(n.layer) for n in features}),
                 "replacement_score": round(self.replacement_score, 4),
                 "completeness_score": round(self.completeness_score, 4),
                 "top_predictions": [[t, round(p, 4)] for t, p in self.top_predictions],
@@ -162,4 +164,4 @@ class CircuitTracerSession:
                                       "version": str(_circuit_tracer().__version__)},
                         "create_time_ms": int(time.time() * 1000)}
         meta["generation_settings"] = {**asdict(o), "transcoders": str(self.transcoders)}
-        return AttributedGraph(graph, replacement, completeness, top, timings)
+        return AttributedGraph(as_graph(graph, slug), replacement, completeness, top, timings)

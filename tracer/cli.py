@@ -68,12 +68,12 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
     Example:
       featuredb trace label graphs/dallas-austin.json -o graphs/dallas-austin.labelled.json
     """
-    from featuredb.formats.graph_json import load_graph
+    from featuredb.formats.graph_json import load_graph_model
 
     if Path(out).resolve() == Path(graph_file).resolve():
         raise BadInputError(f"{out}: write the labelled graph to another file than its input")
     start = time.perf_counter()
-    graph = load_graph(graph_file)  # a malformed graph is refused before the labelling machinery loads
+    graph = load_graph_model(graph_file)  # a malformed graph is refused before the labelling machinery loads
     from tracer.supernodes import SupernodeOptions
     from tracer.trace_label import trace_label
 
@@ -99,7 +99,7 @@ def label_command(graph_file: str, out: str, model: str | None, source_set: str 
             client.close()
     if ev_model is None:
         result.evidence_note = ev_note
-    write_json_atomically(out, result.graph)
+    write_json_atomically(out, result.graph.to_json())
     if result.evidence is not None:
         write_json_atomically(evidence_path(out), result.evidence.as_dict())
     seconds = time.perf_counter() - start
@@ -120,9 +120,11 @@ def evidence_path(graph_path: str | Path) -> Path:
     return p.with_name((p.name[:-5] if p.name.endswith(".json") else p.name) + ".evidence.json")
 
 
-def evidence_model(graph: dict, transcoders: str | None, device: str | None) -> tuple[object, str]:  # type: ignore[type-arg]
+def evidence_model(graph: Any, transcoders: str | None, device: str | None) -> tuple[object, str]:
     """(circuit-tracer's ReplacementModel for the graph, "") or (None, why the evidence is not computed)."""
-    folder = transcoders or ((graph.get("metadata") or {}).get("generation_settings") or {}).get("transcoders")
+    from featuredb.formats.graph_json import graph_metadata
+
+    folder = transcoders or (graph_metadata(graph).get("generation_settings") or {}).get("transcoders")
     if not folder:
         return None, "not computed: the graph names no transcoders (a graph from elsewhere); pass --transcoders"
     if not (Path(str(folder)) / "config.yaml").is_file():
@@ -140,9 +142,11 @@ def evidence_model(graph: dict, transcoders: str | None, device: str | None) -> 
     return session.model, ""
 
 
-def graph_scores(graph: dict) -> dict[str, float]:  # type: ignore[type-arg]
-    """circuit-tracer's replacement and completeness scores from a graph's metadata, where present."""
-    meta = graph.get("metadata") or {}
+def graph_scores(graph: Any) -> dict[str, float]:
+    """circuit-tracer's replacement and completeness scores from a graph's metadata (a Graph or JSON), if present."""
+    from featuredb.formats.graph_json import graph_metadata
+
+    meta = graph_metadata(graph)
     return {k: float(meta[k]) for k in ("replacement_score", "completeness_score")
             if isinstance(meta.get(k), (int, float))}
 
@@ -245,7 +249,7 @@ def attribute_command(prompt: str, transcoders: str, out: str, model: str | None
         with open_store(db, read_only=True) as store:
             labelled = trace_label(store, made.graph, where=out, evidence_model=session.model)
         made.timings["label_and_group"] = time.perf_counter() - t0
-    write_json_atomically(out, made.graph)
+    write_json_atomically(out, made.graph.to_json())
     if labelled is not None and labelled.evidence is not None:
         write_json_atomically(evidence_path(out), labelled.evidence.as_dict())
     made.timings["total"] = time.perf_counter() - start
@@ -285,11 +289,10 @@ def intervene_command(graph_file: str, label: str, scale: float, prompt: str | N
       featuredb trace intervene data/graphs/dallas-texas.json --supernode '"Texas"' --scale -2
     """
     from featuredb.errors import FeatureDBError
-    from featuredb.formats.graph_json import check_graph, decode_qparams, load_graph
+    from featuredb.formats.graph_json import load_graph_model
     from tracer.supernode_intervention import find_supernode, intervene
 
-    graph = load_graph(graph_file)
-    decode_qparams(check_graph(graph, graph_file), graph_file)  # supernodes saved by a frontend as a string too
+    graph = load_graph_model(graph_file)  # supernodes saved by a frontend as a string too are decoded
     label, members = find_supernode(graph, label)
     model, why = evidence_model(graph, transcoders, device)
     if model is None:

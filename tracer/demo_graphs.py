@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from featuredb.graph_models import Graph
 from featuredb.store.feature_store import FeatureStore
 from tracer.attribution_bridge import AttributeOptions, CircuitTracerSession, model_for_transcoders, transcoder_config
 from tracer.trace_label import trace_label
@@ -23,7 +24,7 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 
 def make_demo_graphs(transcoders: str, db: str, out_dir: str, *, echo: Callable[[str], None], quiet: bool = False,
                      prompts: dict[str, str] | None = None, device: str | None = None,
-                     before_label: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+                     before_label: Callable[[Graph], dict[str, Any]] | None = None) -> dict[str, Any]:
     """For each prompt: circuit-tracer's graph, labelled and grouped from the store, written to out_dir/{slug}.json.
 
     `before_label(graph)` runs between attribution and labelling (the demo's `--endpoint` explains the graph's
@@ -42,7 +43,7 @@ def make_demo_graphs(transcoders: str, db: str, out_dir: str, *, echo: Callable[
             t0 = time.perf_counter()
             labelled = trace_label(store, made.graph, where=slug, evidence_model=session.model)
             made.timings["label_and_group"] = time.perf_counter() - t0
-        _write(out / f"{slug}.json", made.graph)
+        _write(out / f"{slug}.json", made.graph.to_json())
         if labelled.evidence is not None:
             _write(out / f"{slug}.evidence.json", labelled.evidence.as_dict())
             made.timings["evidence"] = labelled.evidence.seconds

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from featuredb.labels.chat_endpoint import ChatEndpoint
 from featuredb.labels.embedding_score import score_embedding
 from featuredb.labels.explain import explain_features
+from featuredb.graph_models import Graph
 from featuredb.neuronpedia.sync import graph_features
 from featuredb.store.feature_store import FeatureStore
 
@@ -15,10 +16,10 @@ EXPLAIN_TYPE = "np_max-act-logits"
 
 
 def graph_explainer(db: str, model: str, endpoint_url: str, explainer_model: str, key_env: str, *,
-                    quiet: bool = False) -> Callable[[dict[str, Any]], dict[str, Any]]:
+                    quiet: bool = False) -> Callable[[Graph], dict[str, Any]]:
     """A function that explains (and embedding-scores) the store features a graph uses; returns what it did."""
 
-    def explain(graph: dict[str, Any]) -> dict[str, Any]:
+    def explain(graph: Graph) -> dict[str, Any]:
         keys = [f"{m}/{s}/{i}" for m, s, i in graph_features(graph, model, None)]
         endpoint = ChatEndpoint(endpoint_url, explainer_model, key_env=key_env)
         with FeatureStore(db) as store:

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from featuredb.formats.graph_json import feature_node_dicts
+from featuredb.graph_models import Graph
 from featuredb.neuronpedia.client import NeuronpediaClient
 from featuredb.store.feature_store import FeatureStore
 from tracer.feature_labels import best_explanation, store_labels
@@ -51,15 +51,15 @@ def _online_labels(client: NeuronpediaClient, model: str, wanted: list[tuple[str
     return out
 
 
-def label_graph(store: FeatureStore | None, graph: dict[str, Any], mapping: NodeMapping, *, overwrite: bool = False,
+def label_graph(store: FeatureStore | None, graph: Graph, mapping: NodeMapping, *, overwrite: bool = False,
                 online: NeuronpediaClient | None = None) -> LabelReport:
     """Write `clerp` on the graph's mapped feature nodes in place; `online` is a NeuronpediaClient or None."""
     report = LabelReport(mapping.model, mapping.source_set, unmapped=list(mapping.unmapped))
     report.feature_nodes = len(mapping.mapped) + len(mapping.unmapped)
     report.mapped = len(mapping.mapped)
-    by_id = feature_node_dicts(graph)
+    by_id = graph.feature_node_by_id()
     def needs(m: Any) -> bool:
-        return overwrite or not str(by_id[m.node.node_id].get("clerp") or "").strip()
+        return overwrite or not by_id[m.node.node_id].clerp.strip()
 
     todo = [m for m in mapping.mapped if needs(m)]
     report.kept = len(mapping.mapped) - len(todo)
@@ -77,7 +77,7 @@ def label_graph(store: FeatureStore | None, graph: dict[str, Any], mapping: Node
             if m.node.node_id in mapped_ids:
                 report.unlabelled.append(m.node.node_id)
             continue
-        by_id[m.node.node_id]["clerp"] = label[0]
+        by_id[m.node.node_id].clerp = label[0]
         types[label[1]] += 1
         report.labelled += 1
     report.by_type = dict(types.most_common())

@@ -7,6 +7,7 @@ from typing import Any
 
 from featuredb.errors import BadInputError
 from featuredb.formats.graph_json import FeatureNode, feature_nodes
+from featuredb.graph_models import Graph
 from featuredb.store.graph_identity import resolve_model, resolve_source_set, source_sets
 from featuredb.identity import source_id
 from featuredb.store.schema import feature_key
@@ -34,7 +35,7 @@ class NodeMapping:
     absent: list[MappedNode] = field(default_factory=list)  # unmapped nodes' would-be features (for --online)
 
 
-def map_nodes(store: FeatureStore, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
+def map_nodes(store: FeatureStore, graph: Graph | dict[str, Any], *, where: str = "graph", model: str | None = None,
               source_set: str | None = None) -> NodeMapping:
     """Resolve model and source set, then look every feature node up in the store."""
     model = resolve_model(store.con, graph, model)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from featuredb.graph_models import embedding_id, feature_id, logit_id
 from featuredb.identity import cantor_pair
 
 CONCEPTS = [
@@ -32,7 +33,7 @@ class PlantedGraph:
 
 
 def _node(layer: int, index: int, pos: int, clerp: str, influence: float) -> dict[str, Any]:
-    return {"node_id": f"{layer}_{index}_{pos}", "feature": cantor_pair(layer, index), "layer": str(layer),
+    return {"node_id": feature_id(layer, index, pos), "feature": cantor_pair(layer, index), "layer": str(layer),
             "ctx_idx": pos, "feature_type": "cross layer transcoder", "token_prob": 0.0, "is_target_logit": False,
             "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": f"{layer}_{index}-0", "clerp": clerp,
             "influence": influence, "activation": 1.0}
@@ -84,11 +85,11 @@ def plant_graph(*, n_groups: int = 12, group_size: int = 5, n_positions: int = 7
         nodes.append(node)
         truth[node["node_id"]] = -1 - d
         decoders[node["node_id"]] = nrng.standard_normal(d_model)
-    embeds = [{"node_id": f"E_{100 + p}_{p}", "feature": p, "layer": "E", "ctx_idx": p, "feature_type": "embedding",
+    embeds = [{"node_id": embedding_id(100 + p, p), "feature": p, "layer": "E", "ctx_idx": p, "feature_type": "embedding",
                "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
                "jsNodeId": f"E_{100 + p}-{p}", "clerp": "", "influence": None, "activation": None}
               for p in range(n_positions)]
-    logit = {"node_id": f"{n_layers + 1}_7_{n_positions - 1}", "feature": 7, "layer": str(n_layers + 1),
+    logit = {"node_id": logit_id(n_layers, 7, n_positions - 1), "feature": 7, "layer": str(n_layers + 1),
              "ctx_idx": n_positions - 1, "feature_type": "logit", "token_prob": 0.5, "is_target_logit": True,
              "run_idx": 0, "reverse_ctx_idx": 0, "jsNodeId": f"L_7-{n_positions - 1}", "clerp": 'Output " x"',
              "influence": None, "activation": None}

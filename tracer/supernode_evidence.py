@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from featuredb.errors import BadInputError
+from featuredb.graph_models import Graph, Node, coerce_graph
 
 N_RANDOM = 8
 SDS = 2.0
@@ -68,23 +69,22 @@ class EvidenceReport:
 
 def feature_coordinates(node_id: str) -> tuple[int, int, int]:
     """(layer, feature index, position) of a circuit-tracer feature node id "L_F_P"."""
-    try:
-        layer, feature, pos = (int(x) for x in node_id.split("_"))
-    except ValueError:
+    found = Node.parse_feature_id(node_id)
+    if found is None:
         raise BadInputError(f"node {node_id!r}: not a circuit-tracer feature node id (layer_feature_position)")
-    return layer, feature, pos
+    return found
 
 
-def target_logit(graph: dict[str, Any]) -> tuple[int, str]:
+def target_logit(graph: Graph | dict[str, Any]) -> tuple[int, str]:
     """(vocabulary index, token) of the graph's target logit: is_target_logit, else the most probable logit."""
-    logits = [n for n in graph["nodes"] if n.get("feature_type") == "logit"]
+    logits = [n for n in coerce_graph(graph).nodes if n.feature_type == "logit"]
     if not logits:
         raise BadInputError("graph: no logit node to measure the evidence on")
-    best = next((n for n in logits if n.get("is_target_logit")), None) or \
-        max(logits, key=lambda n: float(n.get("token_prob") or 0.0))
-    clerp = str(best.get("clerp") or "")
-    token = clerp.split('"')[1] if clerp.count('"') >= 2 else str(best.get("feature"))
-    return int(best["feature"]), token
+    best = next((n for n in logits if n.is_target_logit), None) or \
+        max(logits, key=lambda n: float(n.token_prob or 0.0))
+    clerp = str(best.clerp or "")
+    token = clerp.split('"')[1] if clerp.count('"') >= 2 else str(best.feature)
+    return int(best.feature), token
 
 
 def next_token_probs(logits: Any) -> Any:
@@ -138,12 +138,12 @@ def _random_sets(members: list[tuple[int, int, int]], active: Any, n: int,
     return out
 
 
-def supernode_evidence(model: Any, graph: dict[str, Any], supernodes: list[Any], *, n_random: int = N_RANDOM,
+def supernode_evidence(model: Any, graph: Graph | dict[str, Any], supernodes: list[Any], *, n_random: int = N_RANDOM,
                        sds: float = SDS, seed: int = 0) -> EvidenceReport:
     """Zero each supernode (objects with .label and .node_ids) in `model` (circuit-tracer's ReplacementModel)
     and in n_random matched random sets; the report says which are beyond random."""
     t0 = time.perf_counter()
-    prompt = str(graph["metadata"].get("prompt") or "")
+    prompt = str(coerce_graph(graph).metadata.prompt or "")
     target, token = target_logit(graph)
     logits, acts = model.get_activations(prompt)
     active = acts.detach().float().cpu().numpy() if hasattr(acts, "detach") else np.asarray(acts)

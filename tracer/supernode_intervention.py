@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from featuredb.errors import BadInputError
+from featuredb.graph_models import Graph, coerce_graph
 from tracer.supernode_evidence import feature_coordinates, next_token_probs, target_logit, top_predictions
 
 
-def find_supernode(graph: dict[str, Any], label: str) -> tuple[str, list[str]]:
+def find_supernode(graph: Graph | dict[str, Any], label: str) -> tuple[str, list[str]]:
     """(full label, member node ids) of the qParams supernode named `label` (exact, else case-insensitive, else
     a unique prefix)."""
-    groups = [[str(x) for x in s] for s in (graph.get("qParams") or {}).get("supernodes") or [] if s]
+    groups = [[str(x) for x in s] for s in coerce_graph(graph).qParams.supernodes or [] if s]
     for match in (lambda name: name == label, lambda name: name.lower() == label.lower(),
                   lambda name: name.lower().startswith(label.lower())):
         found = [g for g in groups if match(g[0])]
@@ -29,10 +30,10 @@ def find_supernode(graph: dict[str, Any], label: str) -> tuple[str, list[str]]:
     raise BadInputError(f"--supernode {label!r}: the graph has no such supernode; it has: {names}")
 
 
-def intervene(model: Any, graph: dict[str, Any], node_ids: list[str], scale: float,
+def intervene(model: Any, graph: Graph | dict[str, Any], node_ids: list[str], scale: float,
               prompt: str | None = None) -> dict[str, Any]:
     """Top predictions before and after setting each member to scale x its activation on the prompt."""
-    text = prompt if prompt is not None else str(graph["metadata"].get("prompt") or "")
+    text = prompt if prompt is not None else str(coerce_graph(graph).metadata.prompt or "")
     logits, acts = model.get_activations(text)
     members = [feature_coordinates(n) for n in node_ids]
     n_pos = acts.shape[1]

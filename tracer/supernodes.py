@@ -25,7 +25,7 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse import csr_matrix
 
-from featuredb.formats.graph_json import feature_node_dicts, is_feature_node
+from featuredb.graph_models import Graph, coerce_graph
 from tracer.example_vectors import window_rows
 from tracer.supernode_names import supernode_name
 
@@ -85,12 +85,12 @@ class Grouping:
                 "ungrouped": dict(self.ungrouped), "signals": dict(self.signals)}
 
 
-def own_influence(graph: dict[str, Any]) -> dict[str, float]:
+def own_influence(graph: Graph) -> dict[str, float]:
     """node_id -> its own share of the logits' influence: the step in circuit-tracer's cumulative `influence`
     from the node ranked just above it (over every node of the graph that has one); {} when the values are
     mostly ties (a hand-made graph's placeholders), which leaves every node in."""
-    ranked = sorted((float(n["influence"]), str(n["node_id"])) for n in graph["nodes"]
-                    if isinstance(n.get("influence"), (int, float)) and np.isfinite(n["influence"]))
+    ranked = sorted((float(n.influence), str(n.node_id)) for n in graph.nodes
+                    if isinstance(n.influence, (int, float)) and np.isfinite(n.influence))
     if len({v for v, _ in ranked}) * 2 < len(ranked):  # mostly ties: placeholders, not circuit-tracer's values
         return {}
     out, prev = {}, 0.0
@@ -119,13 +119,13 @@ def _influential(ids: list[str], own: dict[str, float], share: float) -> tuple[l
     return [i for i in ids if i in keep], [i for i in ids if i not in keep]
 
 
-def _edge_profiles(graph: dict[str, Any], ids: list[str]) -> csr_matrix:
+def _edge_profiles(graph: Graph, ids: list[str]) -> csr_matrix:
     """Rows: each node's signed incoming then outgoing link weights over all graph nodes, L2-normalised."""
-    col = {n["node_id"]: i for i, n in enumerate(graph["nodes"])}
+    col = {n.node_id: i for i, n in enumerate(graph.nodes)}
     row = {nid: i for i, nid in enumerate(ids)}
-    n_all = len(graph["nodes"])  # node ids may repeat (circuit-tracer repeats some); columns follow positions
+    n_all = len(graph.nodes)  # node ids may repeat (circuit-tracer repeats some); columns follow positions
     rows, cols, vals = [], [], []
-    for link in graph["links"]:
+    for link in graph.links:
         s, t, w = link.get("source"), link.get("target"), float(link.get("weight") or 0.0)
         if t in row and s in col:
             rows.append(row[t])
@@ -161,7 +161,7 @@ def _unit_rows(vectors: dict[str, np.ndarray], ids: list[str]) -> tuple[np.ndarr
     return out, have
 
 
-def similarity(graph: dict[str, Any], ids: list[str], signals: NodeSignals, weights: dict[str, float],
+def similarity(graph: Graph, ids: list[str], signals: NodeSignals, weights: dict[str, float],
                profiles: csr_matrix | None = None) -> np.ndarray:
     """The combined similarity matrix of `ids`: the weighted mean of the signals each pair both has."""
     n = len(ids)
@@ -212,7 +212,7 @@ def _cut(members: list[str], sim: np.ndarray, threshold: float, max_size: int) -
     return out
 
 
-def _linkage(graph: dict[str, Any], a: list[str], b: list[str], signals: NodeSignals, opt: SupernodeOptions,
+def _linkage(graph: Graph, a: list[str], b: list[str], signals: NodeSignals, opt: SupernodeOptions,
              prof: csr_matrix) -> float:
     """Average linkage of two groups: the mean similarity of their cross pairs (as the cut within a position
     uses; the mean over the union would let a tight group carry an unrelated one)."""
@@ -220,7 +220,7 @@ def _linkage(graph: dict[str, Any], a: list[str], b: list[str], signals: NodeSig
     return float(sim[:len(a), len(a):].mean())
 
 
-def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[str, int], signals: NodeSignals,
+def _merge_nearby(graph: Graph, groups: list[list[str]], pos_of: dict[str, int], signals: NodeSignals,
                   opt: SupernodeOptions, profile: Any) -> list[list[str]]:
     """Merge pairs of groups at positions within opt.near whose average linkage reaches the cut threshold
     (best pair first), while the union stays within max_size. Each pair's agreement is computed once."""
@@ -257,12 +257,12 @@ def _merge_nearby(graph: dict[str, Any], groups: list[list[str]], pos_of: dict[s
     return list(live.values())
 
 
-def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str, int],
+def _tell_apart(groups: list[Supernode], graph: Graph | dict[str, Any], pos_of: dict[str, int],
                 layers: dict[str, int]) -> None:
     """Groups with the same name get the prompt token they sit at (`"in" @ " Dallas"`), else their position;
     those still alike (one concept at two depths) get their layers (`"in" @ " Dallas" L8-11`), and any still
     alike a number (`#1` the strongest)."""
-    tokens = (graph.get("metadata") or {}).get("prompt_tokens") or []
+    tokens = coerce_graph(graph).metadata.prompt_tokens or []
     names = Counter(s.label for s in groups)
     for s in groups:
         if names[s.label] > 1:
@@ -281,16 +281,17 @@ def _tell_apart(groups: list[Supernode], graph: dict[str, Any], pos_of: dict[str
             s.label += f" #{seen[s.label]}"
 
 
-def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
+def propose(graph: Graph | dict[str, Any], label_vectors: dict[str, np.ndarray],
             decoder_vectors: dict[str, np.ndarray] | None = None, options: SupernodeOptions | None = None,
             node_ids: list[str] | None = None, windows: dict[str, np.ndarray] | None = None) -> Grouping:
     """Supernodes over the graph's influential feature nodes (or those of `node_ids`), best first, and what was
     left out. `windows`: each node's hashed top-example windows (tracer.example_vectors), when a store has them."""
     opt = options or SupernodeOptions()
-    by_id = feature_node_dicts(graph)
-    ids = node_ids if node_ids is not None else [n["node_id"] for n in graph["nodes"] if is_feature_node(n)]
+    graph = coerce_graph(graph)
+    by_id = graph.feature_node_by_id()
+    ids = node_ids if node_ids is not None else [n.node_id for n in graph.feature_nodes()]
     ids = list(dict.fromkeys(i for i in ids if i in by_id))
-    pos_of = {i: int(by_id[i].get("ctx_idx") or 0) for i in ids}
+    pos_of = {i: int(by_id[i].ctx_idx or 0) for i in ids}
     left: Counter[str] = Counter()
     own = own_influence(graph)
     off_sink = [i for i in ids if pos_of[i] != SINK_POSITION]
@@ -307,8 +308,8 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
     def profile(members: list[str]) -> csr_matrix:
         return all_profiles[[row[m] for m in members]]
 
-    clerps = {i: str(by_id[i].get("clerp") or "").strip() for i in cand}
-    layers = {i: int(by_id[i]["layer"]) for i in cand if str(by_id[i].get("layer", "")).lstrip("-").isdigit()}
+    clerps = {i: str(by_id[i].clerp or "").strip() for i in cand}
+    layers = {i: int(by_id[i].layer) for i in cand if str(by_id[i].layer).lstrip("-").isdigit()}
     signals = NodeSignals(label_vectors, decoder_vectors, windows, layers)
     counts = {"labels": sum(1 for i in cand if i in label_vectors),
               "edges": int((all_profiles.getnnz(axis=1) > 0).sum()) if cand else 0,
@@ -357,7 +358,7 @@ def propose(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
     return Grouping(kept, len(ids), {k: v for k, v in left.items() if v}, counts)
 
 
-def propose_supernodes(graph: dict[str, Any], label_vectors: dict[str, np.ndarray],
+def propose_supernodes(graph: Graph | dict[str, Any], label_vectors: dict[str, np.ndarray],
                        decoder_vectors: dict[str, np.ndarray] | None = None,
                        options: SupernodeOptions | None = None, node_ids: list[str] | None = None) -> list[Supernode]:
     """Supernodes over the graph's influential feature nodes (or `node_ids`), best first (propose(...).supernodes)."""

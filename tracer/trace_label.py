@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from featuredb.formats.graph_json import check_graph, decode_qparams, feature_node_dicts, is_feature_node
+from featuredb.formats.graph_json import as_graph
+from featuredb.graph_models import Graph
 from featuredb.store.graph_identity import graph_model
 from featuredb.neuronpedia.client import NeuronpediaClient
 from featuredb.neuronpedia.sync import subgraph_body
@@ -24,7 +25,7 @@ from tracer.supernodes import Grouping, Supernode, SupernodeOptions, propose
 class TraceLabelResult:
     """The labelled graph (changed in place), what labelling did, the supernodes proposed and how."""
 
-    graph: dict[str, Any]
+    graph: Graph
     report: LabelReport
     supernodes: list[Supernode] = field(default_factory=list)
     grouping: Grouping | None = None
@@ -57,7 +58,7 @@ def existing_clerps(value: Any) -> list[list[str]]:
     return [[str(p[0]), str(p[1])] for p in value if isinstance(p, (list, tuple)) and len(p) == 2]
 
 
-def _store_lacks(store: FeatureStore | None, graph: dict[str, Any], model: str | None) -> str:
+def _store_lacks(store: FeatureStore | None, graph: Graph, model: str | None) -> str:
     """Why the store cannot label this graph ("" when it can): no store, or not the graph's model."""
     if store is None:
         return "no store"
@@ -72,8 +73,9 @@ def _store_lacks(store: FeatureStore | None, graph: dict[str, Any], model: str |
     return ""
 
 
-def trace_label(store: FeatureStore | None, graph: dict[str, Any], *, where: str = "graph", model: str | None = None,
-                source_set: str | None = None, overwrite: bool = False, online: NeuronpediaClient | None = None,
+def trace_label(store: FeatureStore | None, graph: Graph | dict[str, Any], *, where: str = "graph",
+                model: str | None = None, source_set: str | None = None, overwrite: bool = False,
+                online: NeuronpediaClient | None = None,
                 options: SupernodeOptions | None = None, use_decoders: bool = True, evidence_model: Any = None,
                 keep_weak: bool = False, n_random: int = 8) -> TraceLabelResult:
     """Label `graph` from `store` and propose supernodes into its qParams (supernodes, pinnedIds, clerps).
@@ -82,16 +84,30 @@ def trace_label(store: FeatureStore | None, graph: dict[str, Any], *, where: str
     naming `where` and the field, before anything is changed. A graph the store cannot label (no store, or
     another model's) is still grouped, from its own clerps, edges and influence; store_note says so. With
     `evidence_model` (circuit-tracer's ReplacementModel of the graph), every proposal is zeroed against random
-    matched sets and those not beyond random are dropped (kept, marked "(weak)", with keep_weak)."""
-    decode_qparams(check_graph(graph, where), where)
+    matched sets and those not beyond random are dropped (kept, marked "(weak)", with keep_weak). Graph JSON (a
+    dict) is made a Graph here and, labelled, written back into the dict, so a caller holding JSON sees it too."""
+    model_graph = as_graph(graph, where)
+    result = _trace_label(store, model_graph, where=where, model=model, source_set=source_set, overwrite=overwrite,
+                          online=online, options=options, use_decoders=use_decoders, evidence_model=evidence_model,
+                          keep_weak=keep_weak, n_random=n_random)
+    if isinstance(graph, dict):
+        graph.clear()
+        graph.update(model_graph.to_json())
+    return result
+
+
+def _trace_label(store: Any, graph: Graph, *, where: str, model: str | None, source_set: str | None,
+                 overwrite: bool, online: Any, options: SupernodeOptions | None, use_decoders: bool,
+                 evidence_model: Any, keep_weak: bool, n_random: int) -> TraceLabelResult:
+    """trace_label on a checked Graph."""
     note = _store_lacks(store, graph, model)
-    qp = graph["qParams"]
-    existing = [list(s) for s in (qp.get("supernodes") or [])]  # a person's supernodes stay; ours are added
+    qp = graph.qParams
+    existing = [list(s) for s in qp.supernodes]  # a person's supernodes stay; ours are added
     taken = {nid for s in existing for nid in s[1:]}
-    by_id = feature_node_dicts(graph)
+    by_id = graph.feature_node_by_id()
     if note:
         report = LabelReport(graph_model(graph), "")
-        ids = [n["node_id"] for n in graph["nodes"] if is_feature_node(n) and n["node_id"] not in taken]
+        ids = [n.node_id for n in graph.feature_nodes() if n.node_id not in taken]
         report.feature_nodes = len(ids)
         mapping = None
     else:
@@ -99,7 +115,7 @@ def trace_label(store: FeatureStore | None, graph: dict[str, Any], *, where: str
         report = label_graph(store, graph, mapping, overwrite=overwrite, online=online)
         ids = [m.node.node_id for m in mapping.mapped if m.node.node_id not in taken]
         ids += [m.node.node_id for m in mapping.absent if m.node.node_id not in taken]
-    labels = {i: str(by_id[i].get("clerp") or "").strip() for i in ids}
+    labels = {i: by_id[i].clerp.strip() for i in ids}
     vectors = label_vectors(store, labels)
     decoders = decoder_vectors(store, mapping) if use_decoders and mapping is not None else {}
     windows = example_windows(store, mapping) if mapping is not None else {}
@@ -117,21 +133,21 @@ def trace_label(store: FeatureStore | None, graph: dict[str, Any], *, where: str
                 s.label += " (weak)"
             dropped = []
         proposed = [s for s in proposed if s not in dropped]
-    qp["supernodes"] = existing + [[s.label, *s.node_ids] for s in proposed]
-    pinned = list(qp.get("pinnedIds") or [])
+    qp.supernodes = existing + [[s.label, *s.node_ids] for s in proposed]
+    pinned = list(qp.pinnedIds)
     seen = set(pinned)
     for s in proposed:
         for nid in s.node_ids:
             if nid not in seen:
                 pinned.append(nid)
                 seen.add(nid)
-    qp["pinnedIds"] = pinned
+    qp.pinnedIds = pinned
     if mapping is not None:
         # A JSON string, as circuit-tracer's and Neuronpedia's graph frontends read it
         # (JSON.parse(qParams.clerps)); labels a person saved there before (the frontend keys them by feature) stay.
-        kept = existing_clerps(qp.get("clerps"))
+        kept = existing_clerps(qp.clerps)
         ours = [c for c in subgraph_body(graph, mapping.model)["clerps"] if c[0] not in {k for k, _ in kept}]
-        qp["clerps"] = json.dumps(kept + ours, ensure_ascii=False)
+        qp.clerps = json.dumps(kept + ours, ensure_ascii=False)
     result = TraceLabelResult(graph, report, proposed, grouping, note, evidence, dropped=dropped)
     if evidence_model is not None:
         result.evidence_note = "" if evidence is not None else "no supernodes to test"

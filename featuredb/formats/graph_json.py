@@ -20,6 +20,9 @@ returns the graph or raises one BadInputError naming the file and the field path
   frontend saves it); qParams.supernodes a list of [label, node_id, ...] string lists, or a JSON string of one;
   qParams.clerps a list of [key, label] string pairs, or a JSON string of one; any qParams value may be null.
   `load_graph` and `decode_qparams` turn pinnedIds and supernodes into lists and drop null qParams; clerps stays.
+
+`load_graph_model` and `parse_graph_model` do the same and return a featuredb.graph_models.Graph, the form the
+tracer and the server work on; `as_graph` makes one of a graph some code already holds as JSON.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from featuredb.errors import BadInputError
+from featuredb.graph_models import (NON_FEATURE_TYPES, Graph, Node, field_path, is_error_or_embedding_id,
+                                   parse_feature_id)
 from featuredb.identity import cantor_unpair
 
 REQUIRED = ("metadata", "qParams", "nodes", "links")
-NON_FEATURE_TYPES = {"embedding", "logit", "mlp reconstruction error", "lorsa error", "error"}
 MAX_DEPTH = 64  # circuit-tracer's graphs nest 6 levels deep; deeper is a broken or hostile file
 MAX_INT = 2**63 - 1  # layers, feature indices and positions are BIGINTs in the store
 
@@ -101,19 +105,6 @@ class FeatureNode:
     layer: int
     index: int
     ctx_idx: int
-
-
-def field_path(parts: tuple[str | int, ...]) -> str:
-    """`nodes[3].node_id` from ("nodes", 3, "node_id"); odd keys are quoted so the message stays one line."""
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif p.isidentifier() and p.isascii():
-            out += f".{p}" if out else p
-        else:
-            out += f"[{json.dumps(p)}]"
-    return out or "(the top level)"
 
 
 def _show(value: Any) -> str:
@@ -188,11 +179,13 @@ def _lone_surrogate(text: str) -> bool:
     return False
 
 
-def _feature_of(node: dict[str, Any], cantor: bool) -> tuple[int, int, int] | None:
+def _feature_of(node: dict[str, Any] | Node, cantor: bool) -> tuple[int, int, int] | None:
     """(layer, index, pos) of a feature node from node_id "{layer}_{index}_{pos}", else its Cantor `feature`."""
-    parts = str(node.get("node_id", "")).split("_")
-    if len(parts) == 3 and all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
-        return int(parts[0]), int(parts[1]), int(parts[2])
+    if isinstance(node, Node):
+        node = {"node_id": node.node_id, "feature": node.feature, "ctx_idx": node.ctx_idx}
+    found = parse_feature_id(str(node.get("node_id", "")))
+    if found is not None:
+        return found
     feature, pos = node.get("feature"), node.get("ctx_idx", 0)
     if cantor and _is_int(feature) and 0 <= feature <= MAX_INT and _is_int(pos) and 0 <= pos <= MAX_INT:
         layer, index = cantor_unpair(feature)
@@ -315,6 +308,23 @@ def parse_graph(text: str | bytes, where: str) -> dict[str, Any]:
     return decode_qparams(check_graph(graph, where), where)
 
 
+def parse_graph_model(text: str | bytes, where: str) -> Graph:
+    """parse_graph's graph as a Graph model: parsed and checked once, here at the door."""
+    return Graph.from_checked(parse_graph(text, where))
+
+
+def load_graph_model(path: str | Path) -> Graph:
+    """load_graph's graph as a Graph model: read, parsed and checked once, here at the door."""
+    return Graph.from_checked(load_graph(path))
+
+
+def as_graph(graph: Graph | dict[str, Any], where: str = "graph") -> Graph:
+    """A Graph as it is; graph JSON checked (check_graph, its qParams decoded) and made a Graph."""
+    if isinstance(graph, Graph):
+        return graph
+    return Graph.from_checked(decode_qparams(check_graph(graph, where), where))
+
+
 def load_graph(path: str | Path) -> dict[str, Any]:
     """Read, parse and check a graph file (see the module docstring); anything wrong is a one-line BadInputError."""
     p = Path(path)
@@ -327,14 +337,14 @@ def load_graph(path: str | Path) -> dict[str, Any]:
     return parse_graph(data, str(p))
 
 
-def is_feature_node(node: dict[str, Any]) -> bool:
+def is_feature_node(node: dict[str, Any] | Node) -> bool:
     """True for transcoder (and lorsa) feature nodes; False for embeddings, logits and both error-node formats."""
+    if isinstance(node, Node):
+        return node.is_feature
     kind = str(node.get("feature_type", "")).lower()
     if kind in NON_FEATURE_TYPES or "error" in kind:
         return False
-    node_id = str(node.get("node_id", ""))
-    parts = node_id.split("_")
-    if node_id.startswith("E_") or (len(parts) == 3 and parts[1] == "-1"):
+    if is_error_or_embedding_id(str(node.get("node_id", ""))):
         return False
     return node.get("feature") is not None
 
@@ -345,36 +355,48 @@ def feature_node_dicts(graph: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["node_id"]: n for n in graph["nodes"] if is_feature_node(n)}
 
 
-def feature_nodes(graph: dict[str, Any]) -> list[FeatureNode]:
+def feature_nodes(graph: Graph | dict[str, Any]) -> list[FeatureNode]:
     """Every feature node, from node_id "{layer}_{index}_{pos}" (else the Cantor-paired `feature`, schema v1)."""
-    cantor = graph.get("metadata", {}).get("schema_version") == 1
+    if isinstance(graph, Graph):
+        cantor, nodes = graph.metadata.schema_version == 1, list(graph.feature_nodes())
+    else:
+        cantor = graph.get("metadata", {}).get("schema_version") == 1
+        nodes = [n for n in graph["nodes"] if is_feature_node(n)]
     out = []
-    for node in graph["nodes"]:
-        if not is_feature_node(node):
-            continue
+    for node in nodes:
         found = _feature_of(node, cantor)
         if found is None:
-            raise BadInputError(f"node {node.get('node_id')!r}: expected '{{layer}}_{{feature}}_{{pos}}'")
-        out.append(FeatureNode(str(node["node_id"]), *found))
+            node_id = node.node_id if isinstance(node, Node) else node.get("node_id")
+            raise BadInputError(f"node {node_id!r}: expected '{{layer}}_{{feature}}_{{pos}}'")
+        out.append(FeatureNode(str(node.node_id if isinstance(node, Node) else node["node_id"]), *found))
     return out
 
 
-def graph_model(graph: dict[str, Any], override: str | None = None) -> str:
+def graph_metadata(graph: Graph | dict[str, Any]) -> dict[str, Any]:
+    """The graph's metadata as JSON (a Graph's fields and extras); {} where graph JSON has no metadata object."""
+    if isinstance(graph, Graph):
+        return graph.metadata.model_dump(exclude_unset=True)
+    meta = graph.get("metadata")
+    return meta if isinstance(meta, dict) else {}
+
+
+def graph_model(graph: Graph | dict[str, Any], override: str | None = None) -> str:
     """The model id: --model, else metadata.scan (its last path part, as Neuronpedia ids are short names)."""
     if override:
         return override
-    scan = str(graph["metadata"]["scan"])
+    scan = str(graph.metadata.scan if isinstance(graph, Graph) else graph["metadata"]["scan"])
     return scan.split("/")[-1].split("@")[0] if "/" in scan else scan
 
 
-def graph_source_set(graph: dict[str, Any], override: str | None = None) -> str | None:
+def graph_source_set(graph: Graph | dict[str, Any], override: str | None = None) -> str | None:
     """The source set: --source-set, metadata.feature_details.neuronpedia_source_set, else transcoder_list."""
     if override:
         return override
-    details = graph["metadata"].get("feature_details") or {}
+    meta = graph_metadata(graph)
+    details = meta.get("feature_details") or {}
     if details.get("neuronpedia_source_set"):
         return str(details["neuronpedia_source_set"])
-    tl = graph["metadata"].get("transcoder_list")
+    tl = meta.get("transcoder_list")
     if isinstance(tl, list) and tl:
         first = str(tl[0])
         return first.split("-", 1)[1] if "-" in first and first.split("-", 1)[0].isdigit() else first

@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from featuredb.int_ranges import parse_int_ranges
 from featuredb.errors import FeatureDBError
-from featuredb.formats.graph_json import feature_nodes, graph_model, graph_source_set
+from featuredb.formats.graph_json import as_graph, feature_nodes, graph_model, graph_source_set
+from featuredb.graph_models import Graph, Node
 from featuredb.identity import source_id
 from featuredb.models import Feature
 from featuredb.neuronpedia.client import NeuronpediaClient
@@ -123,7 +124,7 @@ def parse_indices(spec: str) -> list[int]:
     return parse_int_ranges(spec, "--indices")
 
 
-def graph_features(graph: dict[str, Any], model: str | None, source_set: str | None) -> list[tuple[str, str, int]]:
+def graph_features(graph: Graph | dict[str, Any], model: str | None, source_set: str | None) -> list[tuple[str, str, int]]:
     """(model, source, index) of every distinct feature a graph uses."""
     set_name = graph_source_set(graph, source_set)
     if not set_name:
@@ -136,17 +137,17 @@ def graph_features(graph: dict[str, Any], model: str | None, source_set: str | N
     return list(seen)
 
 
-def subgraph_body(graph: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+def subgraph_body(graph: Graph | dict[str, Any], model: str | None = None) -> dict[str, Any]:
     """Neuronpedia subgraph-save body: clerps [[featureId, label]], supernodes and pinnedIds from the graph."""
+    graph = as_graph(graph)
     clerps = []
-    for node in graph["nodes"]:
-        label = (node.get("clerp") or "").strip()
-        if label and node.get("feature") is not None and node.get("feature_type") not in ("embedding", "logit"):
-            clerps.append([f"{node['layer']}_{node['feature']}_{node['ctx_idx']}", label])
-    qp = graph.get("qParams", {})
-    return {"modelId": graph_model(graph, model), "slug": graph["metadata"]["slug"],
-            "pinnedIds": list(qp.get("pinnedIds") or []), "supernodes": list(qp.get("supernodes") or []),
-            "clerps": clerps}
+    for node in graph.nodes:
+        label = node.clerp.strip()
+        if label and node.feature is not None and node.feature_type not in ("embedding", "logit"):
+            clerps.append([Node.feature_id(node.layer, node.feature, node.ctx_idx), label])
+    qp = graph.qParams
+    return {"modelId": graph_model(graph, model), "slug": graph.metadata.slug,
+            "pinnedIds": list(qp.pinnedIds), "supernodes": list(qp.supernodes), "clerps": clerps}
 
 
 def upload_payload(store: FeatureStore, model: str, source: str) -> list[dict[str, Any]]:

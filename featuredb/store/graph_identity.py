@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from featuredb.formats.graph_json import graph_model, graph_source_set
+from featuredb.formats.graph_json import graph_metadata, graph_model, graph_source_set
+from featuredb.graph_models import Graph
 
 
-def _scan_parts(graph: dict[str, Any]) -> list[str]:
-    scan = str(graph.get("metadata", {}).get("scan") or "").split("@")[0]
+def _scan_parts(graph: Graph | dict[str, Any]) -> list[str]:
+    scan = str(graph_metadata(graph).get("scan") or "").split("@")[0]
     parts = [p for p in scan.replace("//", "/").split("/") if p]
     return [scan, *reversed(parts)] if scan else []
 
@@ -31,7 +32,7 @@ def source_sets(con: Any, model: str) -> list[str]:
                                       'AND "setName" IS NOT NULL ORDER BY 1', [model]).fetchall()]
 
 
-def resolve_model(con: Any, graph: dict[str, Any], override: str | None = None) -> str:
+def resolve_model(con: Any, graph: Graph | dict[str, Any], override: str | None = None) -> str:
     """--model; else the part of metadata.scan that is a model in the store; else the model of the one source set
     a scan part names; else, for a path-like scan (a transcoder repo, not a model id), the store's only model;
     else the scan's last part (which the caller reports as missing: a plain scan is Neuronpedia's model id)."""
@@ -46,16 +47,16 @@ def resolve_model(con: Any, graph: dict[str, Any], override: str | None = None) 
                                         f'({", ".join("?" * len(parts))})', parts).fetchall()} if parts else set()
     if len(owners) == 1:
         return owners.pop()
-    scan = str(graph.get("metadata", {}).get("scan") or "")
+    scan = str(graph_metadata(graph).get("scan") or "")
     return models[0] if len(models) == 1 and "/" in scan else graph_model(graph)
 
 
-def resolve_source_set(con: Any, graph: dict[str, Any], model: str, override: str | None = None) -> str | None:
+def resolve_source_set(con: Any, graph: Graph | dict[str, Any], model: str, override: str | None = None) -> str | None:
     """--source-set; else feature_details.neuronpedia_source_set; else a transcoder_list entry or scan part that
     is a source set of the model in the store; else the model's only source set; else None."""
     if override:
         return override
-    details = graph.get("metadata", {}).get("feature_details") or {}
+    details = graph_metadata(graph).get("feature_details") or {}
     if details.get("neuronpedia_source_set"):
         return str(details["neuronpedia_source_set"])
     sets = source_sets(con, model)
