@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import math
 import os
@@ -436,9 +437,10 @@ class AsyncNeuronpediaClient(_Base):
 
     _HTTP = httpx.AsyncClient
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._limit = asyncio.Semaphore(self.concurrency)
+    @functools.cached_property
+    def _limit(self) -> asyncio.Semaphore:
+        """At most `concurrency` requests in flight (batch pulls)."""
+        return asyncio.Semaphore(self.concurrency)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
