@@ -198,3 +198,16 @@ def test_every_command_reads_layers_one_way_and_refuses_bad_ones_in_one_line() -
              for name in ("ingest", "train", "search")}
     assert all("3,5" in h for h in helps.values()), helps  # one grammar, said the same way
     assert isinstance(cli.get_command(None, "search"), click.Command)
+
+
+def test_keyword_fallback_keeps_the_model_and_source_filters(store_db: Path) -> None:
+    """Stores without search indexes answer explanation search by keywords, within the asked model and sources."""
+    from conftest import MODEL, SOURCE
+    from featuredb.search.explanation_search import keyword_explanations
+
+    with FeatureStore(store_db, read_only=True) as store:
+        rows = keyword_explanations(store, "Austin texas", model=MODEL, sources=[SOURCE])
+        assert rows and rows[0]["index"] == "3" and "Austin" in rows[0]["description"]
+        assert keyword_explanations(store, "Austin", model=MODEL, sources=["9-other-source"]) == []
+        assert keyword_explanations(store, "Austin", model="other-model") == []
+        assert keyword_explanations(store, "Austin", sources=[SOURCE, "9-other-source"])[0]["index"] == "3"
