@@ -27,8 +27,8 @@ from typing import Any
 from tqdm import tqdm
 
 from featuredb.errors import FeatureDBError
-from featuredb.formats.circuit_tracer_export import count_features, export_pairs, feature_records, source_layer
-from featuredb.store.export_tables import max_feature_index
+from featuredb.formats.circuit_tracer_export import export_pairs, feature_records, features_in_pairs, source_layer
+from featuredb.store.reads import max_feature_index
 from featuredb.store.feature_store import FeatureStore
 
 INDEX_FILE = "index.json.gz"
@@ -132,7 +132,7 @@ def export_circuit_tracer_compact(store: FeatureStore, out: str | Path, *, model
     staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     written = 0
     try:
-        bar = tqdm(total=count_features(store, [(m, s) for m, s, _, _ in plan]), unit="feature",
+        bar = tqdm(total=features_in_pairs(store, [(m, s) for m, s, _, _ in plan]), unit="feature",
                    desc="export circuit-tracer (compact)", disable=None if progress is None else not progress,
                    leave=False)
         layers = []

@@ -100,7 +100,7 @@ def source_layer(model: str, source: str) -> int:
         raise FeatureDBError(f"{model}/{source}: {e}; circuit-tracer ids need a layer number") from None
 
 
-def count_features(store: FeatureStore, pairs: list[tuple[str, str]]) -> int:
+def features_in_pairs(store: FeatureStore, pairs: list[tuple[str, str]]) -> int:
     """How many feature rows the pairs hold."""
     return sum(reads.count_features(store, reads.Scope(m, s)) for m, s in pairs)
 
@@ -139,7 +139,7 @@ def export_circuit_tracer(store: FeatureStore, out: str | Path, *, model: str | 
                 f"sources {owners[(scan_dir, layer)]} and {s} would share {scan_dir}/ at layer {layer}; "
                 "pick one with --source or give each its own --scan")
         owners[(scan_dir, layer)] = s
-    total = count_features(store, pairs)
+    total = features_in_pairs(store, pairs)
     written = 0
     bar = tqdm(total=total, unit="feature", desc="export circuit-tracer",
                disable=None if progress is None else not progress, leave=False)

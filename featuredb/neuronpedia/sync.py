@@ -19,7 +19,7 @@ from featuredb.graph_models import Graph, Node
 from featuredb.identity import source_id
 from featuredb.models import Feature
 from featuredb.neuronpedia.client import NeuronpediaClient
-from featuredb.store.export_tables import feature_densities, upload_activation_rows, upload_explanation_rows
+from featuredb.store.export_tables import source_densities, upload_activation_rows, upload_explanation_rows
 from featuredb.store.reads import Scope, feature_indices
 from featuredb.store.schema import ACTIVATIONS, EXPLANATIONS, FEATURES, MODELS, SOURCE_SETS, SOURCES
 from featuredb.store.feature_store import FeatureStore
@@ -152,7 +152,7 @@ def subgraph_body(graph: Graph | dict[str, Any], model: str | None = None) -> di
 
 def upload_payload(store: FeatureStore, model: str, source: str) -> list[dict[str, Any]]:
     """Features of one source in Neuronpedia's upload-batch shape (those with at least one activation)."""
-    feats = feature_densities(store, model, source)
+    feats = source_densities(store, model, source)
     acts: dict[int, list[dict[str, Any]]] = {}
     for idx, tokens, values, bmin, bmax, bc in upload_activation_rows(store, model, source):
         interval = bmin is not None and bmin >= 0

@@ -16,7 +16,7 @@ from featuredb.server.limits import MAX_INDEX, MAX_SORT_INDEXES, MAX_SOURCES, MA
 from featuredb.store.feature_store import FeatureStore
 from featuredb.store.reads import source_ids
 from featuredb.store.schema import feature_key
-from featuredb.store.server_reads import explanations_by_feature, feature_densities
+from featuredb.store.server_reads import explanations_by_feature, densities_by_key
 
 TOPK_DEFAULT_DENSITY = 0.01  # Neuronpedia's DEFAULT_DENSITY_THRESHOLD for search-topk-by-token
 SEARCH_ALL_RESULTS = 50
@@ -92,7 +92,7 @@ def _explanation_neurons(store: FeatureStore, model: str, keys: set[tuple[str, i
     if not keys:
         return {}
     by_key = {feature_key(model, s, i): (s, i) for s, i in keys}
-    densities = feature_densities(store, list(by_key))
+    densities = densities_by_key(store, list(by_key))
     explanations = explanations_by_feature(store, list(by_key))
     out: dict[tuple[str, int], dict] = {}
     for fkey, (source, index) in by_key.items():

@@ -23,7 +23,8 @@ from featuredb.server.page_layout import PAGE_HEADERS, SearchForm, esc, feature_
 from featuredb.server.search_page import MAX_LIMIT, search_page, store_summary
 from featuredb.store.feature_store import FeatureStore
 from featuredb.store.reads import source_ids
-from featuredb.store.server_reads import browsable_models, max_feature_index, source_counts, sources_by_layer
+from featuredb.store.reads import max_feature_index
+from featuredb.store.server_reads import browsable_models, source_counts, sources_by_layer
 
 PAGE_MODES = (*MODES, "inference")
 RESERVED = frozenset({"api", "graphs", "openapi.json", "docs", "redoc"})  # first path parts that are not models

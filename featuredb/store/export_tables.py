@@ -20,12 +20,6 @@ if TYPE_CHECKING:
 
 # --- circuit-tracer files -----------------------------------------------------------------------------------------
 
-def max_feature_index(store: FeatureStore, model: str, source: str) -> int | None:
-    """The largest feature index of one source; None when it has no features."""
-    return store.con.execute('SELECT max("index") FROM features WHERE "modelId" = ? AND "layer" = ?',
-                             [model, source]).fetchone()[0]
-
-
 def feature_rows_page(store: FeatureStore, model: str, source: str, limit: int, offset: int) -> list[dict[str, Any]]:
     """Feature rows (every column) of one source in index order, `limit` from `offset`."""
     return dict_rows(store.con.execute(
@@ -172,7 +166,7 @@ def copy_table_parquet(store: FeatureStore, table: schema.Table, dest: str, mode
 
 # --- Neuronpedia upload -------------------------------------------------------------------------------------------
 
-def feature_densities(store: FeatureStore, model: str, source: str) -> list[tuple[int, float | None]]:
+def source_densities(store: FeatureStore, model: str, source: str) -> list[tuple[int, float | None]]:
     """(index, frac_nonzero) of every feature of one source, by index."""
     return store.con.execute('SELECT "index", frac_nonzero FROM features WHERE "modelId" = ? AND "layer" = ? '
                              'ORDER BY "index"', [model, source]).fetchall()

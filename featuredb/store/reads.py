@@ -218,6 +218,13 @@ def feature_indices(store: FeatureStore, scope: Scope) -> list[int]:
                                             params).fetchall()]
 
 
+def max_feature_index(store: FeatureStore, model: str, source: str) -> int | None:
+    """The largest feature index of (model, source); None when it has no features."""
+    row = store.con.execute('SELECT max("index") FROM features WHERE "modelId" = ? AND "layer" = ?',
+                            [model, source]).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def present_keys(store: FeatureStore, keys: list[str]) -> set[str]:
     """Which of the feature keys (schema.feature_key) have a feature row."""
     if not keys:

@@ -75,13 +75,6 @@ def source_counts(store: FeatureStore) -> list[tuple[str, str, int]]:
     return [(m, s, int(n)) for m, s, n in rows]
 
 
-def max_feature_index(store: FeatureStore, model: str, source: str) -> int | None:
-    """The largest feature index of (model, source); None when it has no features."""
-    row = store.con.execute('SELECT max("index") FROM features WHERE "modelId" = ? AND layer = ?',
-                            [model, source]).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
 def sources_by_layer(store: FeatureStore, model: str) -> list[str]:
     """The source ids of `model`, by layer number (the id's part before '-'), then id."""
     return [r[0] for r in store.con.execute(
@@ -106,7 +99,7 @@ def explanations_by_feature(store: FeatureStore, keys: list[str]) -> dict[str, l
     return out
 
 
-def feature_densities(store: FeatureStore, keys: list[str]) -> dict[str, float | None]:
+def densities_by_key(store: FeatureStore, keys: list[str]) -> dict[str, float | None]:
     """feature key -> frac_nonzero of the keys that have a feature row."""
     if not keys:
         return {}
