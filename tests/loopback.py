@@ -28,4 +28,4 @@ def serve_in_thread(app: Any) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         srv.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=60)  # on a loaded machine stopping can take seconds, and callers reopen the store next
